@@ -1,0 +1,150 @@
+"""`gristmill add`: import instruction files strictly, all or nothing per file."""
+
+from __future__ import annotations
+
+import hashlib
+import re
+import unicodedata
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from gristmill.app.readers import SUFFIXES, Problem, read_records
+from gristmill.db import Store
+from gristmill.db import instructions as instructions_db
+from gristmill.db.instructions import NewInstruction
+
+MAX_LISTED_PROBLEMS = 20
+BATCH = 1000
+TYPE_ALIASES = ("instruction_type", "category", "type")
+
+
+@dataclass(frozen=True)
+class KeyMap:
+    """Which keys of a record hold the fields; `--instruction-key` and friends change them."""
+
+    instruction: str = "instruction"
+    input: str = "input"
+    type: str | None = None  # None: look for instruction_type, category, type in that order
+    id: str = "id"
+
+
+@dataclass
+class FileReport:
+    path: str
+    added: int = 0
+    duplicates: int = 0
+    problems: list[str] = field(default_factory=list)
+    problem_count: int = 0
+
+    @property
+    def ok(self) -> bool:
+        return self.problem_count == 0
+
+
+def normalize(text: str) -> str:
+    """What makes two instructions 'the same': Unicode NFC, whitespace collapsed, case kept."""
+    return re.sub(r"\s+", " ", unicodedata.normalize("NFC", text)).strip()
+
+
+def content_hash(instruction: str, input_text: str) -> str:
+    return hashlib.sha256(f"{normalize(instruction)}\x1f{normalize(input_text)}".encode()).hexdigest()
+
+
+def _to_instruction(value: object, source: str, keys: KeyMap, forced_type: str | None) -> NewInstruction | str:
+    """Validate one record; returns the instruction or a problem text naming the field."""
+    if isinstance(value, str):  # .txt lines
+        value = {keys.instruction: value}
+    if not isinstance(value, dict):
+        return f"expected a JSON object, got {type(value).__name__}"
+    record = dict(value)
+    if keys.instruction not in record:
+        return f"field '{keys.instruction}': missing"
+    instruction = record.pop(keys.instruction)
+    if not isinstance(instruction, str):
+        return f"field '{keys.instruction}': expected text, got {_json_type(instruction)}"
+    if not instruction.strip():
+        return f"field '{keys.instruction}': empty"
+    input_text = record.pop(keys.input, None)
+    if input_text is None:
+        input_text = ""
+    elif not isinstance(input_text, str):
+        return f"field '{keys.input}': expected text, got {_json_type(input_text)}"
+    type_keys = (keys.type,) if keys.type else TYPE_ALIASES
+    instruction_type = None
+    for key in type_keys:
+        if key in record:
+            instruction_type = record.pop(key)
+            if instruction_type is not None and not isinstance(instruction_type, str):
+                return f"field '{key}': expected text, got {_json_type(instruction_type)}"
+            break
+    instruction_type = forced_type or (instruction_type or "").strip().lower() or "general"
+    external_id = record.pop(keys.id, None)
+    if external_id is not None and not isinstance(external_id, (str, int)) or isinstance(external_id, bool):
+        return f"field '{keys.id}': expected text or integer, got {_json_type(external_id)}"
+    return NewInstruction(
+        instruction=instruction, input=input_text, instruction_type=instruction_type, source=source,
+        content_hash=content_hash(instruction, input_text),
+        external_id=None if external_id is None else str(external_id), metadata=record,
+    )
+
+
+def _json_type(value: object) -> str:
+    return {dict: "object", list: "list", bool: "boolean", int: "number", float: "number",
+            type(None): "null", str: "text"}.get(type(value), type(value).__name__)
+
+
+def import_file(store: Store, path: Path, keys: KeyMap = KeyMap(), forced_type: str | None = None) -> FileReport:
+    """Import one file in one transaction; any problem rolls the whole file back."""
+    report = FileReport(str(path))
+
+    def problem(line: int, message: str) -> None:
+        report.problem_count += 1
+        if len(report.problems) < MAX_LISTED_PROBLEMS:
+            report.problems.append(f"{path}:{line}: {message}")
+
+    if path.suffix.lower() not in SUFFIXES:
+        problem(0, f"unsupported file type {path.suffix or '(none)'!r}: use one of {', '.join(SUFFIXES)}")
+        return report
+    try:
+        handle = path.open("rb")
+    except OSError as error:
+        problem(0, f"cannot read: {error.strerror}")
+        return report
+
+    attempted = 0
+    try:
+        with handle, store.write():
+            batch: list[NewInstruction] = []
+            for item in read_records(path, handle):
+                if isinstance(item, Problem):
+                    problem(item.line, item.message)
+                    continue
+                line, value = item
+                parsed = _to_instruction(value, f"{path.name}:{line}", keys, forced_type)
+                if isinstance(parsed, str):
+                    problem(line, parsed)
+                elif not report.problem_count:  # after a problem, validate on but insert nothing
+                    attempted += 1
+                    batch.append(parsed)
+                    if len(batch) >= BATCH:
+                        report.added += instructions_db.insert_batch(store, batch)
+                        batch = []
+            if report.problem_count:
+                raise _RollBack
+            report.added += instructions_db.insert_batch(store, batch)
+    except _RollBack:
+        report.added = 0
+    else:
+        report.duplicates = attempted - report.added
+    return report
+
+
+class _RollBack(Exception):
+    """Raised inside the file's transaction to undo it: a file imports whole or not at all."""
+
+
+def import_files(store: Store, paths: list[Path], keys: KeyMap = KeyMap(),
+                 forced_type: str | None = None) -> Iterator[FileReport]:
+    for path in paths:
+        yield import_file(store, path, keys, forced_type)

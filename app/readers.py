@@ -1,0 +1,199 @@
+"""Strict, streaming readers for instruction files: each yields (line number, record) or a Problem.
+
+Nothing here guesses: a byte-order mark, bad UTF-8, an unterminated CSV quote or a JSON value of the
+wrong shape is reported with its line, never repaired. Files are read a line (or a chunk) at a time.
+"""
+
+from __future__ import annotations
+
+import codecs
+import csv
+import json
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import BinaryIO
+
+BOM = codecs.BOM_UTF8
+SUFFIXES = (".jsonl", ".json", ".csv", ".txt")
+MAX_ITEM_CHARS = 64 << 20  # one list item of a .json file may be this large; the file itself any size
+
+
+@dataclass(frozen=True)
+class Problem:
+    line: int
+    message: str
+
+
+Row = tuple[int, object]  # (line number, parsed value: dict for jsonl/json/csv, str for txt)
+
+
+def read_records(path: Path, handle: BinaryIO) -> Iterator[Row | Problem]:
+    suffix = path.suffix.lower()
+    if suffix == ".jsonl":
+        return _jsonl(handle)
+    if suffix == ".json":
+        return _json_array(handle)
+    if suffix == ".csv":
+        return _csv(handle)
+    if suffix == ".txt":
+        return _txt(handle)
+    raise ValueError(f"unsupported file type {path.suffix!r}: use one of {', '.join(SUFFIXES)}")
+
+
+def _decoded_lines(handle: BinaryIO) -> Iterator[tuple[int, str] | Problem]:
+    for number, raw in enumerate(handle, start=1):
+        if number == 1 and raw.startswith(BOM):
+            yield Problem(1, "file starts with a UTF-8 byte-order mark (BOM); save it as UTF-8 without BOM")
+            raw = raw[len(BOM):]
+        try:
+            yield number, raw.decode("utf-8")
+        except UnicodeDecodeError as error:
+            yield Problem(number, f"not valid UTF-8 (byte 0x{raw[error.start]:02x} at column {error.start + 1})")
+
+
+def _jsonl(handle: BinaryIO) -> Iterator[Row | Problem]:
+    for item in _decoded_lines(handle):
+        if isinstance(item, Problem):
+            yield item
+            continue
+        number, text = item
+        if not text.strip():
+            continue
+        try:
+            yield number, json.loads(text)
+        except json.JSONDecodeError as error:
+            yield Problem(number, f"invalid JSON: {error.msg} (column {error.colno})")
+        except RecursionError:
+            yield Problem(number, "invalid JSON: nested too deeply")
+
+
+def _txt(handle: BinaryIO) -> Iterator[Row | Problem]:
+    for item in _decoded_lines(handle):
+        if isinstance(item, Problem):
+            yield item
+            continue
+        number, text = item
+        text = text.rstrip("\r\n")
+        if text.strip():
+            yield number, text
+
+
+def _csv(handle: BinaryIO) -> Iterator[Row | Problem]:
+    problems: list[Problem] = []
+
+    def lines() -> Iterator[str]:
+        for item in _decoded_lines(handle):
+            if isinstance(item, Problem):
+                problems.append(item)
+                yield ""  # keep csv's line count aligned with the file
+            else:
+                yield item[1]
+
+    reader = csv.reader(lines(), strict=True)
+    header: list[str] | None = None
+    record_start = 1
+    try:
+        for fields in reader:
+            yield from problems
+            problems.clear()
+            if header is None:
+                header = [h.strip() for h in fields]
+                record_start = reader.line_num + 1
+                continue
+            if not fields or all(not f.strip() for f in fields):
+                record_start = reader.line_num + 1
+                continue
+            if len(fields) != len(header):
+                yield Problem(record_start, f"has {len(fields)} fields, the header has {len(header)}")
+            else:
+                yield record_start, dict(zip(header, fields))
+            record_start = reader.line_num + 1
+    except csv.Error as error:
+        yield from problems
+        yield Problem(record_start, f"CSV error: {error} (a quote opened here is never closed?)"
+                      if "EOF" in str(error) or "end of data" in str(error) else f"CSV error: {error}")
+        return
+    yield from problems
+    if header is None:
+        yield Problem(1, "empty CSV file: a header row naming the columns is required")
+
+
+def _json_array(handle: BinaryIO, chunk_size: int = 1 << 20) -> Iterator[Row | Problem]:
+    """Stream the objects of a top-level JSON list without loading the whole file."""
+    decoder = json.JSONDecoder()
+    reader = codecs.getincrementaldecoder("utf-8")("strict")
+    buffer, line, eof, state = "", 1, False, "start"
+    first = True
+
+    def fill() -> bool:
+        nonlocal buffer, eof, first
+        raw = handle.read(chunk_size)
+        if first and raw.startswith(BOM):
+            raise _Stop(Problem(1, "file starts with a UTF-8 byte-order mark (BOM); save it as UTF-8 without BOM"))
+        first = False
+        try:
+            buffer += reader.decode(raw, final=not raw)
+        except UnicodeDecodeError as error:
+            raise _Stop(Problem(line + buffer.count("\n"), f"not valid UTF-8 (byte 0x{error.object[error.start]:02x})"))
+        eof = not raw
+        return bool(raw)
+
+    def skip_space() -> None:
+        nonlocal buffer, line
+        stripped = buffer.lstrip()
+        line += buffer[: len(buffer) - len(stripped)].count("\n")
+        buffer = stripped
+
+    try:
+        while True:
+            skip_space()
+            while not buffer and not eof:
+                fill()
+                skip_space()
+            if not buffer:
+                if state == "start":
+                    yield Problem(line, "empty file: expected a JSON list of objects")
+                elif state != "done":
+                    yield Problem(line, "invalid JSON: the list is never closed with ']'")
+                return
+            if state == "start":
+                if buffer[0] != "[":
+                    yield Problem(line, "expected a JSON list of objects ('[' ...)")
+                    return
+                buffer, state = buffer[1:], "first"
+            elif state in ("first", "item"):
+                if state == "first" and buffer[0] == "]":
+                    buffer, state = buffer[1:], "done"
+                    continue
+                try:
+                    value, end = decoder.raw_decode(buffer)
+                except json.JSONDecodeError as error:
+                    if not eof and len(buffer) < MAX_ITEM_CHARS and fill():  # the chunk may end inside the value
+                        continue
+                    yield Problem(line + buffer[: error.pos].count("\n"), f"invalid JSON: {error.msg}")
+                    return
+                if end == len(buffer) and not eof:  # a number may continue in the next chunk
+                    if fill():
+                        continue
+                yield line, value
+                line += buffer[:end].count("\n")
+                buffer, state = buffer[end:], "comma"
+            elif state == "comma":
+                if buffer[0] == ",":
+                    buffer, state = buffer[1:], "item"
+                elif buffer[0] == "]":
+                    buffer, state = buffer[1:], "done"
+                else:
+                    yield Problem(line, "invalid JSON: expected ',' or ']' between list items")
+                    return
+            else:  # done
+                yield Problem(line, "unexpected text after the closing ']'")
+                return
+    except _Stop as stop:
+        yield stop.problem
+
+
+class _Stop(Exception):
+    def __init__(self, problem: Problem):
+        self.problem = problem

@@ -1,0 +1,148 @@
+"""Review decisions: an append-only log, plus the queue queries the review app pages through."""
+
+from __future__ import annotations
+
+import uuid
+from dataclasses import dataclass
+
+from gristmill.db.connection import Store, utc_now
+
+DECISIONS = ("accept", "reject", "skip")
+REVIEW_STATES = ("unreviewed", "accept", "reject", "skip", "all")
+
+
+@dataclass(frozen=True)
+class Decision:
+    generation_id: int
+    decision: str
+    edited_response: str | None = None
+
+
+@dataclass(frozen=True)
+class QueueFilter:
+    """Which generations the review queue shows. Every field narrows; defaults show the unreviewed."""
+
+    state: str = "unreviewed"
+    instruction_type: str | None = None
+    style: str | None = None
+    flag: str | None = None
+    min_chars: int | None = None
+    max_chars: int | None = None
+
+    def where(self) -> tuple[str, list]:
+        clauses, params = ["g.status = 'done'"], []
+        if self.state == "unreviewed":
+            clauses.append("g.decision IS NULL")
+        elif self.state != "all":
+            clauses.append("g.decision = ?")
+            params.append(self.state)
+        if self.instruction_type:
+            clauses.append("g.instruction_id IN (SELECT id FROM instructions WHERE instruction_type = ?)")
+            params.append(self.instruction_type)
+        if self.style:
+            clauses.append("g.run_id IN (SELECT id FROM runs WHERE style = ?)")
+            params.append(self.style)
+        if self.flag:
+            clauses.append("EXISTS (SELECT 1 FROM json_each(g.flags) WHERE value = ?)")
+            params.append(self.flag)
+        if self.min_chars is not None:
+            clauses.append("length(g.completion) >= ?")
+            params.append(self.min_chars)
+        if self.max_chars is not None:
+            clauses.append("length(g.completion) <= ?")
+            params.append(self.max_chars)
+        return " AND ".join(clauses), params
+
+
+def record(store: Store, decisions: list[Decision], reviewer: str) -> str:
+    """Append one reviewer action (one or more decisions) and commit it before returning."""
+    action_id = uuid.uuid4().hex
+    now = utc_now()
+    with store.write() as conn:
+        for d in decisions:
+            if d.decision not in DECISIONS:
+                raise ValueError(f"unknown decision {d.decision!r}")
+            cursor = conn.execute(
+                """INSERT INTO reviews (generation_id, decision, edited_response, reviewer, created_at, action_id)
+                   VALUES (?, ?, ?, ?, ?, ?)""",
+                (d.generation_id, d.decision, d.edited_response, reviewer, now, action_id),
+            )
+            conn.execute("UPDATE generations SET decision = ?, review_id = ? WHERE id = ?",
+                         (d.decision, cursor.lastrowid, d.generation_id))
+    return action_id
+
+
+def undo_last(store: Store, reviewer: str) -> list[int]:
+    """Cancel the reviewer's latest action that is not already cancelled; returns the generations it touched.
+
+    Undo appends `undo` rows (history stays) and recomputes each generation's current decision
+    from the log, so it works across restarts and for any number of levels.
+    """
+    with store.write() as conn:
+        row = conn.execute(
+            """SELECT action_id FROM reviews r
+               WHERE reviewer = ? AND decision != 'undo'
+                 AND NOT EXISTS (SELECT 1 FROM reviews u WHERE u.undoes_review_id = r.id)
+               ORDER BY id DESC LIMIT 1""",
+            (reviewer,),
+        ).fetchone()
+        if row is None:
+            return []
+        targets = conn.execute(
+            "SELECT id, generation_id FROM reviews WHERE action_id = ? AND decision != 'undo' ORDER BY id",
+            (row["action_id"],),
+        ).fetchall()
+        now, undo_action = utc_now(), uuid.uuid4().hex
+        for t in targets:
+            conn.execute(
+                """INSERT INTO reviews (generation_id, decision, reviewer, created_at, undoes_review_id, action_id)
+                   VALUES (?, 'undo', ?, ?, ?, ?)""",
+                (t["generation_id"], reviewer, now, t["id"], undo_action),
+            )
+            _refresh_current(conn, t["generation_id"])
+        return [t["generation_id"] for t in targets]
+
+
+def _refresh_current(conn, generation_id: int) -> None:
+    current = conn.execute(
+        """SELECT id, decision FROM reviews r
+           WHERE generation_id = ? AND decision != 'undo'
+             AND NOT EXISTS (SELECT 1 FROM reviews u WHERE u.undoes_review_id = r.id)
+           ORDER BY id DESC LIMIT 1""",
+        (generation_id,),
+    ).fetchone()
+    conn.execute("UPDATE generations SET decision = ?, review_id = ? WHERE id = ?",
+                 (current["decision"] if current else None, current["id"] if current else None,
+                  generation_id))
+
+
+def current_review(store: Store, generation_id: int) -> dict | None:
+    row = store.conn.execute(
+        "SELECT r.* FROM generations g JOIN reviews r ON r.id = g.review_id WHERE g.id = ?",
+        (generation_id,),
+    ).fetchone()
+    return dict(row) if row else None
+
+
+def neighbour(store: Store, queue: QueueFilter, after: int | None = None,
+              before: int | None = None) -> int | None:
+    """The next (or previous) generation id in the queue: one index seek, whatever the table's size."""
+    where, params = queue.where()
+    if before is not None:
+        sql = f"SELECT g.id FROM generations g WHERE {where} AND g.id < ? ORDER BY g.id DESC LIMIT 1"
+        params.append(before)
+    else:
+        sql = f"SELECT g.id FROM generations g WHERE {where} AND g.id > ? ORDER BY g.id LIMIT 1"
+        params.append(after or 0)
+    row = store.conn.execute(sql, params).fetchone()
+    return row[0] if row else None
+
+
+def counts(store: Store) -> dict[str, int]:
+    """Done generations by current decision; `unreviewed` for those without one."""
+    result = {"unreviewed": 0, "accept": 0, "reject": 0, "skip": 0}
+    for decision, n in store.conn.execute(
+        "SELECT decision, count(*) FROM generations WHERE status = 'done' GROUP BY decision"
+    ):
+        result[decision or "unreviewed"] = n
+    return result

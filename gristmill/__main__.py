@@ -1,0 +1,3 @@
+from gristmill.app.cli import main
+
+main()

@@ -1,0 +1,170 @@
+"""The in-process llama.cpp engine: token ids in, text out; never a string prompt, never a chat template."""
+
+from __future__ import annotations
+
+import ctypes
+import os
+import time
+from collections.abc import Iterator, Sequence
+from pathlib import Path
+
+from gristmill.models.base import (
+    Engine,
+    EngineError,
+    GenerationParams,
+    GenerationResult,
+    ModelInfo,
+    PromptRefused,
+    TextPiece,
+)
+from gristmill.models.fingerprint import fingerprint, total_size
+from gristmill.models.gguf import describe_metadata
+from gristmill.models.stops import StopMatcher, Utf8Stream
+
+DEFAULT_N_CTX_CAP = 4096
+CONTROL_ATTR = 1 << 3  # LLAMA_TOKEN_ATTR_CONTROL
+
+
+class LlamaCppEngine(Engine):
+    name = "llama_cpp"
+
+    def __init__(self, model_path: str | Path, *, n_ctx: int | None = None, n_ctx_cap: int = DEFAULT_N_CTX_CAP,
+                 n_threads: int | None = None, n_gpu_layers: int = 0, add_bos: bool | None = None,
+                 vocab_only: bool = False, n_batch: int = 512):
+        from gristmill.models import native_log
+
+        native_log.install()
+        import llama_cpp
+
+        self._lib = llama_cpp
+        path = Path(model_path)
+        if not path.exists():
+            raise EngineError(f"model file not found: {path}")
+        self.path = path
+        try:
+            self._llm = llama_cpp.Llama(
+                str(path), n_ctx=n_ctx or n_ctx_cap, n_threads=n_threads or os.cpu_count() or 2,
+                n_gpu_layers=n_gpu_layers, vocab_only=vocab_only, verbose=False, n_batch=n_batch,
+            )
+        except (ValueError, RuntimeError) as error:
+            raise EngineError(f"cannot load {path}: {error}") from error
+        self._vocab = self._llm._model.vocab
+        self.metadata = dict(self._llm.metadata)
+        arch = self.metadata.get("general.architecture", "unknown")
+        self.context_length = int(self.metadata.get(f"{arch}.context_length", "0") or 0)
+        # n_ctx defaults to the model's training context, capped by a setting
+        self.n_ctx = n_ctx or min(n_ctx_cap, self.context_length or n_ctx_cap)
+        gguf_add_bos = bool(llama_cpp.llama_vocab_get_add_bos(self._vocab))
+        self.add_bos = gguf_add_bos if add_bos is None else add_bos
+        self._add_bos_source = "gguf" if add_bos is None else "override"
+        self.bos_id = llama_cpp.llama_vocab_bos(self._vocab)
+        self.eos_id = llama_cpp.llama_vocab_eos(self._vocab)
+        self._info: ModelInfo | None = None
+
+    # --- what the model is -------------------------------------------------------------------
+    def info(self) -> ModelInfo:
+        if self._info is None:
+            description = describe_metadata(self.metadata)
+            self._info = ModelInfo(
+                engine=self.name, path=str(self.path), name=description.name,
+                fingerprint=fingerprint(self.path), size_bytes=total_size(self.path),
+                architecture=description.architecture, context_length=self.context_length,
+                n_ctx=self.n_ctx, bos_id=self.bos_id if self.bos_id >= 0 else None,
+                eos_id=self.eos_id if self.eos_id >= 0 else None, add_bos=self.add_bos,
+                add_bos_source=self._add_bos_source, has_chat_template=description.has_chat_template,
+                metadata={k: v for k, v in self.metadata.items() if not k.startswith("tokenizer.chat_template")},
+            )
+        return self._info
+
+    def is_control(self, token_id: int) -> bool:
+        return bool(self._lib.llama_vocab_get_attr(self._vocab, token_id) & CONTROL_ATTR)
+
+    def token_text(self, token_id: int, special: bool = True) -> str:
+        return self._piece(token_id, special).decode("utf-8", errors="replace")
+
+    # --- text <-> ids ------------------------------------------------------------------------
+    def tokenize(self, text: str) -> list[int]:
+        ids = self._llm.tokenize(text.encode("utf-8"), add_bos=False, special=False) if text else []
+        if self.add_bos and self.bos_id >= 0:
+            ids = [self.bos_id, *ids]
+        return ids
+
+    def detokenize(self, ids: Sequence[int]) -> str:
+        stream = Utf8Stream()
+        text = "".join(stream.feed(self._piece(i)) for i in ids)
+        return text + stream.flush()
+
+    def _piece(self, token_id: int, special: bool = False) -> bytes:
+        """The exact bytes of one token (llama-cpp-python's helper truncates pieces over 32 bytes)."""
+        size = 64
+        while True:
+            buffer = ctypes.create_string_buffer(size)
+            n = self._lib.llama_token_to_piece(self._vocab, token_id, buffer, size, 0, special)
+            if n >= 0:
+                return buffer.raw[:n]
+            size = -n
+
+    def check_prompt(self, ids: Sequence[int], max_tokens: int) -> None:
+        for position, token_id in enumerate(ids):
+            if position == 0 and self.add_bos and token_id == self.bos_id:
+                continue
+            if self.is_control(token_id):
+                raise PromptRefused(
+                    f"prompt contains control token {token_id} ({self.token_text(token_id)!r}) at position "
+                    f"{position}; control tokens are never fed")
+        if len(ids) + max_tokens > self.n_ctx:
+            raise PromptRefused(
+                f"prompt has {len(ids)} tokens; with max_tokens {max_tokens} that is {len(ids) + max_tokens}, "
+                f"more than the context of {self.n_ctx} tokens (never truncated: shorten the prompt, lower "
+                f"--max-tokens or raise --n-ctx)")
+
+    # --- generation --------------------------------------------------------------------------
+    def stream(self, ids: Sequence[int], params: GenerationParams) -> Iterator[TextPiece | GenerationResult]:
+        self.check_prompt(ids, params.max_tokens)
+        self._llm.set_seed(params.seed)
+        decoder, matcher = Utf8Stream(), StopMatcher(params.stop)
+        started = time.perf_counter()
+        first_token_at = None
+        count, finish = 0, "length"
+        tokens = self._llm.generate(
+            list(ids), top_k=params.top_k, top_p=params.top_p, min_p=params.min_p,
+            temp=params.temperature, repeat_penalty=params.repeat_penalty, reset=True,
+        )
+        try:
+            for token in tokens:
+                if first_token_at is None:
+                    first_token_at = time.perf_counter()
+                if self._lib.llama_vocab_is_eog(self._vocab, token):
+                    finish = "eos"
+                    break
+                count += 1
+                emit = matcher.feed(decoder.feed(self._piece(token)))
+                if emit:
+                    yield TextPiece(emit)
+                if matcher.stopped:
+                    finish = "stop"
+                    break
+                if count >= params.max_tokens:
+                    break
+        finally:
+            tokens.close()
+        if not matcher.stopped:
+            tail = matcher.feed(decoder.flush())
+            tail += matcher.flush() if not matcher.stopped else ""
+            if matcher.stopped:
+                finish = "stop"
+            if tail:
+                yield TextPiece(tail)
+        ended = time.perf_counter()
+        first = first_token_at or ended
+        yield GenerationResult(
+            text=matcher.text, completion_tokens=count, finish_reason=finish,
+            timings={"prompt_ms": round((first - started) * 1000, 2),
+                     "generate_ms": round((ended - first) * 1000, 2)},
+        )
+
+    def close(self) -> None:
+        llm = getattr(self, "_llm", None)
+        if llm is not None:
+            llm.close()
+            self._llm = None

@@ -1,0 +1,36 @@
+"""Route llama.cpp's native log lines into Python logging, so nothing native writes over the terminal."""
+
+from __future__ import annotations
+
+import ctypes
+import logging
+
+log = logging.getLogger("gristmill.llama_cpp")
+log.addHandler(logging.NullHandler())  # with no file configured, drop lines rather than print them
+# ggml_log_level in the llama.cpp that llama-cpp-python 0.3.x vendors: NONE, DEBUG, INFO, WARN, ERROR, CONT
+_LEVELS = {0: logging.CRITICAL, 1: logging.DEBUG, 2: logging.INFO, 3: logging.WARNING, 4: logging.ERROR}
+_installed = None  # the ctypes callback must stay referenced for as long as llama.cpp may call it
+_line: list[str] = []
+_level = logging.DEBUG
+
+
+def install() -> None:
+    """Replace llama-cpp-python's callback (which prints to stderr) with one that logs."""
+    global _installed
+    if _installed is not None:
+        return
+    import llama_cpp
+    import llama_cpp._logger  # noqa: F401  (sets its own callback on import; ours must come after)
+
+    @llama_cpp.llama_log_callback
+    def callback(level: int, text: bytes, user_data: ctypes.c_void_p) -> None:
+        global _level
+        if level != 5:  # CONT continues the previous line at its level
+            _level = _LEVELS.get(level, logging.DEBUG)
+        _line.append(text.decode("utf-8", errors="replace"))
+        if _line[-1].endswith("\n"):
+            log.log(_level, "%s", "".join(_line).rstrip("\n"))
+            _line.clear()
+
+    llama_cpp.llama_log_set(callback, ctypes.c_void_p(0))
+    _installed = callback
