@@ -168,3 +168,13 @@ class LlamaCppEngine(Engine):
         if llm is not None:
             llm.close()
             self._llm = None
+
+
+def chat_control_tokens(engine: LlamaCppEngine, candidates: tuple[str, ...]) -> list[str]:
+    """Which of the usual chat-turn markers are single control tokens in this vocabulary."""
+    found = []
+    for text in candidates:
+        ids = engine._llm.tokenize(text.encode(), add_bos=False, special=True)
+        if len(ids) == 1 and engine.is_control(ids[0]):
+            found.append(text)
+    return found

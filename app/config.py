@@ -1,0 +1,98 @@
+"""gristmill.toml: project defaults, typed and validated. An unknown key is an error that names it."""
+
+from __future__ import annotations
+
+import tomllib
+from dataclasses import dataclass, field, fields
+from pathlib import Path
+from typing import get_type_hints
+
+
+class ConfigError(ValueError):
+    """The config file is wrong; the message names the file and the key."""
+
+
+@dataclass(frozen=True)
+class GenerateConfig:
+    model: str | None = None  # GGUF path; default: the embedded small base model
+    style: str = "completion"  # completion, few-shot, urial, or a style TOML path
+    samples: int = 1  # completions per instruction
+    max_tokens: int = 256
+    temperature: float = 0.7
+    top_p: float = 0.95
+    top_k: int = 40
+    min_p: float = 0.05
+    repeat_penalty: float = 1.0
+    seed: int = 0  # the run seed; each item's seed derives from it
+    stop: list[str] = field(default_factory=list)  # extra stop strings beside the style's
+    threads: int | None = None
+    gpu_layers: int = 0  # -1 offloads every layer
+    n_ctx: int | None = None  # default: the model's training context, capped at n_ctx_cap
+    n_ctx_cap: int = 4096
+    add_bos: bool | None = None  # default: the GGUF's tokenizer.ggml.add_bos_token
+    pool: str = "builtin"  # few-shot pool: builtin, or accepted (adds accepted records of the same type)
+
+
+@dataclass(frozen=True)
+class ReviewConfig:
+    reviewer: str | None = None  # default: the login name
+
+
+@dataclass(frozen=True)
+class Config:
+    generate: GenerateConfig = field(default_factory=GenerateConfig)
+    review: ReviewConfig = field(default_factory=ReviewConfig)
+    keymap: dict[str, str] = field(default_factory=dict)  # binding id -> keys, e.g. accept = "y"
+
+
+def _check_section(path: Path, name: str, cls: type, values: object):
+    if not isinstance(values, dict):
+        raise ConfigError(f"{path}: key '{name}': expected a table")
+    hints = get_type_hints(cls)
+    known = {f.name for f in fields(cls)}
+    for key, value in values.items():
+        if key not in known:
+            raise ConfigError(f"{path}: key '{name}.{key}': unknown (known: {', '.join(sorted(known))})")
+        expected = hints[key]
+        if not _matches(value, expected):
+            raise ConfigError(f"{path}: key '{name}.{key}': expected {expected}, got {type(value).__name__}")
+    return cls(**values)
+
+
+def _matches(value: object, expected) -> bool:
+    text = str(expected)
+    if value is None:
+        return "None" in text
+    if isinstance(value, bool):
+        return "bool" in text
+    if isinstance(value, int):
+        return "int" in text or "float" in text
+    if isinstance(value, float):
+        return "float" in text
+    if isinstance(value, str):
+        return "str" in text and "list" not in text.split("|")[0]
+    if isinstance(value, list):
+        return "list" in text and all(isinstance(v, str) for v in value)
+    return False
+
+
+def load_config(path: Path) -> Config:
+    if not path.exists():
+        return Config()
+    try:
+        data = tomllib.loads(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError) as error:
+        raise ConfigError(f"{path}: cannot read: {error}") from None
+    except tomllib.TOMLDecodeError as error:
+        raise ConfigError(f"{path}: invalid TOML: {error}") from None
+    unknown = sorted(set(data) - {"generate", "review", "keymap"})
+    if unknown:
+        raise ConfigError(f"{path}: key '{unknown[0]}': unknown section (known: generate, review, keymap)")
+    keymap = data.get("keymap", {})
+    if not isinstance(keymap, dict) or not all(isinstance(v, str) for v in keymap.values()):
+        raise ConfigError(f"{path}: key 'keymap': expected a table of binding id = \"keys\"")
+    return Config(
+        generate=_check_section(path, "generate", GenerateConfig, data.get("generate", {})),
+        review=_check_section(path, "review", ReviewConfig, data.get("review", {})),
+        keymap=dict(keymap),
+    )

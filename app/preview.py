@@ -1,0 +1,36 @@
+"""`gristmill preview`: the exact prompt a style renders, and what it is in tokens, before anything runs."""
+
+from __future__ import annotations
+
+import json
+
+from gristmill.app.config import GenerateConfig
+from gristmill.app.engines import open_engine
+from gristmill.app.prompts import load_style
+from gristmill.models.base import token_ids_sha256
+
+
+def render_preview(config: GenerateConfig, instruction: str, input_text: str, instruction_type: str,
+                   seed: int, *, show_ids: bool = False) -> str:
+    style = load_style(config.style)
+    rendered = style.render(instruction, input_text, instruction_type, seed=seed)
+    engine = open_engine(config, vocab_only=True)
+    try:
+        ids = engine.tokenize(rendered.text)
+        info = engine.info()
+    finally:
+        engine.close()
+    stops = tuple(dict.fromkeys((*rendered.stop, *config.stop)))
+    parts = [
+        f"--- prompt (style {style.name}, exactly as fed) ---\n",
+        rendered.text,
+        "\n--- end of prompt ---\n",
+        f"tokens: {len(ids)} (model {info.name}, BOS {'added' if info.add_bos else 'not added'})\n",
+        f"sha256 of ids: {token_ids_sha256(ids)}\n",
+        f"stop: {json.dumps(list(stops), ensure_ascii=False)}\n",
+    ]
+    if rendered.meta:
+        parts.append(f"meta: {json.dumps(rendered.meta, ensure_ascii=False)}\n")
+    if show_ids:
+        parts.append(f"ids: {json.dumps(ids)}\n")
+    return "".join(parts)

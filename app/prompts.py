@@ -1,0 +1,254 @@
+"""Prompt styles: plain text for a base model to continue. The rendered text is exactly what is fed and stored.
+
+Templates are filled in one pass by a regular expression over the *template*, so instruction text
+containing `{examples}`, braces, backslashes or markup is inserted literally and never re-read.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import random
+import re
+import tomllib
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from importlib.resources import files
+from pathlib import Path
+
+PLACEHOLDER = re.compile(r"\{\{|\}\}|\{([A-Za-z_]+)\}")
+BUILTIN_STYLES = ("completion", "few-shot", "urial")
+DEFAULT_TRAINING_FORMAT = "Instruction: {instruction}\n{input_block}Response: {response}"
+DEFAULT_TRAINING_INPUT = "Input: {input}\n"
+STYLE_KEYS = {"name", "description", "template", "frames", "input_format", "example_format", "examples",
+              "pool_file", "shots", "stop", "training_format", "training_input_format"}
+EXAMPLE_KEYS = {"id", "type", "instruction", "input", "response"}
+
+
+class StyleError(ValueError):
+    """A style file is wrong; the message names the file, the key and the problem."""
+
+
+@dataclass(frozen=True)
+class Example:
+    id: str
+    instruction: str
+    response: str
+    input: str = ""
+    type: str = "general"
+
+
+@dataclass(frozen=True)
+class RenderedPrompt:
+    text: str
+    stop: tuple[str, ...]
+    meta: dict = field(default_factory=dict)  # e.g. the few-shot example ids, in order
+
+
+@dataclass(frozen=True)
+class Style:
+    name: str
+    description: str = ""
+    template: str | None = None  # with {examples}, {instruction}, {input_block}, {input}
+    frames: dict[str, str] = field(default_factory=dict)  # per instruction type; "general" is the fallback
+    input_format: str = "Input: {input}\n"
+    example_format: str = "Instruction: {instruction}\n{input_block}Response: {response}\n\n"
+    examples: tuple[Example, ...] = ()
+    shots: tuple[int, int] = (3, 4)
+    stop: tuple[str, ...] = ()
+    training_format: str = DEFAULT_TRAINING_FORMAT
+    training_input_format: str = DEFAULT_TRAINING_INPUT
+    source: str = "built-in"
+
+    @property
+    def draws_examples(self) -> bool:
+        return "{examples}" in (self.template or "") and bool(self.examples) and self.shots[1] > 0
+
+    def render(self, instruction: str, input_text: str = "", instruction_type: str = "general", *,
+               seed: int = 0, extra_examples: Sequence[Example] = ()) -> RenderedPrompt:
+        input_block = fill(self.input_format, {"input": input_text}) if input_text else ""
+        values = {"instruction": instruction, "input": input_text, "input_block": input_block,
+                  "type": instruction_type}
+        meta: dict = {}
+        if self.template is not None:
+            template = self.template
+            if "{examples}" in template:
+                chosen = self.draw(seed, extra_examples)
+                meta["examples"] = [e.id for e in chosen]
+                values["examples"] = "".join(self.format_example(e) for e in chosen)
+        else:
+            frame_type = instruction_type if instruction_type in self.frames else "general"
+            template = self.frames[frame_type]
+            meta["frame"] = frame_type
+        return RenderedPrompt(fill(template, values), self.stop, meta)
+
+    def draw(self, seed: int, extra_examples: Sequence[Example] = ()) -> list[Example]:
+        """3-4 examples chosen and ordered by a generator seeded with the item's seed: reproducible per item."""
+        pool = list(self.examples) + list(extra_examples)
+        rng = random.Random(seed)
+        low, high = self.shots
+        k = min(rng.randint(low, high), len(pool))
+        return rng.sample(pool, k)
+
+    def format_example(self, example: Example) -> str:
+        block = fill(self.input_format, {"input": example.input}) if example.input else ""
+        return fill(self.example_format, {"instruction": example.instruction, "input": example.input,
+                                          "input_block": block, "response": example.response,
+                                          "type": example.type})
+
+    def training_text(self, instruction: str, input_text: str, response: str) -> str:
+        """`formatted_text` for export: the training format, not the generation prompt."""
+        block = fill(self.training_input_format, {"input": input_text}) if input_text else ""
+        return fill(self.training_format, {"instruction": instruction, "input": input_text,
+                                           "input_block": block, "response": response})
+
+
+def fill(template: str, values: dict[str, str]) -> str:
+    """Replace {name} placeholders in one pass; `{{` and `}}` are literal braces. Values are never re-scanned."""
+    def replace(match: re.Match) -> str:
+        token = match.group(0)
+        if token == "{{":
+            return "{"
+        if token == "}}":
+            return "}"
+        return values.get(match.group(1), token)
+    return PLACEHOLDER.sub(replace, template)
+
+
+def placeholders(template: str) -> set[str]:
+    return {m.group(1) for m in PLACEHOLDER.finditer(template) if m.group(1)}
+
+
+# --- loading -------------------------------------------------------------------------------------
+
+def _builtin_dir() -> Path:
+    return Path(str(files("gristmill.app.styles")))
+
+
+def load_style(name_or_path: str) -> Style:
+    """A built-in style by name, or a user's TOML file by path."""
+    if name_or_path in BUILTIN_STYLES:
+        return _load_file(_builtin_dir() / f"{name_or_path}.toml", "built-in")
+    path = Path(name_or_path)
+    if path.suffix == ".toml" or path.exists():
+        if not path.exists():
+            raise StyleError(f"{path}: style file not found")
+        return _load_file(path, str(path))
+    raise StyleError(f"unknown style {name_or_path!r}: use one of {', '.join(BUILTIN_STYLES)} or a .toml file")
+
+
+def list_styles(extra_dirs: Sequence[Path] = ()) -> list[Style]:
+    styles = [load_style(name) for name in BUILTIN_STYLES]
+    for directory in extra_dirs:
+        for path in sorted(Path(directory).glob("*.toml")):
+            if path.name != "gristmill.toml":
+                try:
+                    styles.append(load_style(str(path)))
+                except StyleError:
+                    continue
+    return styles
+
+
+def _load_file(path: Path, source: str) -> Style:
+    try:
+        data = tomllib.loads(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError) as error:
+        raise StyleError(f"{path}: cannot read: {error}") from None
+    except tomllib.TOMLDecodeError as error:
+        raise StyleError(f"{path}: invalid TOML: {error}") from None
+    where = f"{path}"
+
+    def expect(key: str, kind: type, default=None):
+        value = data.get(key, default)
+        if value is not None and not isinstance(value, kind):
+            raise StyleError(f"{where}: key '{key}': expected {kind.__name__}, got {type(value).__name__}")
+        return value
+
+    unknown = sorted(set(data) - STYLE_KEYS)
+    if unknown:
+        raise StyleError(f"{where}: key '{unknown[0]}': unknown (known keys: {', '.join(sorted(STYLE_KEYS))})")
+    template = expect("template", str)
+    frames = expect("frames", dict, {})
+    if template is None and not frames:
+        raise StyleError(f"{where}: key 'template': missing (a style needs a template or [frames])")
+    if frames and "general" not in frames:
+        raise StyleError(f"{where}: key 'frames.general': missing (the fallback frame for other types)")
+    for frame_type, frame in frames.items():
+        if not isinstance(frame, str):
+            raise StyleError(f"{where}: key 'frames.{frame_type}': expected text")
+        _check_placeholders(where, f"frames.{frame_type}", frame, {"instruction", "input", "input_block", "type"})
+    if template is not None:
+        _check_placeholders(where, "template", template, {"instruction", "input", "input_block", "examples", "type"})
+        if "{instruction}" not in template:
+            raise StyleError(f"{where}: key 'template': must contain {{instruction}}")
+    stop = expect("stop", list, [])
+    if not all(isinstance(s, str) and s for s in stop):
+        raise StyleError(f"{where}: key 'stop': expected a list of non-empty strings")
+    shots = expect("shots", list, [3, 4])
+    if len(shots) != 2 or not all(isinstance(n, int) and n >= 0 for n in shots) or shots[0] > shots[1]:
+        raise StyleError(f"{where}: key 'shots': expected [low, high] with 0 <= low <= high")
+    examples = [_example(where, f"examples[{n}]", e) for n, e in enumerate(expect("examples", list, []))]
+    pool_file = expect("pool_file", str)
+    if pool_file:
+        examples += load_pool(path.parent / pool_file)
+    if template and "{examples}" in template and not examples:
+        raise StyleError(f"{where}: key 'examples': the template uses {{examples}} but no examples or pool_file")
+    fields_ = {k: expect(k, str) for k in ("description", "input_format", "example_format", "training_format",
+                                           "training_input_format")}
+    for key in ("example_format", "training_format"):
+        if fields_[key] is not None:
+            allowed = {"instruction", "input", "input_block", "response", "type"}
+            _check_placeholders(where, key, fields_[key], allowed)
+    return Style(
+        name=expect("name", str) or path.stem, template=template, frames=dict(frames),
+        examples=tuple(examples), shots=(shots[0], shots[1]), stop=tuple(stop), source=source,
+        **{k: v for k, v in fields_.items() if v is not None},
+    )
+
+
+def _check_placeholders(where: str, key: str, text: str, allowed: set[str]) -> None:
+    unknown = sorted(placeholders(text) - allowed)
+    if unknown:
+        raise StyleError(f"{where}: key '{key}': unknown placeholder {{{unknown[0]}}} "
+                         f"(use {', '.join('{' + a + '}' for a in sorted(allowed))}; write {{{{ for a literal brace)")
+
+
+def _example(where: str, key: str, value: object) -> Example:
+    if not isinstance(value, dict):
+        raise StyleError(f"{where}: key '{key}': expected a table")
+    unknown = sorted(set(value) - EXAMPLE_KEYS)
+    if unknown:
+        raise StyleError(f"{where}: key '{key}.{unknown[0]}': unknown")
+    for required in ("instruction", "response"):
+        if not isinstance(value.get(required), str) or not value[required].strip():
+            raise StyleError(f"{where}: key '{key}.{required}': missing or not text")
+    return Example(id=str(value.get("id") or f"{Path(where).stem}-{key}"), instruction=value["instruction"],
+                   response=value["response"], input=str(value.get("input") or ""),
+                   type=str(value.get("type") or "general"))
+
+
+def load_pool(path: Path) -> list[Example]:
+    """A JSONL pool of example pairs (`id`, `type`, `instruction`, `input`, `response`)."""
+    examples = []
+    try:
+        lines = path.read_text(encoding="utf-8").splitlines()
+    except (OSError, UnicodeDecodeError) as error:
+        raise StyleError(f"{path}: cannot read pool: {error}") from None
+    for number, line in enumerate(lines, 1):
+        if not line.strip():
+            continue
+        try:
+            value = json.loads(line)
+        except json.JSONDecodeError as error:
+            raise StyleError(f"{path}:{number}: invalid JSON: {error.msg}") from None
+        examples.append(_example(f"{path}:{number}", "example", value))
+    return examples
+
+
+def item_seed(run_seed: int, content_hash: str, sample_index: int) -> int:
+    """Each (instruction, sample) gets its own seed from the run seed: reproducible, and different per item."""
+    digest = hashlib.sha256(f"{run_seed}:{content_hash}:{sample_index}".encode()).digest()
+    return int.from_bytes(digest[:4], "big") & 0x7FFFFFFF
+
+
+ExampleSource = Callable[[str], Sequence[Example]]  # instruction type -> extra examples (e.g. accepted records)

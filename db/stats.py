@@ -1,0 +1,30 @@
+"""Counts for `gristmill stats` and the doctor."""
+
+from __future__ import annotations
+
+from gristmill.db.connection import Store
+
+
+def collect(store: Store) -> dict[str, dict[str, int]]:
+    def grouped(sql: str) -> dict[str, int]:
+        return {str(key if key is not None else "unreviewed"): n for key, n in store.conn.execute(sql)}
+
+    return {
+        "instructions": {"total": store.conn.execute("SELECT count(*) FROM instructions").fetchone()[0]},
+        "types": grouped("SELECT instruction_type, count(*) FROM instructions GROUP BY 1 ORDER BY 1"),
+        "generations": grouped("SELECT status, count(*) FROM generations GROUP BY 1 ORDER BY 1"),
+        "decisions": grouped("SELECT decision, count(*) FROM generations WHERE status = 'done' GROUP BY 1 ORDER BY 1"),
+        "runs": {"total": store.conn.execute("SELECT count(*) FROM runs").fetchone()[0],
+                 "finished": store.conn.execute("SELECT count(*) FROM runs WHERE finished_at IS NOT NULL").fetchone()[0]},
+    }
+
+
+def health(store: Store) -> dict[str, str]:
+    return {
+        "integrity_check": store.conn.execute("PRAGMA integrity_check").fetchone()[0],
+        "journal_mode": store.conn.execute("PRAGMA journal_mode").fetchone()[0],
+        "synchronous": {0: "OFF", 1: "NORMAL", 2: "FULL", 3: "EXTRA"}.get(
+            store.conn.execute("PRAGMA synchronous").fetchone()[0], "?"),
+        "foreign_keys": "on" if store.conn.execute("PRAGMA foreign_keys").fetchone()[0] else "off",
+        "busy_timeout_ms": str(store.conn.execute("PRAGMA busy_timeout").fetchone()[0]),
+    }
