@@ -2,4 +2,45 @@
 
 from __future__ import annotations
 
-from gristmill.app.cli import app  # noqa: F401  (the export command registers here once it lands)
+from pathlib import Path
+from typing import Annotated, Optional
+
+import typer
+from rich.markup import escape
+
+from gristmill.app.cli import State, app, bad_input, out
+
+
+@app.command("export")
+def export_command(
+    out_path: Annotated[Path, typer.Argument(metavar="OUT", help="Output JSONL file (written atomically).")],
+    format_: Annotated[str, typer.Option("--format", help="native, messages (TRL conversational) or text.")] = "native",
+    type_: Annotated[Optional[str], typer.Option("--type", help="Only this instruction type.")] = None,
+    style: Annotated[Optional[str], typer.Option(help="Only records generated with this style.")] = None,
+    run: Annotated[Optional[int], typer.Option(help="Only this run.")] = None,
+    reviewer: Annotated[Optional[str], typer.Option(help="Only decisions by this reviewer.")] = None,
+    min_chars: Annotated[Optional[int], typer.Option(min=0, help="Minimum response length.")] = None,
+    max_chars: Annotated[Optional[int], typer.Option(min=0, help="Maximum response length.")] = None,
+    exclude_flag: Annotated[Optional[list[str]], typer.Option(help="Leave out records with this flag (repeatable).")] = None,
+    dedup: Annotated[bool, typer.Option("--dedup/--no-dedup", help="Drop exact and near duplicates.")] = True,
+    dedup_threshold: Annotated[float, typer.Option(min=0.01, max=1.0, help="Jaccard similarity that counts as near-duplicate.")] = 0.8,
+) -> None:
+    """Write accepted records as JSONL, with OUT.manifest.json beside it."""
+    from gristmill.app.export import FORMATS, export
+    from gristmill.db import open_store
+    from gristmill.db.exports import ExportFilter
+
+    if format_ not in FORMATS:
+        raise bad_input(f"export: --format must be one of {', '.join(FORMATS)}, not {format_!r}")
+    if not out_path.parent.exists():
+        raise bad_input(f"export: directory {out_path.parent} does not exist")
+    if not State.db_path.exists():
+        raise bad_input(f"export: database {State.db_path} does not exist")
+    where = ExportFilter(instruction_type=type_, style=style, run_id=run, reviewer=reviewer, min_chars=min_chars,
+                         max_chars=max_chars, exclude_flags=tuple(exclude_flag or ()))
+    with open_store(State.db_path) as store:
+        report = export(store, out_path, fmt=format_, where=where, dedup=dedup, dedup_threshold=dedup_threshold)
+    out.print(f"{escape(str(out_path))}: {report.records} record(s), sha256 {report.sha256}")
+    if report.dropped:
+        out.print(f"dedup removed {len(report.dropped)} record(s); the manifest lists each pair")
+    out.print(f"manifest: {escape(report.manifest_path)}")

@@ -20,12 +20,14 @@ def leak_markers(stops: Sequence[str]) -> list[str]:
 
 
 def trim_leak(text: str, stops: Sequence[str]) -> tuple[str, bool]:
-    """Cut the completion where it starts the next example (a marker at a line or word start)."""
+    """Cut the completion where it starts the next example, which the stop strings missed (e.g. mid-line)."""
     cut = None
     for marker in leak_markers(stops):
         for match in re.finditer(re.escape(marker), text):
             start = match.start()
-            if start == 0 or text[start - 1].isspace():
+            before = text[start - 1] if start else "\n"
+            # short markers ("Q:", "A:") only count at a line start; long ones after any space
+            if before == "\n" or (before.isspace() and len(marker) >= 4):
                 cut = start if cut is None else min(cut, start)
                 break
     if cut is None:

@@ -1,0 +1,1 @@
+"""The Textual review app. Widgets call the pipeline (app/review.py); no SQL or model calls live here."""

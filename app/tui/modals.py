@@ -1,0 +1,135 @@
+"""Small modal screens: help, edit, a read-only text (diff), and the queue filter."""
+
+from __future__ import annotations
+
+from rich.text import Text
+from textual.app import ComposeResult
+from textual.binding import Binding
+from textual.containers import Horizontal, Vertical, VerticalScroll
+from textual.screen import ModalScreen, Screen
+from textual.widgets import Button, Input, Label, Select, Static, TextArea
+
+from gristmill.app.flags import ALL_FLAGS
+from gristmill.app.textsafe import visible
+from gristmill.db.reviews import REVIEW_STATES, QueueFilter
+
+
+class HelpScreen(ModalScreen[None]):
+    """Every binding of the screen below and of the app, with the keys in force (after any keymap)."""
+
+    CSS_PATH = "modals.tcss"
+    BINDINGS = [Binding("escape,q,question_mark", "dismiss", "Close", id="close_help")]
+
+    def __init__(self, below: Screen):
+        super().__init__()
+        self.below = below
+
+    def compose(self) -> ComposeResult:
+        rows = Text()
+        rows.append("Keys (remap by binding id in gristmill.toml [keymap])\n\n", style="bold")
+        seen = set()
+        for binding_id, keys, description in self._bindings_table():
+            if binding_id in seen:
+                continue
+            seen.add(binding_id)
+            rows.append(f"{keys:<14}", style="bold")
+            rows.append(f"{description}  ")
+            rows.append(f"[{binding_id}]\n", style="dim")
+        with VerticalScroll(id="dialog"):
+            yield Static(rows)
+
+    def _bindings_table(self) -> list[tuple[str, str, str]]:
+        table: dict[str, tuple[str, list[str], str]] = {}
+        for node in (self.below, self.app):
+            for binding in node.BINDINGS:
+                if isinstance(binding, Binding) and binding.id:
+                    keys = getattr(self.app, "keymap_overrides", {}).get(binding.id, binding.key)
+                    entry = table.setdefault(binding.id, (binding.id, [], binding.description))
+                    entry[1].append(keys)
+        return [(i, ",".join(k), d) for i, k, d in table.values()]
+
+
+class EditScreen(ModalScreen[str | None]):
+    """Edit the response; ctrl+s saves (and accepts the edited text), escape cancels. The original is kept."""
+
+    CSS_PATH = "modals.tcss"
+    BINDINGS = [Binding("ctrl+s", "save", "Save and accept", id="save_edit"),
+                Binding("escape", "cancel", "Cancel", id="cancel_edit")]
+
+    def __init__(self, text: str):
+        super().__init__()
+        self.text = text
+
+    def compose(self) -> ComposeResult:
+        with Vertical(id="dialog"):
+            yield Label("Edit the response · ctrl+s save and accept · escape cancel")
+            yield TextArea(self.text, id="editor", soft_wrap=True, show_line_numbers=False)
+
+    def on_mount(self) -> None:
+        self.query_one(TextArea).focus()
+
+    def action_save(self) -> None:
+        self.dismiss(self.query_one(TextArea).text)
+
+    def action_cancel(self) -> None:
+        self.dismiss(None)
+
+
+class TextScreen(ModalScreen[None]):
+    CSS_PATH = "modals.tcss"
+    BINDINGS = [Binding("escape,q,d", "dismiss", "Close", id="close_text")]
+
+    def __init__(self, title: str, body: str):
+        super().__init__()
+        self.title_text, self.body = title, body
+
+    def compose(self) -> ComposeResult:
+        with VerticalScroll(id="dialog"):
+            yield Label(self.title_text)
+            yield Static(Text(visible(self.body)), id="text-body")
+
+
+class FilterScreen(ModalScreen[QueueFilter | None]):
+    """Narrow the review queue by decision state, type, style, flag and response length."""
+
+    CSS_PATH = "modals.tcss"
+    BINDINGS = [Binding("escape", "cancel", "Cancel", id="cancel_filter")]
+
+    def __init__(self, current: QueueFilter):
+        super().__init__()
+        self.current = current
+
+    def compose(self) -> ComposeResult:
+        c = self.current
+        with Vertical(id="dialog"):
+            yield Label("Filter the review queue · enter apply · escape cancel")
+            yield Select([(s, s) for s in REVIEW_STATES], value=c.state, allow_blank=False, id="state")
+            yield Input(c.instruction_type or "", placeholder="instruction type (empty: any)", id="type")
+            yield Input(c.style or "", placeholder="style (empty: any)", id="style")
+            yield Select([(f, f) for f in ALL_FLAGS], value=c.flag or Select.NULL, prompt="flag (any)", id="flag")
+            with Horizontal():
+                yield Input(str(c.min_chars or ""), placeholder="min chars", type="integer", id="min")
+                yield Input(str(c.max_chars or ""), placeholder="max chars", type="integer", id="max")
+            yield Button("Apply", variant="primary", id="apply")
+
+    def _value(self) -> QueueFilter:
+        def text(widget_id: str) -> str | None:
+            return self.query_one(f"#{widget_id}", Input).value.strip() or None
+
+        def number(widget_id: str) -> int | None:
+            value = text(widget_id)
+            return int(value) if value else None
+
+        flag = self.query_one("#flag", Select).value
+        return QueueFilter(state=str(self.query_one("#state", Select).value), instruction_type=text("type"),
+                           style=text("style"), flag=None if flag is Select.NULL else str(flag),
+                           min_chars=number("min"), max_chars=number("max"))
+
+    def on_input_submitted(self) -> None:
+        self.dismiss(self._value())
+
+    def on_button_pressed(self, event: Button.Pressed) -> None:
+        self.dismiss(self._value())
+
+    def action_cancel(self) -> None:
+        self.dismiss(None)

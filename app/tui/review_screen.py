@@ -1,0 +1,201 @@
+"""The review screen: one generation at a time, decided from the keyboard, committed before moving on."""
+
+from __future__ import annotations
+
+from rich.text import Text
+from textual.app import ComposeResult
+from textual.binding import Binding
+from textual.containers import VerticalScroll
+from textual.screen import Screen
+from textual.widgets import Collapsible, Footer, Header, Static
+
+from gristmill.app import review
+from gristmill.app.review import ReviewItem
+from gristmill.app.textsafe import visible
+from gristmill.db.reviews import QueueFilter
+
+EMPTY_RECHECK_S = 2.0
+
+
+def plain(text: str, style: str = "") -> Text:
+    """Model text as a Rich Text: never parsed as markup, control characters made visible."""
+    return Text(visible(text), style=style)
+
+
+class ReviewScreen(Screen):
+    CSS_PATH = "review_screen.tcss"
+    BINDINGS = [
+        Binding("a", "accept", "Accept", id="accept"),
+        Binding("r", "reject", "Reject", id="reject"),
+        Binding("e", "edit", "Edit", id="edit"),
+        Binding("s", "skip", "Skip", id="skip"),
+        Binding("u", "undo", "Undo", id="undo"),
+        Binding("j,down", "next", "Next", id="next"),
+        Binding("k,up", "previous", "Prev", id="previous"),
+        Binding("d", "diff", "Diff", id="diff", show=False),
+        Binding("f", "filter", "Filter", id="filter"),
+        Binding("p", "toggle_prompt", "Prompt", id="toggle_prompt", show=False),
+        *[Binding(str(n), f"best({n})", f"Best of N: sample {n}", id=f"best_{n}", show=False) for n in range(1, 10)],
+    ]
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.queue = QueueFilter()
+        self.item: ReviewItem | None = None
+        self.last_seen_id: int = 0  # where an empty queue re-checks from
+
+    def compose(self) -> ComposeResult:
+        yield Header()
+        yield Static(id="meta")
+        with VerticalScroll(id="body"):
+            yield Static(id="instruction")
+            yield Static(id="output")
+            with Collapsible(title="Fed prompt (exact text)", collapsed=True, id="prompt-panel"):
+                yield Static(id="prompt")
+        yield Footer()
+
+    def on_mount(self) -> None:
+        self.show(review.next_in_queue(self.app.store, self.queue))
+        self.set_interval(EMPTY_RECHECK_S, self._recheck_when_empty)
+
+    # --- showing -------------------------------------------------------------------------------
+    def show(self, generation_id: int | None) -> None:
+        store = self.app.store
+        self.item = review.load_item(store, generation_id) if generation_id else None
+        meta, instruction, output, prompt = (self.query_one(f"#{i}", Static)
+                                             for i in ("meta", "instruction", "output", "prompt"))
+        if self.item is None:
+            meta.update(Text(f"Nothing to review in this view ({self._describe_queue()}). "
+                             "New generations appear here as they are written; f changes the filter."))
+            for widget in (instruction, output, prompt):
+                widget.update("")
+            return
+        item = self.item
+        self.last_seen_id = item.generation_id
+        flags = ", ".join(item.flags) or "none"
+        decision = f" · decided: {item.decision} by {item.reviewer}" if item.decision else ""
+        meta.update(Text(
+            f"#{item.generation_id} · {item.style} · {item.instruction_type} · prompt {item.prompt_tokens} tok · "
+            f"completion {item.completion_tokens} tok · {item.finish_reason} · flags: {flags} · "
+            f"sample {item.sample_index + 1} of {item.samples}{decision}"))
+        body = Text()
+        body.append("Instruction\n", style="bold")
+        body.append_text(plain(item.instruction))
+        if item.input:
+            body.append("\n\nInput\n", style="bold")
+            body.append_text(plain(item.input))
+        instruction.update(body)
+        shown = Text()
+        shown.append("Edited response (original kept; d shows the diff)\n" if item.edited_response is not None
+                      else "Model output\n", style="bold")
+        shown.append_text(plain(item.response))
+        output.update(shown)
+        prompt.update(plain(item.prompt))
+        self.query_one("#body", VerticalScroll).scroll_home(animate=False)
+
+    def _describe_queue(self) -> str:
+        q = self.queue
+        parts = [q.state] + [f"{k}={v}" for k, v in (("type", q.instruction_type), ("style", q.style),
+                                                      ("flag", q.flag), ("min", q.min_chars), ("max", q.max_chars)) if v]
+        return ", ".join(parts)
+
+    def _recheck_when_empty(self) -> None:
+        if self.item is None:
+            found = review.next_in_queue(self.app.store, self.queue, after=0)
+            if found is not None:
+                self.show(found)
+
+    def _advance(self) -> None:
+        """After a decision: the next item in the queue after this one, else the first from the start."""
+        current = self.item.generation_id if self.item else 0
+        store = self.app.store
+        self.show(review.next_in_queue(store, self.queue, after=current)
+                  or review.next_in_queue(store, self.queue, after=0))
+        self.app.refresh_counts()
+
+    # --- decisions ------------------------------------------------------------------------------
+    def _decide(self, decision: str, edited: str | None = None) -> None:
+        if self.item is None:
+            return
+        review.decide(self.app.store, self.item.generation_id, decision, self.app.reviewer, edited)
+        self._advance()
+
+    def action_accept(self) -> None:
+        self._decide("accept")
+
+    def action_reject(self) -> None:
+        self._decide("reject")
+
+    def action_skip(self) -> None:
+        self._decide("skip")
+
+    def action_undo(self) -> None:
+        touched = review.undo(self.app.store, self.app.reviewer)
+        if not touched:
+            self.notify("Nothing to undo", severity="warning")
+            return
+        self.notify(f"Undid the decision on #{', #'.join(map(str, touched))}")
+        self.show(min(touched))
+        self.app.refresh_counts()
+
+    def action_best(self, k: int) -> None:
+        if self.item is None:
+            return
+        chosen = review.pick_best(self.app.store, self.item.generation_id, k, self.app.reviewer)
+        if chosen is None:
+            self.notify(f"This instruction has no sample {k}", severity="warning")
+            return
+        self.notify(f"Accepted sample {k} (#{chosen}); rejected its siblings")
+        self._advance()
+
+    def action_edit(self) -> None:
+        if self.item is None:
+            return
+        from gristmill.app.tui.modals import EditScreen
+
+        item = self.item
+
+        def saved(text: str | None) -> None:
+            if text is not None and self.item is not None and self.item.generation_id == item.generation_id:
+                self._decide("accept", None if text == item.completion else text)
+
+        self.app.push_screen(EditScreen(item.response), saved)
+
+    def action_diff(self) -> None:
+        if self.item is None:
+            return
+        from gristmill.app.tui.modals import TextScreen
+
+        diff = review.unified_diff(self.item.completion, self.item.response)
+        self.app.push_screen(TextScreen("Edited text against the model output", diff))
+
+    def action_filter(self) -> None:
+        from gristmill.app.tui.modals import FilterScreen
+
+        def chosen(queue: QueueFilter | None) -> None:
+            if queue is not None:
+                self.queue = queue
+                self.show(review.next_in_queue(self.app.store, queue))
+
+        self.app.push_screen(FilterScreen(self.queue), chosen)
+
+    # --- moving ---------------------------------------------------------------------------------
+    def action_next(self) -> None:
+        after = self.item.generation_id if self.item else self.last_seen_id
+        found = review.next_in_queue(self.app.store, self.queue, after=after)
+        if found is None:
+            self.notify("End of the queue", severity="information")
+            return
+        self.show(found)
+
+    def action_previous(self) -> None:
+        before = self.item.generation_id if self.item else self.last_seen_id + 1
+        found = review.previous_in_queue(self.app.store, self.queue, before=before)
+        if found is None:
+            self.notify("Start of the queue", severity="information")
+            return
+        self.show(found)
+
+    def action_toggle_prompt(self) -> None:
+        panel = self.query_one("#prompt-panel", Collapsible)
+        panel.collapsed = not panel.collapsed
