@@ -21,8 +21,8 @@ from gristmill.app.config import Config, ConfigError, GenerateConfig, load_confi
 
 app = typer.Typer(add_completion=False, no_args_is_help=False, rich_markup_mode=None,
                   help="Turn a base model's completions into reviewed SFT data.")
-out = Console(highlight=False)
-err = Console(stderr=True, highlight=False)
+out = Console(highlight=False, soft_wrap=True)  # never wrap: lines are read by scripts
+err = Console(stderr=True, highlight=False, soft_wrap=True)
 
 
 class State:

