@@ -1,0 +1,172 @@
+"""Generation on the real model: stored prompt = fed text, resume after kill -9, two writers, flags."""
+
+from __future__ import annotations
+
+import json
+import os
+import random
+import signal
+import sqlite3
+import subprocess
+import sys
+import time
+
+import pytest
+from typer.testing import CliRunner
+
+from gristmill.app.cli import app
+from gristmill.app.flags import quality_flags, trim_leak
+from gristmill.app.generate import RunSettings, open_run, run_generation
+from gristmill.app.review import decide
+from gristmill.db import open_store
+from gristmill.models import GenerationParams
+from gristmill.models.base import token_ids_sha256
+from tests.conftest import write
+
+runner = CliRunner()
+
+
+def add_instructions(tmp_path, n: int, name: str = "items.jsonl") -> None:
+    lines = [json.dumps({"instruction": f"Name thing number {i}.", "instruction_type": "question"}) for i in range(n)]
+    result = runner.invoke(app, ["add", str(write(tmp_path / name, "\n".join(lines) + "\n"))])
+    assert result.exit_code == 0, result.output
+
+
+def gristmill(*args: str, **kwargs) -> subprocess.Popen:
+    return subprocess.Popen([sys.executable, "-m", "gristmill", *args], stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True, **kwargs)
+
+
+def test_stored_prompts_are_the_fed_text_on_the_real_model(tmp_path, gemma, store):
+    runner.invoke(app, ["add", str(write(tmp_path / "a.jsonl",
+                        '{"instruction": "Say <|im_start|> and {examples} literally", "input": "<start_of_turn>"}\n'
+                        '{"instruction": "What is 2+2?", "instruction_type": "math"}\n'))])
+    for style in ("completion", "few-shot", "urial"):
+        settings = RunSettings(style=style, params=GenerationParams(max_tokens=8, temperature=0.7, seed=3))
+        run, style_obj, settings = open_run(store, gemma, settings)
+        final = run_generation(store, gemma, run, style_obj, settings)
+        assert final.done == 2
+    rows = store.query("SELECT g.*, i.instruction FROM generations g JOIN instructions i ON i.id = g.instruction_id")
+    assert len(rows) == 6
+    for row in rows:
+        ids = gemma.tokenize(row["prompt"])
+        assert row["prompt_token_ids_sha256"] == token_ids_sha256(ids) and row["prompt_tokens"] == len(ids)
+        assert row["instruction"] in row["prompt"]
+        assert not any(gemma.is_control(i) for i in ids[1:])
+        assert row["status"] == "done" and row["finish_reason"] in ("stop", "length", "eos")
+    few_shot = [json.loads(r["style_meta"]) for r in rows if "examples" in json.loads(r["style_meta"])]
+    assert len(few_shot) == 4 and all(len(m["examples"]) in (3, 4) for m in few_shot)
+
+
+def test_cli_generate_resumes_and_never_duplicates(tmp_path, gemma_path):
+    add_instructions(tmp_path, 4)
+    first = runner.invoke(app, ["generate", "--max-tokens", "4", "--samples", "2", "--limit", "3", "--quiet"])
+    assert first.exit_code == 0, first.output
+    assert "3 done" in first.output and "5 pending" in first.output
+    second = runner.invoke(app, ["generate", "--max-tokens", "4", "--samples", "2", "--quiet"])
+    assert second.exit_code == 0 and "8 done" in second.output and "run 1" in second.output
+    add_instructions(tmp_path, 5, "more.jsonl")  # one new instruction joins the same run
+    third = runner.invoke(app, ["generate", "--max-tokens", "4", "--samples", "2", "--quiet"])
+    assert "10 done" in third.output and "0 pending" in third.output
+    other = runner.invoke(app, ["generate", "--max-tokens", "4", "--temperature", "0.1", "--limit", "1", "--quiet"])
+    assert "run 2" in other.output
+    with open_store(tmp_path / "test.db") as store:
+        run = store.query("SELECT params, settings, finished_at FROM runs WHERE id = 1")[0]
+        assert json.loads(run["params"])["max_tokens"] == 4 and run["finished_at"]
+        dupes = store.query("SELECT count(*) FROM generations GROUP BY run_id, instruction_id, sample_index HAVING count(*) > 1")
+        assert dupes == []
+
+
+def test_too_long_prompt_is_refused_with_the_numbers(tmp_path, gemma_path):
+    runner.invoke(app, ["add", str(write(tmp_path / "a.txt", "word " * 400 + "\nshort one\n"))])
+    result = runner.invoke(app, ["generate", "--n-ctx", "256", "--max-tokens", "8", "--quiet"])
+    assert result.exit_code == 0 and "1 refused" in result.output
+    with open_store(tmp_path / "test.db") as store:
+        row = store.query("SELECT * FROM generations WHERE status = 'refused'")[0]
+    assert "256" in row["error"] and str(row["prompt_tokens"]) in row["error"] and row["completion"] is None
+
+
+def test_kill_9_at_random_moments_then_resume_finishes_exactly_once(tmp_path, gemma_path):
+    add_instructions(tmp_path, 20)
+    args = ("generate", "--max-tokens", "6", "--samples", "2", "--quiet", "--threads", "1")
+    rng = random.Random(1)
+    for _ in range(10):
+        process = gristmill(*args)
+        time.sleep(rng.uniform(0.2, 2.0))
+        process.send_signal(signal.SIGKILL)
+        process.wait()
+    final = gristmill(*args)
+    out, err = final.communicate(timeout=300)
+    assert final.returncode == 0, err
+    conn = sqlite3.connect(tmp_path / "test.db")
+    assert conn.execute("PRAGMA integrity_check").fetchone()[0] == "ok"
+    rows = conn.execute("SELECT instruction_id, sample_index, status FROM generations").fetchall()
+    assert len(rows) == 40 and len(set((r[0], r[1]) for r in rows)) == 40
+    assert {r[2] for r in rows} == {"done"}
+    assert conn.execute("SELECT count(*) FROM runs").fetchone()[0] == 1
+
+
+def test_ctrl_c_stops_cleanly_with_exit_130(tmp_path, gemma_path):
+    add_instructions(tmp_path, 30)
+    process = gristmill("generate", "--max-tokens", "16", "--quiet")
+    deadline = time.time() + 60
+    while time.time() < deadline:
+        time.sleep(0.3)
+        done = sqlite3.connect(tmp_path / "test.db").execute(
+            "SELECT count(*) FROM generations WHERE status = 'done'").fetchone()[0] if (tmp_path / "test.db").exists() else 0
+        if done:
+            break
+    process.send_signal(signal.SIGINT)
+    out, err = process.communicate(timeout=60)
+    assert process.returncode == 130, err
+    assert "interrupted" in err and "pending" in out
+
+
+def test_review_and_generation_write_at_once_without_lock_errors(tmp_path, gemma_path):
+    add_instructions(tmp_path, 25)
+    process = gristmill("generate", "--max-tokens", "6", "--quiet")
+    decided, errors = set(), []
+    with open_store(tmp_path / "test.db") as store:
+        while process.poll() is None:
+            for row in store.query("SELECT id FROM generations WHERE status = 'done' AND decision IS NULL"):
+                try:
+                    decide(store, row["id"], "accept", "reviewer")
+                    decided.add(row["id"])
+                except sqlite3.OperationalError as error:
+                    errors.append(str(error))
+            time.sleep(0.01)
+    out, err = process.communicate()
+    assert process.returncode == 0 and "locked" not in err, err
+    assert errors == [] and len(decided) >= 5
+
+
+def test_engine_errors_mark_the_item_failed_and_the_run_goes_on(store, tmp_path):
+    from gristmill.models.fake import FakeEngine
+    runner.invoke(app, ["add", str(write(tmp_path / "a.txt", "fine one\nBOOM here\nfine two\n"))])
+    engine = FakeEngine(fail_on="BOOM")
+    run, style, settings = open_run(store, engine, RunSettings(params=GenerationParams(max_tokens=20)))
+    final = run_generation(store, engine, run, style, settings)
+    assert (final.done, final.failed) == (2, 1)
+    assert "fake failure" in store.query("SELECT error FROM generations WHERE status = 'failed'")[0][0]
+    engine.fail_on = None
+    again = run_generation(store, engine, run, style, settings, retry_failed=True)
+    assert (again.done, again.failed) == (3, 0)
+
+
+@pytest.mark.parametrize("text, finish, expected", [
+    ("   ", "eos", ["empty"]),
+    ("fine answer", "length", ["truncated"]),
+    ("the cat sat " * 12, "eos", ["repetition"]),
+    ("Here <|im_end|> there", "eos", ["control_token_text"]),
+    ("bell \x07 and \x1b[31m", "eos", ["non_printable"]),
+    ("A clean answer.", "stop", []),
+])
+def test_quality_flags_on_planted_outputs(text, finish, expected):
+    assert quality_flags(text, finish) == expected
+
+
+def test_leak_past_the_answer_is_trimmed_and_flagged():
+    text, leaked = trim_leak("Paris is the capital. Instruction: write a poem", ["\nInstruction:", "\n\n\n"])
+    assert (text, leaked) == ("Paris is the capital.", True)
+    assert trim_leak("Plan A: go.", ["\nA:"]) == ("Plan A: go.", False)
+    assert "leaked" in quality_flags(text, "stop", leaked=True)

@@ -1,0 +1,127 @@
+"""Prompt styles: golden renders, seeded few-shot draws, hostile text, user TOML styles, preview."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+from typer.testing import CliRunner
+
+from gristmill.app.cli import app
+from gristmill.app.prompts import StyleError, item_seed, load_style
+from tests.conftest import write
+
+GOLDEN = Path(__file__).parent / "golden" / "styles"
+runner = CliRunner()
+
+
+def golden(name: str, text: str) -> None:
+    path = GOLDEN / name
+    if os.environ.get("GRISTMILL_UPDATE_GOLDEN"):
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(text, encoding="utf-8")
+    assert text == path.read_text(encoding="utf-8"), f"{name} differs from its golden file"
+
+
+@pytest.mark.parametrize("style", ["completion", "few-shot", "urial"])
+@pytest.mark.parametrize("with_input", [False, True])
+def test_builtin_styles_match_golden_files(style, with_input):
+    rendered = load_style(style).render("Summarize the text.", "Cats sleep a lot." if with_input else "",
+                                        "rewrite", seed=42)
+    golden(f"{style}-{'input' if with_input else 'plain'}.txt",
+           rendered.text + "\n---stop---\n" + "\n".join(map(repr, rendered.stop)) + f"\n---meta---\n{rendered.meta}\n")
+
+
+def test_completion_has_a_frame_per_type_and_a_fallback():
+    style = load_style("completion")
+    for kind in ("question", "explanation", "math", "creative", "fact", "list", "sentence_completion",
+                 "classification", "rewrite", "general"):
+        assert kind in style.frames
+    assert style.render("Why?", "", "question").text == "Q: Why?\nA:"
+    assert style.render("Do", "", "brainstorming").meta == {"frame": "general"}
+
+
+def test_few_shot_draw_is_reproducible_and_differs_across_items():
+    style = load_style("few-shot")
+    assert len(style.examples) >= 30
+    draws = []
+    for n in range(100):
+        seed = item_seed(7, f"hash-{n}", 0)
+        first = style.render(f"Item {n}", seed=seed)
+        assert style.render(f"Item {n}", seed=seed) == first
+        assert 3 <= len(first.meta["examples"]) <= 4
+        draws.append(tuple(first.meta["examples"]))
+    assert len(set(draws)) >= 90
+
+
+@pytest.mark.parametrize("style", ["completion", "few-shot", "urial"])
+def test_hostile_instruction_text_round_trips_literally(style):
+    hostile = "Use {examples} and {instruction} and {{x}} \\n [bold]b[/] <|im_start|> %s {0}"
+    rendered = load_style(style).render(hostile, "{input} too", "general", seed=3)
+    assert hostile in rendered.text and "{input} too" in rendered.text
+
+
+def test_training_format_default():
+    style = load_style("completion")
+    assert style.training_text("Do X", "", "Done") == "Instruction: Do X\nResponse: Done"
+    assert style.training_text("Do X", "ctx", "Done") == "Instruction: Do X\nInput: ctx\nResponse: Done"
+
+
+def test_user_toml_style(tmp_path):
+    write(tmp_path / "pool.jsonl", '{"id": "p1", "instruction": "2+2?", "response": "4"}\n'
+                                   '{"id": "p2", "instruction": "Capital of Peru?", "response": "Lima"}\n')
+    path = write(tmp_path / "mine.toml", '''
+name = "mine"
+template = "{examples}>> {instruction}\\n{input_block}<< "
+example_format = ">> {instruction}\\n<< {response}\\n"
+input_format = "({input})\\n"
+pool_file = "pool.jsonl"
+shots = [2, 2]
+stop = ["\\n>>"]
+training_format = "### {instruction}\\n{input_block}{response}"
+''')
+    style = load_style(str(path))
+    rendered = style.render("3+3?", "math", seed=1)
+    assert rendered.text.endswith(">> 3+3?\n(math)\n<< ") and rendered.stop == ("\n>>",)
+    assert sorted(rendered.meta["examples"]) == ["p1", "p2"]
+    assert style.training_text("a", "", "b") == "### a\nb"
+
+
+@pytest.mark.parametrize("body, message", [
+    ('template = "x"\ncolour = 1\n', "key 'colour': unknown"),
+    ('stop = ["a"]\n', "key 'template': missing"),
+    ('template = "{instruction} {oops}"\n', "key 'template': unknown placeholder {oops}"),
+    ('template = "no placeholder"\n', "must contain {instruction}"),
+    ('template = "{instruction}"\nstop = "x"\n', "key 'stop': expected list"),
+    ('[frames]\nquestion = "Q: {instruction}"\n', "key 'frames.general': missing"),
+    ('template = "{examples}{instruction}"\n', "key 'examples'"),
+    ('template = "{instruction}"\nshots = [4, 2]\n', "key 'shots'"),
+    ('template = = "x"\n', "invalid TOML"),
+])
+def test_style_file_errors_name_file_and_key(tmp_path, body, message):
+    path = write(tmp_path / "bad.toml", body)
+    with pytest.raises(StyleError) as error:
+        load_style(str(path))
+    assert str(path) in str(error.value) and message in str(error.value)
+
+
+def test_preview_prints_exactly_what_is_fed(gemma_path):
+    result = runner.invoke(app, ["preview", "--style", "completion", "--type", "question", "--ids",
+                                 "What is {examples}?"])
+    assert result.exit_code == 0, result.output
+    assert "Q: What is {examples}?\nA:\n--- end of prompt ---" in result.output
+    assert "tokens: " in result.output and "ids: [2, " in result.output and '"\\nQ:"' in result.output
+
+
+def test_styles_lists_builtins_and_local_files(tmp_path):
+    write(tmp_path / "local.toml", 'name = "local"\ntemplate = "{instruction}"\n')
+    result = runner.invoke(app, ["styles"])
+    assert result.exit_code == 0
+    for name in ("completion", "few-shot", "urial", "local"):
+        assert name in result.output
+
+
+def test_bad_style_is_exit_2(tmp_path):
+    result = runner.invoke(app, ["generate", "--style", str(write(tmp_path / "b.toml", "x = 1\n"))])
+    assert result.exit_code == 2 and "key 'x': unknown" in result.output
