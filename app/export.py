@@ -1,7 +1,8 @@
 """Export accepted records as training data: atomic JSONL plus a manifest saying what is inside.
 
 The native `prompt` is the stored fed prompt, byte for byte; `response` is the reviewer's edit if
-there is one. The database is only read.
+there is one, verbatim. The training shapes (`formatted_text`, messages, text) strip the whitespace a
+base model puts after "A:", since the training format supplies its own. The database is only read.
 """
 
 from __future__ import annotations
@@ -56,8 +57,8 @@ class _FormattedText:
         if style is None:
             block = fill(DEFAULT_TRAINING_INPUT, {"input": row["input"]}) if row["input"] else ""
             return fill(DEFAULT_TRAINING_FORMAT, {"instruction": row["instruction"], "input": row["input"],
-                                                  "input_block": block, "response": row["response"]})
-        return style.training_text(row["instruction"], row["input"], row["response"])
+                                                  "input_block": block, "response": row["response"].strip()})
+        return style.training_text(row["instruction"], row["input"], row["response"].strip())
 
 
 def to_record(row: dict, fmt: str, formatted_text: str) -> dict:
@@ -65,7 +66,7 @@ def to_record(row: dict, fmt: str, formatted_text: str) -> dict:
         return {"text": formatted_text}
     if fmt == "messages":
         return {"messages": [{"role": "user", "content": user_message(row["instruction"], row["input"])},
-                             {"role": "assistant", "content": row["response"]}]}
+                             {"role": "assistant", "content": row["response"].strip()}]}
     record = {
         "id": row["id"], "instruction": row["instruction"], "input": row["input"],
         "instruction_type": row["instruction_type"], "prompt": row["prompt"], "response": row["response"],

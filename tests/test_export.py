@@ -1,0 +1,176 @@
+"""Export: golden files per format, fed prompt = exported prompt, atomic under kill -9, dedup, read-only."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import re
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+from typer.testing import CliRunner
+
+from gristmill.app.cli import app
+from gristmill.app.dedup import Deduplicator
+from gristmill.app.generate import RunSettings, open_run, run_generation
+from gristmill.app.ingest import import_file
+from gristmill.app.review import decide
+from gristmill.db import open_store
+from gristmill.models import GenerationParams
+from gristmill.models.base import token_ids_sha256
+from gristmill.models.fake import FakeEngine
+from tests.conftest import write
+
+GOLDEN = Path(__file__).parent / "golden" / "export"
+runner = CliRunner()
+VOLATILE = re.compile(r'"(reviewed_at)": "[^"]+"')
+
+
+def build(tmp_path, engine, instructions: list[dict], decisions: list[tuple]) -> Path:
+    db = tmp_path / "test.db"
+    with open_store(db) as store:
+        import_file(store, write(tmp_path / "i.jsonl", "\n".join(json.dumps(i) for i in instructions) + "\n"))
+        run, style, settings = open_run(store, engine, RunSettings(params=GenerationParams(max_tokens=40, seed=1)))
+        run_generation(store, engine, run, style, settings)
+        for generation_id, decision, edited in decisions:
+            decide(store, generation_id, decision, "ann", edited)
+    return db
+
+
+def fake_db(tmp_path) -> Path:
+    engine = FakeEngine(replies=[" Paris.", " Four.", " A poem about rain.", " Rejected one."])
+    return build(tmp_path, engine, [
+        {"instruction": "Capital of France?", "instruction_type": "fact"},
+        {"instruction": "What is 2+2?", "input": "Show the sum.", "instruction_type": "math"},
+        {"instruction": "Write about rain.", "instruction_type": "creative"},
+        {"instruction": "Say no.", "instruction_type": "general"},
+    ], [(1, "accept", None), (2, "accept", "Four (2+2=4)."), (3, "reject", None), (3, "accept", None),
+        (4, "reject", None)])
+
+
+def read_jsonl(path: Path) -> list[dict]:
+    return [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines()]
+
+
+def test_formats_match_golden_files(tmp_path):
+    fake_db(tmp_path)
+    for fmt in ("native", "messages", "text"):
+        out = tmp_path / f"{fmt}.jsonl"
+        result = runner.invoke(app, ["export", str(out), "--format", fmt])
+        assert result.exit_code == 0, result.output
+        text = VOLATILE.sub(r'"\1": "<time>"', out.read_text(encoding="utf-8"))
+        golden = GOLDEN / f"{fmt}.jsonl"
+        if os.environ.get("GRISTMILL_UPDATE_GOLDEN"):
+            golden.write_text(text, encoding="utf-8")
+        assert text == golden.read_text(encoding="utf-8")
+
+
+def test_native_records_carry_the_edit_the_original_and_the_manifest(tmp_path):
+    fake_db(tmp_path)
+    out = tmp_path / "out.jsonl"
+    runner.invoke(app, ["export", str(out)])
+    records = read_jsonl(out)
+    assert [r["id"] for r in records] == [1, 2, 3]  # ordered by generation id; the rejected one is absent
+    assert records[1]["response"] == "Four (2+2=4)." and records[1]["original_response"] == " Four."
+    assert "original_response" not in records[0]
+    assert records[1]["formatted_text"] == "Instruction: What is 2+2?\nInput: Show the sum.\nResponse: Four (2+2=4)."
+    manifest = json.loads((tmp_path / "out.jsonl.manifest.json").read_text())
+    assert manifest["records"] == 3 and manifest["format"] == "native"
+    assert manifest["sha256"] == hashlib.sha256(out.read_bytes()).hexdigest()
+    assert manifest["types"] == {"creative": 1, "fact": 1, "math": 1}
+    assert manifest["runs"]["1"]["model_fingerprint"] == "sha256:fake" and manifest["dedup"]["removed"] == 0
+
+
+def test_filters(tmp_path):
+    fake_db(tmp_path)
+    out = tmp_path / "o.jsonl"
+    for args, ids in ((["--type", "math"], [2]), (["--min-chars", "8"], [2, 3]), (["--max-chars", "7"], [1]),
+                      (["--reviewer", "bob"], []), (["--run", "1", "--style", "completion"], [1, 2, 3])):
+        assert runner.invoke(app, ["export", str(out), *args]).exit_code == 0
+        assert [r["id"] for r in read_jsonl(out)] == ids, args
+
+
+def test_exported_prompt_is_the_fed_prompt_on_the_real_model(tmp_path, gemma):
+    db = build(tmp_path, gemma, [{"instruction": "Name a <|im_start|> fruit {examples}.", "instruction_type": "question"},
+                                 {"instruction": "Name a colour.", "instruction_type": "question"}],
+               [(1, "accept", None), (2, "accept", "Blue.")])
+    out = tmp_path / "real.jsonl"
+    assert runner.invoke(app, ["export", str(out)]).exit_code == 0
+    with open_store(db) as store:
+        stored = {r["id"]: r["prompt"] for r in store.query("SELECT id, prompt FROM generations")}
+    for record in read_jsonl(out):
+        assert record["prompt"] == stored[record["id"]]
+        assert token_ids_sha256(gemma.tokenize(record["prompt"])) == record["prompt_token_ids_sha256"]
+
+
+def test_export_leaves_the_database_untouched(tmp_path):
+    db = fake_db(tmp_path)
+
+    def dump() -> list:
+        with open_store(db) as store:
+            return list(store.conn.iterdump())
+    before = dump()
+    assert runner.invoke(app, ["export", str(tmp_path / "x.jsonl")]).exit_code == 0
+    assert dump() == before
+
+
+def test_kill_during_export_leaves_the_previous_complete_file(tmp_path):
+    with open_store(tmp_path / "test.db") as store:
+        engine = FakeEngine(n_ctx=100_000)
+        lines = [json.dumps({"instruction": f"Unique instruction number {i} " + "pad " * 20}) for i in range(3000)]
+        import_file(store, write(tmp_path / "i.jsonl", "\n".join(lines) + "\n"))
+        run, style, settings = open_run(store, engine, RunSettings(params=GenerationParams(max_tokens=2000)))
+        run_generation(store, engine, run, style, settings)
+        store.conn.execute("UPDATE generations SET completion = completion || ? , decision = 'accept'", ("y" * 3000,))
+        store.conn.execute("INSERT INTO reviews (generation_id, decision, reviewer, created_at) "
+                           "SELECT id, 'accept', 'ann', 't' FROM generations")
+        store.conn.execute("UPDATE generations SET review_id = id")
+    out = tmp_path / "big.jsonl"
+    out.write_text("previous complete export\n")
+    for delay in (0.4, 0.8, 1.2):
+        process = subprocess.Popen([sys.executable, "-m", "gristmill", "export", str(out), "--no-dedup"],
+                                   stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+        time.sleep(delay)
+        process.send_signal(signal.SIGKILL)
+        process.wait()
+        content = out.read_bytes()
+        assert content == b"previous complete export\n" or content.count(b"\n") == 3000
+    assert runner.invoke(app, ["export", str(out), "--no-dedup"]).exit_code == 0
+    assert len(read_jsonl(out)) == 3000
+
+
+def test_dedup_drops_planted_near_duplicates_and_keeps_near_misses():
+    dedup = Deduplicator(0.8)
+    base = "Photosynthesis lets plants turn sunlight, water and carbon dioxide into sugar and oxygen."
+    assert dedup.keep(1, "Explain photosynthesis.", base)
+    assert not dedup.keep(2, "Explain photosynthesis simply.", base.replace("sugar", "sugars"))  # near-duplicate
+    assert not dedup.keep(3, "explain   PHOTOSYNTHESIS.", "Something else entirely, about tides and moons.")
+    assert dedup.keep(4, "Explain tides.", "Tides rise and fall because the Moon's gravity pulls on the oceans.")
+    assert dedup.keep(5, "Explain photosynthesis in plants at night.",
+                      "Plants make sugar from light in the day; at night they respire and release carbon dioxide.")
+    reasons = {(d.dropped_id, d.kept_id, d.field, d.reason) for d in dedup.dropped}
+    assert (2, 1, "response", "near") in reasons and (3, 1, "instruction", "exact") in reasons
+    assert all(d.jaccard >= 0.8 for d in dedup.dropped)
+
+
+def test_dedup_report_in_the_manifest(tmp_path):
+    engine = FakeEngine(replies=[" The same answer to both questions here.", " The same answer to both questions here!"])
+    build(tmp_path, engine, [{"instruction": "First question?"}, {"instruction": "Second question?"}],
+          [(1, "accept", None), (2, "accept", None)])
+    out = tmp_path / "d.jsonl"
+    runner.invoke(app, ["export", str(out)])
+    manifest = json.loads((tmp_path / "d.jsonl.manifest.json").read_text())
+    assert manifest["records"] == 1 and manifest["dedup"]["removed"] == 1
+    assert manifest["dedup"]["pairs"][0]["dropped_id"] == 2 and manifest["dedup"]["pairs"][0]["kept_id"] == 1
+    runner.invoke(app, ["export", str(out), "--no-dedup"])
+    assert len(read_jsonl(out)) == 2
+
+
+def test_bad_export_arguments_are_exit_2(tmp_path):
+    fake_db(tmp_path)
+    assert runner.invoke(app, ["export", str(tmp_path / "x.jsonl"), "--format", "parquet"]).exit_code == 2
+    assert runner.invoke(app, ["export", str(tmp_path / "missing" / "x.jsonl")]).exit_code == 2
