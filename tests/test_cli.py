@@ -1,0 +1,57 @@
+"""doctor, stats, config: what a user sees on the command line."""
+
+from __future__ import annotations
+
+import json
+
+from typer.testing import CliRunner
+
+from gristmill.app.cli import app
+from tests.conftest import write
+
+runner = CliRunner()
+
+
+def test_doctor_tells_a_base_model_from_an_instruct_one(gemma_path, smollm_path, tmp_path):
+    base = runner.invoke(app, ["doctor", "--model", str(gemma_path)])
+    assert base.exit_code == 0, base.output
+    assert "kind: base" in base.output and "chat template: none" in base.output
+    assert "added: yes (gguf: tokenizer.ggml.add_bos_token = true)" in base.output
+    assert "<start_of_turn>" in base.output  # control tokens noted as evidence, not as a verdict
+    assert "fingerprint: sha256:" in base.output and "instruction-tuned" not in base.output
+    instruct = runner.invoke(app, ["doctor", "--model", str(smollm_path)])
+    assert instruct.exit_code == 0
+    assert "kind: instruction-tuned" in instruct.output and "general.finetune" in instruct.output
+    assert "chat template: present, never used" in instruct.output
+    assert "warning:" in instruct.output and "base model" in instruct.output
+
+
+def test_doctor_reports_the_database(tmp_path, gemma_path):
+    runner.invoke(app, ["add", str(write(tmp_path / "a.txt", "one\n"))])
+    result = runner.invoke(app, ["doctor"])
+    assert "integrity_check: ok" in result.output and "journal_mode: wal" in result.output
+    assert "schema: m003_review_state" in result.output
+
+
+def test_stats_json_and_db_option(tmp_path):
+    other = tmp_path / "other.db"
+    runner.invoke(app, ["--db", str(other), "add", str(write(tmp_path / "a.jsonl",
+                                                             '{"instruction": "x", "type": "math"}\n'))])
+    result = runner.invoke(app, ["--db", str(other), "stats", "--json"])
+    data = json.loads(result.output)
+    assert data["instructions"]["total"] == 1 and data["types"] == {"math": 1}
+    assert not (tmp_path / "test.db").exists()
+
+
+def test_config_unknown_key_is_named_and_exit_2(tmp_path):
+    write(tmp_path / "gristmill.toml", "[generate]\ntemperture = 0.5\n")
+    result = runner.invoke(app, ["stats"])
+    assert result.exit_code == 2 and "key 'generate.temperture': unknown" in result.output
+
+
+def test_config_sets_generation_defaults(tmp_path, gemma_path):
+    write(tmp_path / "gristmill.toml", '[generate]\nmax_tokens = 3\nstyle = "few-shot"\nseed = 9\n')
+    runner.invoke(app, ["add", str(write(tmp_path / "a.txt", "Say hi.\n"))])
+    result = runner.invoke(app, ["generate", "--quiet"])
+    assert result.exit_code == 0, result.output
+    assert "style few-shot" in result.output and "seed 9" in result.output
