@@ -9,7 +9,7 @@ from dataclasses import dataclass, field
 from gristmill.db.connection import Store, utc_now
 
 
-@dataclass(frozen=True)
+@dataclass(slots=True)  # not frozen: a frozen init costs a third of the import time on 100k rows
 class NewInstruction:
     instruction: str
     input: str
@@ -29,7 +29,7 @@ def insert_batch(store: Store, batch: Iterable[NewInstruction]) -> int:
            VALUES (?, ?, ?, ?, ?, ?, ?, ?)""",
         [
             (i.external_id, i.instruction, i.input, i.instruction_type, i.source, i.content_hash,
-             json.dumps(i.metadata, ensure_ascii=False), now)
+             json.dumps(i.metadata, ensure_ascii=False) if i.metadata else "{}", now)
             for i in batch
         ],
     )

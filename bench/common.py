@@ -1,0 +1,22 @@
+"""Shared helpers: benchmarks print ratios against a baseline measured in the same run."""
+
+from __future__ import annotations
+
+import statistics
+import time
+from collections.abc import Callable
+
+
+def best_of(repeats: int, fn: Callable[[], float | None]) -> float:
+    """Run `fn` several times; it returns its own measure (seconds or a rate) or None to be timed."""
+    results = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        measured = fn()
+        results.append(measured if measured is not None else time.perf_counter() - start)
+    return statistics.median(results)
+
+
+def report(name: str, ours: float, baseline: float, unit: str, goal: str, higher_is_better: bool) -> None:
+    ratio = ours / baseline if baseline else float("nan")
+    print(f"{name}: gristmill {ours:.3f} {unit}, baseline {baseline:.3f} {unit}, ratio {ratio:.3f} (goal {goal})")
