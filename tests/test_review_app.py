@@ -201,6 +201,8 @@ def test_review_screen_snapshot(tmp_path, snap_compare):
 
 
 async def _settle(pilot) -> None:
+    """Wait for the first screen and the first count (it starts shortly after the screen is up)."""
     await pilot.pause()
-    await pilot.app.workers.wait_for_complete()
+    while not pilot.app.counts:
+        await pilot.pause(0.05)
     await pilot.pause()

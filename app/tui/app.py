@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -14,7 +15,8 @@ from textual.worker import get_current_worker
 from gristmill.db import Store, open_store
 from gristmill.db import reviews as reviews_db
 
-COUNTS_REFRESH_S = 3.0
+COUNTS_REFRESH_S = 3.0  # at least; a slow count (a million rows) waits proportionally longer
+FIRST_COUNT_DELAY_S = 0.5  # after the first screen is up
 
 
 @dataclass
@@ -22,6 +24,7 @@ class CountsUpdated(Message):
     """Posted by the counts worker; the newest replaces any older one."""
 
     counts: dict[str, int]
+    seconds: float
 
 
 class GristmillApp(App):
@@ -41,6 +44,7 @@ class GristmillApp(App):
         self.store = store or open_store(self.db_path)
         self.keymap_overrides = keymap or {}
         self.counts: dict[str, int] = {}
+        self._next_count = None
 
     def on_mount(self) -> None:
         from gristmill.app.tui.review_screen import ReviewScreen
@@ -49,20 +53,37 @@ class GristmillApp(App):
             self.set_keymap(self.keymap_overrides)
         self.sub_title = f"{self.db_path} · reviewer {self.reviewer}"
         self.push_screen(ReviewScreen())
-        self.refresh_counts()
-        self.set_interval(COUNTS_REFRESH_S, self.refresh_counts)
+        self.set_timer(FIRST_COUNT_DELAY_S, self.refresh_counts)
 
     @work(thread=True, exclusive=True, exit_on_error=False, group="counts", description="count generations")
     def refresh_counts(self) -> None:
-        """Counting a million rows takes a moment: never on the event loop, never before the first screen."""
+        """Counting a million rows takes a moment: never on the event loop, never before the first screen.
+
+        Counts also change under us (a generator writing beside the app), so they are refreshed
+        periodically; the next refresh waits at least 20 times as long as this count took.
+        """
+        started = time.perf_counter()
         with open_store(self.db_path, migrate=False) as store:
             counts = reviews_db.counts(store)
         if not get_current_worker().is_cancelled:
-            self.post_message(CountsUpdated(counts))
+            self.post_message(CountsUpdated(counts, time.perf_counter() - started))
 
     def on_counts_updated(self, message: CountsUpdated) -> None:
         self.counts = message.counts
-        c = message.counts
+        self._show_counts()
+        if self._next_count is not None:
+            self._next_count.stop()
+        self._next_count = self.set_timer(max(COUNTS_REFRESH_S, 20 * message.seconds), self.refresh_counts)
+
+    def note_decision(self, before: str | None, after: str | None) -> None:
+        """Adjust the counts for a decision this app just made, without recounting the table."""
+        if self.counts:
+            self.counts[before or "unreviewed"] -= 1
+            self.counts[after or "unreviewed"] += 1
+            self._show_counts()
+
+    def _show_counts(self) -> None:
+        c = self.counts
         self.sub_title = (f"{self.db_path} · {c['unreviewed']} to review · {c['accept']} accepted · "
                           f"{c['reject']} rejected · {c['skip']} skipped · {self.reviewer}")
 

@@ -111,13 +111,13 @@ class ReviewScreen(Screen):
         store = self.app.store
         self.show(review.next_in_queue(store, self.queue, after=current)
                   or review.next_in_queue(store, self.queue, after=0))
-        self.app.refresh_counts()
 
     # --- decisions ------------------------------------------------------------------------------
     def _decide(self, decision: str, edited: str | None = None) -> None:
         if self.item is None:
             return
         review.decide(self.app.store, self.item.generation_id, decision, self.app.reviewer, edited)
+        self.app.note_decision(self.item.decision, decision)
         self._advance()
 
     def action_accept(self) -> None:
@@ -147,6 +147,7 @@ class ReviewScreen(Screen):
             return
         self.notify(f"Accepted sample {k} (#{chosen}); rejected its siblings")
         self._advance()
+        self.app.refresh_counts()
 
     def action_edit(self) -> None:
         if self.item is None:
