@@ -8,6 +8,8 @@ from dataclasses import dataclass
 from gristmill.db.connection import Store, utc_now
 
 DECISIONS = ("accept", "reject", "skip")
+# a review row in force: a decision that no `undo` row cancels
+IN_FORCE = "r.decision != 'undo' AND NOT EXISTS (SELECT 1 FROM reviews u WHERE u.undoes_review_id = r.id)"
 REVIEW_STATES = ("unreviewed", "accept", "reject", "skip", "all")
 
 
@@ -80,10 +82,7 @@ def undo_last(store: Store, reviewer: str) -> list[int]:
     """
     with store.write() as conn:
         row = conn.execute(
-            """SELECT action_id FROM reviews r
-               WHERE reviewer = ? AND decision != 'undo'
-                 AND NOT EXISTS (SELECT 1 FROM reviews u WHERE u.undoes_review_id = r.id)
-               ORDER BY id DESC LIMIT 1""",
+            f"SELECT action_id FROM reviews r WHERE reviewer = ? AND {IN_FORCE} ORDER BY id DESC LIMIT 1",
             (reviewer,),
         ).fetchone()
         if row is None:
@@ -105,10 +104,7 @@ def undo_last(store: Store, reviewer: str) -> list[int]:
 
 def _refresh_current(conn, generation_id: int) -> None:
     current = conn.execute(
-        """SELECT id, decision FROM reviews r
-           WHERE generation_id = ? AND decision != 'undo'
-             AND NOT EXISTS (SELECT 1 FROM reviews u WHERE u.undoes_review_id = r.id)
-           ORDER BY id DESC LIMIT 1""",
+        f"SELECT id, decision FROM reviews r WHERE generation_id = ? AND {IN_FORCE} ORDER BY id DESC LIMIT 1",
         (generation_id,),
     ).fetchone()
     conn.execute("UPDATE generations SET decision = ?, review_id = ? WHERE id = ?",

@@ -48,20 +48,22 @@ def smollm_path() -> Path:
     return Path(spec.submodule_search_locations[0]) / "SmolLM2-135M-Instruct.Q4_1.gguf"
 
 
+def _session_engine(path: Path, cache: Path):
+    from gristmill.models import create_engine
+    os.environ["GRISTMILL_CACHE_DIR"] = str(cache)
+    return create_engine("llama_cpp", model_path=path, n_ctx=1024, n_threads=2)
+
+
 @pytest.fixture(scope="session")
 def gemma(gemma_path, session_cache):
-    from gristmill.models import create_engine
-    os.environ["GRISTMILL_CACHE_DIR"] = str(session_cache)
-    engine = create_engine("llama_cpp", model_path=gemma_path, n_ctx=1024, n_threads=2)
+    engine = _session_engine(gemma_path, session_cache)
     yield engine
     engine.close()
 
 
 @pytest.fixture(scope="session")
 def smollm(smollm_path, session_cache):
-    from gristmill.models import create_engine
-    os.environ["GRISTMILL_CACHE_DIR"] = str(session_cache)
-    engine = create_engine("llama_cpp", model_path=smollm_path, n_ctx=1024, n_threads=2)
+    engine = _session_engine(smollm_path, session_cache)
     yield engine
     engine.close()
 
