@@ -51,7 +51,7 @@ class GristmillApp(App):
 
         if self.keymap_overrides:
             self.set_keymap(self.keymap_overrides)
-        self.sub_title = f"{self.db_path} · reviewer {self.reviewer}"
+        self.sub_title = f"{self.db_path.name} · reviewer {self.reviewer}"
         self.push_screen(ReviewScreen())
         self.set_timer(FIRST_COUNT_DELAY_S, self.refresh_counts)
 
@@ -84,8 +84,9 @@ class GristmillApp(App):
 
     def _show_counts(self) -> None:
         c = self.counts
-        self.sub_title = (f"{self.db_path} · {c['unreviewed']} to review · {c['accept']} accepted · "
-                          f"{c['reject']} rejected · {c['skip']} skipped · {self.reviewer}")
+        # short enough for an 80-column header
+        self.sub_title = (f"{self.db_path.name} · {c['unreviewed']} to review · {c['accept']} acc · "
+                          f"{c['reject']} rej · {c['skip']} skip · {self.reviewer}")
 
     def action_help(self) -> None:
         from gristmill.app.tui.modals import HelpScreen
