@@ -17,7 +17,7 @@ from rich.console import Console
 from rich.markup import escape
 
 from gristmill import __version__, locations
-from gristmill.app.config import Config, ConfigError, GenerateConfig, load_config
+from gristmill.app.config import Config, ConfigError, load_config
 
 app = typer.Typer(add_completion=False, no_args_is_help=False, rich_markup_mode=None,
                   help="Turn a base model's completions into reviewed SFT data.")

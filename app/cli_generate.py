@@ -42,7 +42,7 @@ def generate(
 ) -> None:
     """Generate completions for every instruction the run lacks; safe to interrupt and re-run."""
     from gristmill.app.engines import open_engine
-    from gristmill.app.generate import RunSettings, open_run, run_generation
+    from gristmill.app.generate import RunSettings, open_run
     from gristmill.app.prompts import StyleError, load_style
     from gristmill.models import EngineError, GenerationParams
 
@@ -67,6 +67,7 @@ def generate(
     except (EngineError, FileNotFoundError) as error:
         raise bad_input(f"generate: {error}")
     store = open_db()
+    run_record = None
     try:
         try:
             run_record, style_obj, settings = open_run(store, engine, settings, run_id=run, new_run=new_run)
@@ -77,7 +78,8 @@ def generate(
         final = _drive(store, engine, run_record, style_obj, settings, limit, retry_failed, quiet)
     except KeyboardInterrupt:
         err.print("interrupted: every finished item is saved; run the same command to resume")
-        _summary(store, run_record.id)
+        if run_record is not None:
+            _summary(store, run_record.id)
         raise typer.Exit(130)
     except RuntimeError as error:
         err.print(f"generate stopped: {escape(str(error))}")
