@@ -7,6 +7,8 @@ from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import get_type_hints
 
+from gristmill.models.base import GenerationParams
+
 
 class ConfigError(ValueError):
     """The config file is wrong; the message names the file and the key."""
@@ -17,13 +19,14 @@ class GenerateConfig:
     model: str | None = None  # GGUF path; default: the embedded small base model
     style: str = "completion"  # completion, few-shot, urial, or a style TOML path
     samples: int = 1  # completions per instruction
-    max_tokens: int = 256
-    temperature: float = 0.7
-    top_p: float = 0.95
-    top_k: int = 40
-    min_p: float = 0.05
-    repeat_penalty: float = 1.0
-    seed: int = 0  # the run seed; each item's seed derives from it
+    # sampling defaults come from the engine's own parameter type: one source of truth
+    max_tokens: int = GenerationParams.max_tokens
+    temperature: float = GenerationParams.temperature
+    top_p: float = GenerationParams.top_p
+    top_k: int = GenerationParams.top_k
+    min_p: float = GenerationParams.min_p
+    repeat_penalty: float = GenerationParams.repeat_penalty
+    seed: int = GenerationParams.seed  # the run seed; each item's seed derives from it
     stop: list[str] = field(default_factory=list)  # extra stop strings beside the style's
     threads: int | None = None
     gpu_layers: int = 0  # -1 offloads every layer
