@@ -2,11 +2,11 @@
 
 from __future__ import annotations
 
-import tomllib
 from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import get_type_hints
 
+from gristmill.app.tomlfile import read_toml
 from gristmill.models.base import GenerationParams
 
 
@@ -82,12 +82,7 @@ def _matches(value: object, expected) -> bool:
 def load_config(path: Path) -> Config:
     if not path.exists():
         return Config()
-    try:
-        data = tomllib.loads(path.read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError) as error:
-        raise ConfigError(f"{path}: cannot read: {error}") from None
-    except tomllib.TOMLDecodeError as error:
-        raise ConfigError(f"{path}: invalid TOML: {error}") from None
+    data = read_toml(path, ConfigError)
     unknown = sorted(set(data) - {"generate", "review", "keymap"})
     if unknown:
         raise ConfigError(f"{path}: key '{unknown[0]}': unknown section (known: generate, review, keymap)")

@@ -10,11 +10,12 @@ import hashlib
 import json
 import random
 import re
-import tomllib
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from importlib.resources import files
 from pathlib import Path
+
+from gristmill.app.tomlfile import read_toml
 
 PLACEHOLDER = re.compile(r"\{\{|\}\}|\{([A-Za-z_]+)\}")
 BUILTIN_STYLES = ("completion", "few-shot", "urial")
@@ -150,12 +151,7 @@ def list_styles(extra_dirs: Sequence[Path] = ()) -> list[Style]:
 
 
 def _load_file(path: Path, source: str) -> Style:
-    try:
-        data = tomllib.loads(path.read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError) as error:
-        raise StyleError(f"{path}: cannot read: {error}") from None
-    except tomllib.TOMLDecodeError as error:
-        raise StyleError(f"{path}: invalid TOML: {error}") from None
+    data = read_toml(path, StyleError)
     where = f"{path}"
 
     def expect(key: str, kind: type, default=None):
