@@ -14,7 +14,7 @@ from dataclasses import asdict, dataclass, field, replace
 
 from gristmill import __version__
 from gristmill.app.flags import quality_flags, trim_leak
-from gristmill.app.prompts import Example, Style, item_seed, load_style
+from gristmill.app.prompts import Example, Style, item_seed, load_style, style_from_json, style_to_json
 from gristmill.db import Store
 from gristmill.db import generations as generations_db
 from gristmill.db import runs as runs_db
@@ -101,7 +101,7 @@ def open_run(store: Store, engine: Engine, settings: RunSettings, *, run_id: int
         if run is None:
             raise LookupError(f"no run {run_id}")
         settings = RunSettings.from_run(run)
-        style = load_style(settings.style)
+        style = run_style(run)
         if run.model_fingerprint != engine.info().fingerprint:
             raise LookupError(f"run {run_id} used model {run.model} ({run.model_fingerprint}); "
                               f"load that model to continue it")
@@ -109,7 +109,9 @@ def open_run(store: Store, engine: Engine, settings: RunSettings, *, run_id: int
         style = load_style(settings.style)
         digest = config_hash(engine, style, settings)
         run = None if new_run else runs_db.find_by_config(store, digest)
-        if run is None:
+        if run is not None:
+            style = run_style(run)
+        else:
             info = engine.info()
             run = runs_db.create(
                 store, engine=info.engine, model=info.name, model_fingerprint=info.fingerprint,
@@ -117,7 +119,7 @@ def open_run(store: Store, engine: Engine, settings: RunSettings, *, run_id: int
                                           "n_ctx": info.n_ctx, "samples": settings.samples},
                 seed=settings.params.seed, samples=settings.samples,
                 settings={**settings.to_dict(), "model_path": info.path, "style_fingerprint": style_fingerprint(style)},
-                config_hash=digest, version=__version__,
+                config_hash=digest, version=__version__, style_definition=style_to_json(style),
             )
     added = generations_db.enqueue(store, run.id, settings.samples,
                                    lambda content_hash, k: item_seed(run.seed, content_hash, k),
@@ -125,6 +127,13 @@ def open_run(store: Store, engine: Engine, settings: RunSettings, *, run_id: int
     if added and run.finished_at:
         runs_db.mark_finished(store, run.id, False)
     return run, style, settings
+
+
+def run_style(run: RunRecord) -> Style:
+    """The style a run was made with: its stored content, or (runs from before m004) its name or path."""
+    if run.style_definition:
+        return style_from_json(run.style_definition, source=f"run {run.id}")
+    return load_style(run.settings.get("style", run.style))
 
 
 def generate_one(engine: Engine, style: Style, item: WorkItem, params: GenerationParams,

@@ -11,7 +11,7 @@ import json
 import random
 import re
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from importlib.resources import files
 from pathlib import Path
 
@@ -102,6 +102,27 @@ class Style:
         block = fill(self.training_input_format, {"input": input_text}) if input_text else ""
         return fill(self.training_format, {"instruction": instruction, "input": input_text,
                                            "input_block": block, "response": response})
+
+
+def style_to_json(style: Style) -> str:
+    """The style's whole content as canonical JSON: what a run stores, so it never depends on a file again."""
+    data = asdict(style)
+    data.pop("source")
+    return json.dumps(data, sort_keys=True, ensure_ascii=False)
+
+
+def style_from_json(text: str, source: str = "stored on run") -> Style:
+    """Rebuild a style from `style_to_json` output (the inverse, up to `source`)."""
+    data = json.loads(text)
+    data["examples"] = tuple(Example(**e) for e in data.get("examples", ()))
+    data["shots"] = tuple(data.get("shots", (3, 4)))
+    data["stop"] = tuple(data.get("stop", ()))
+    return Style(**data, source=source)
+
+
+def style_digest(style: Style) -> str:
+    """A style's identity is its content: `s.toml`, `./s.toml` and its absolute path are one style."""
+    return hashlib.sha256(style_to_json(style).encode("utf-8")).hexdigest()
 
 
 def fill(template: str, values: dict[str, str]) -> str:

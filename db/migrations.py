@@ -132,3 +132,12 @@ def m003_review_state(db: Database) -> None:
         WHERE id IN (SELECT generation_id FROM reviews)
         """
     )
+
+
+@MIGRATIONS()
+def m004_run_style(db: Database) -> None:
+    """A run keeps its style's whole content (JSON), so resuming and exporting never re-read a style file.
+
+    Runs made before this migration have NULL here; they fall back to their style's name or path.
+    """
+    db.execute("ALTER TABLE runs ADD COLUMN style_definition TEXT")

@@ -23,6 +23,7 @@ class RunRecord:
     version: str
     started_at: str
     finished_at: str | None
+    style_definition: str | None = None  # the style's content as JSON (app.prompts.style_to_json)
 
 
 def _record(row) -> RunRecord:
@@ -32,19 +33,21 @@ def _record(row) -> RunRecord:
         params=json.loads(row["params"]), seed=row["seed"], samples=row["samples"],
         settings=json.loads(row["settings"]), config_hash=row["config_hash"],
         version=row["version"], started_at=row["started_at"], finished_at=row["finished_at"],
+        style_definition=row["style_definition"],
     )
 
 
 def create(store: Store, *, engine: str, model: str, model_fingerprint: str, style: str,
            params: dict, seed: int, samples: int, settings: dict, config_hash: str,
-           version: str) -> RunRecord:
+           version: str, style_definition: str | None = None) -> RunRecord:
     with store.write() as conn:
         cursor = conn.execute(
             """INSERT INTO runs (engine, model, model_fingerprint, style, params, seed, samples,
-                                 settings, config_hash, version, started_at)
-               VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)""",
+                                 settings, config_hash, version, started_at, style_definition)
+               VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)""",
             (engine, model, model_fingerprint, style, json.dumps(params, sort_keys=True), seed,
-             samples, json.dumps(settings, sort_keys=True), config_hash, version, utc_now()),
+             samples, json.dumps(settings, sort_keys=True), config_hash, version, utc_now(),
+             style_definition),
         )
     return get(store, cursor.lastrowid)
 

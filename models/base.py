@@ -75,6 +75,7 @@ class GenerationResult:
     completion_tokens: int
     finish_reason: str  # stop | length | eos
     timings: dict = field(default_factory=dict)  # prompt_ms, generate_ms, prompt_tokens_evaluated
+    token_ids: tuple[int, ...] = ()  # the sampled ids that `text` came from (an end-of-generation token excluded)
 
 
 @dataclass(frozen=True)

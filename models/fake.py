@@ -59,4 +59,5 @@ class FakeEngine(Engine):
         if not matcher.stopped and (tail := matcher.flush()):
             yield TextPiece(tail)
         finish = "stop" if matcher.stopped else ("length" if len(reply) > params.max_tokens else "eos")
-        yield GenerationResult(matcher.text, count, finish, {"prompt_ms": 0.0, "generate_ms": 0.0})
+        yield GenerationResult(matcher.text, count, finish, {"prompt_ms": 0.0, "generate_ms": 0.0},
+                               token_ids=tuple(ord(c) for c in reply[:count]))

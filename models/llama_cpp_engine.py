@@ -126,6 +126,7 @@ class LlamaCppEngine(Engine):
         started = time.perf_counter()
         first_token_at = None
         count, finish = 0, "length"
+        sampled: list[int] = []
         tokens = self._llm.generate(
             list(ids), top_k=params.top_k, top_p=params.top_p, min_p=params.min_p,
             temp=params.temperature, repeat_penalty=params.repeat_penalty, reset=True,
@@ -138,6 +139,7 @@ class LlamaCppEngine(Engine):
                     finish = "eos"
                     break
                 count += 1
+                sampled.append(token)
                 emit = matcher.feed(decoder.feed(self._piece(token)))
                 if emit:
                     yield TextPiece(emit)
@@ -158,7 +160,7 @@ class LlamaCppEngine(Engine):
         ended = time.perf_counter()
         first = first_token_at or ended
         yield GenerationResult(
-            text=matcher.text, completion_tokens=count, finish_reason=finish,
+            text=matcher.text, completion_tokens=count, finish_reason=finish, token_ids=tuple(sampled),
             timings={"prompt_ms": round((first - started) * 1000, 2),
                      "generate_ms": round((ended - first) * 1000, 2)},
         )
