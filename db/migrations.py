@@ -141,3 +141,8 @@ def m004_run_style(db: Database) -> None:
     Runs made before this migration have NULL here; they fall back to their style's name or path.
     """
     db.execute("ALTER TABLE runs ADD COLUMN style_definition TEXT")
+
+
+def migration_names() -> list[str]:
+    """Every migration this version knows, in order (what a new database gets)."""
+    return [m.name for m in MIGRATIONS.pending(Database(memory=True))]
