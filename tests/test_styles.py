@@ -9,7 +9,7 @@ import pytest
 from typer.testing import CliRunner
 
 from gristmill.app.cli import app
-from gristmill.app.prompts import StyleError, item_seed, load_style
+from gristmill.app.prompts import StyleError, item_seed, load_style, style_digest, style_from_json, style_to_json
 from tests.conftest import write
 
 GOLDEN = Path(__file__).parent / "golden" / "styles"
@@ -125,3 +125,23 @@ def test_styles_lists_builtins_and_local_files(tmp_path):
 def test_bad_style_is_exit_2(tmp_path):
     result = runner.invoke(app, ["generate", "--style", str(write(tmp_path / "b.toml", "x = 1\n"))])
     assert result.exit_code == 2 and "key 'x': unknown" in result.output
+
+
+@pytest.mark.parametrize("name", ["completion", "few-shot", "urial"])
+def test_stored_style_content_renders_what_the_file_did(name):
+    """A run keeps its style as content: rebuilt from JSON, it renders and trains exactly as the file did."""
+    style = load_style(name)
+    stored = style_from_json(style_to_json(style))
+    for seed in range(5):
+        assert stored.render("Explain {examples} tides.", "ctx", "explanation", seed=seed) == style.render(
+            "Explain {examples} tides.", "ctx", "explanation", seed=seed)
+    assert stored.training_text("q", "i", "a") == style.training_text("q", "i", "a")
+    assert style_digest(stored) == style_digest(style)
+
+
+def test_style_identity_is_its_content_not_its_path(tmp_path):
+    path = write(tmp_path / "s.toml", 'template = "Q: {instruction}\\nA:"\nstop = ["\\nQ:"]\n')
+    digests = {style_digest(load_style(p)) for p in ("s.toml", "./s.toml", str(path.resolve()))}
+    assert len(digests) == 1
+    path.write_text('template = "Q: {instruction}\\nAnswer:"\n', encoding="utf-8")
+    assert style_digest(load_style("s.toml")) not in digests
