@@ -66,7 +66,9 @@ def run_doctor(db_path: Path, config: GenerateConfig) -> tuple[list[str], list[s
 
 
 def _text(engine, token_id: int | None) -> str:
-    return f" {engine.token_text(token_id)!r}" if token_id is not None else ""
+    """A token's text beside its id: `151643 '<|endoftext|>'` says more than the number (Qwen's BOS is its EOS)."""
+    token_text = getattr(engine, "token_text", None)
+    return f" {token_text(token_id)!r}" if token_id is not None and token_text else ""
 
 
 def _version(package: str) -> str:

@@ -223,7 +223,7 @@ def build_gguf(path: Path, variant: GgufVariant = BASE_VOCAB_ONLY) -> Path:
         token_list.append(f"[PAD{token_id}]")
         types.append(gguf.TokenType.UNUSED)
 
-    tmp = path.with_name(path.name + ".tmp")
+    tmp = path.with_name(f"{path.name}.{os.getpid()}.tmp")  # two sessions building at once never collide
     writer = gguf.GGUFWriter(tmp, "qwen2")
     writer.add_type("model")
     writer.add_name(variant.name)
@@ -284,7 +284,7 @@ def build_tokenizer_json(path: Path) -> Path:
     wrong = {text: tokenizer.token_to_id(text) for text in ADDED_IDS if tokenizer.token_to_id(text) != ADDED_IDS[text]}
     if wrong:
         raise ValueError(f"added tokens got the wrong ids: {wrong}")
-    tmp = path.with_name(path.name + ".tmp")
+    tmp = path.with_name(f"{path.name}.{os.getpid()}.tmp")  # two sessions building at once never collide
     tokenizer.save(str(tmp))
     tmp.replace(path)
     return path
