@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import socket
+import unicodedata
 
 import pytest
 from hypothesis import HealthCheck, given, settings
@@ -66,6 +67,19 @@ def test_the_reference_tells_the_files_apart_where_qwen_does():
         assert qv.gguf_reference_ids(text) == qv.hf_reference_ids(text) == [qv.ADDED_IDS[text]]
     for text in ("<|endoftext|>", "<|im_start|>", "<|im_end|>"):  # control: never matched in plain text
         assert qv.ADDED_IDS[text] not in qv.gguf_reference_ids(text) + qv.hf_reference_ids(text)
+
+
+def test_the_two_files_differ_only_there(qwen, hf_tokenizer):
+    """For the remote engine: on every corpus text that is NFC and holds no FIM-family string, the tokenizer.json
+    (encode_special_tokens on) gives llama.cpp's ids; where they differ, it is for one of those two reasons."""
+    fim_family = [text for text in qv.HF_NON_SPECIAL if text not in qv.GGUF_USER_DEFINED]
+    differing = 0
+    for text in TEXTS:
+        explained = unicodedata.normalize("NFC", text) != text or any(f in text for f in fim_family)
+        same = qv.hf_ids(hf_tokenizer, text) == qwen.tokenize(text)
+        assert same or explained, text
+        differing += not same
+    assert differing > 0  # the corpus does reach the differences
 
 
 def test_the_gguf_is_typed_and_labelled_as_qwen25(qwen_gguf_path, qwen):
