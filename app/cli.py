@@ -12,6 +12,7 @@ import json
 import logging
 import os
 import sys
+import traceback
 from collections.abc import Callable
 from dataclasses import replace
 from pathlib import Path
@@ -58,12 +59,14 @@ def run_guarded(invoke: Callable[[], Any]) -> int:
             _say("gristmill: interrupted")
             return EXIT_INTERRUPTED
         expected = as_expected(error)
-        if expected is not None:
-            log.info("exit %d: %s", expected.exit_code, expected.message, exc_info=error)
+        if expected is not None:  # the traceback goes to the log file only, redacted like a crash report
+            log.info("exit %d: %s\n%s", expected.exit_code, crash.redact(expected.message),
+                     crash.redact("".join(traceback.format_exception(error))))
             _say(expected.message)
             return expected.exit_code
-        log.error("internal error", exc_info=error)
-        _say(crash.report_crash(error))
+        line = crash.report_crash(error)
+        log.error("%s", line)
+        _say(line)
         return EXIT_RUNTIME
     if result == EXIT_INTERRUPTED:  # typer turns a bare Ctrl-C into Exit(130) without a word
         _say("gristmill: interrupted")
@@ -190,8 +193,6 @@ def main_callback(
     setup_logging()
     State.db_path = db or locations.default_database()
     State.db_source = {"COMMANDLINE": "--db", "ENVIRONMENT": "GRISTMILL_DB"}.get(_source(ctx, "db"), "default")
-    if str(State.db_path) == "":
-        raise BadInput(f"database path is empty{_named_by()}")
     if config is not None:  # named explicitly (--config or GRISTMILL_CONFIG): it must exist
         source = "--config" if _source(ctx, "config") == "COMMANDLINE" else "GRISTMILL_CONFIG"
         if not config.exists():
@@ -266,7 +267,7 @@ def doctor(
     from gristmill.app.doctor import run_doctor
 
     report = run_doctor(State.db_path, replace(State.config.generate, model=model or State.config.generate.model),
-                        db_named=State.db_source != "default")
+                        db_named=State.db_source == "--db")
     for line in report.lines:
         out.print(escape(one_line(line)))
     for warning in report.warnings:

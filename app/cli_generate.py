@@ -81,6 +81,8 @@ def generate(
             try:
                 run_record, style_obj, settings = open_run(store, engine, settings, run_id=run, new_run=new_run)
             except LookupError as error:
+                if type(error) is not LookupError:  # a KeyError or IndexError is a bug, not a missing run
+                    raise
                 raise BadInput(f"generate: {error.args[0] if error.args else error}") from error
             except StyleError as error:
                 raise BadInput(f"generate: run {run}: its style no longer loads: {error}") from error

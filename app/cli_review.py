@@ -17,13 +17,13 @@ def review(
     reviewer: Annotated[Optional[str], typer.Option(help="Name recorded with each decision (default: config, then login).")] = None,
 ) -> None:
     """Open the review app (bare `gristmill` opens it too)."""
+    open_db().close()  # an existing database only: reviewing a typo'd path creates nothing
     if not (sys.stdin.isatty() and sys.stdout.isatty()):
         raise BadInput("review: the review app needs a terminal (stdin and stdout are not one); "
                        "in scripts use `gristmill stats` or `gristmill export`")
     from gristmill.app.crash import guard_app
     from gristmill.app.tui.app import make_app
 
-    open_db().close()  # an existing database only: reviewing a typo'd path creates nothing
     name = reviewer or State.config.review.reviewer or _login()
     app_ = make_app(State.db_path, reviewer=name, keymap=State.config.keymap)
     failure = guard_app(app_)

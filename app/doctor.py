@@ -23,7 +23,8 @@ class DoctorReport:
 def run_doctor(db_path: Path, config: GenerateConfig, *, db_named: bool = False) -> DoctorReport:
     """Every section, even when another is broken: doctor exists to diagnose exactly that.
 
-    `db_named`: the path was given (--db, GRISTMILL_DB), so a missing file is a problem, not news.
+    `db_named`: the path was typed for this command (--db), so a missing file is a problem (a typo), not the
+    normal state of a fresh setup (the default or GRISTMILL_DB location, before the first `add`).
     """
     report = DoctorReport(lines=["database:"])
     lines, warnings = report.lines, report.warnings

@@ -97,7 +97,7 @@ def check_database_file(path: Path, *, create: bool) -> None:
             raise StoreError(f"database {path}: does not exist (`gristmill add FILE` creates it)")
         return
     if not os.access(path, os.R_OK):
-        raise StoreError(f"database {path}: cannot read it (permission denied)")
+        raise StoreError(f"database {path}: not readable (permission denied)")
     if not os.access(path, os.W_OK):
         raise StoreError(f"database {path}: not writable (permission denied); gristmill writes to its database "
                          "(WAL journal, migrations, decisions)")

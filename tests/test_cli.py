@@ -30,7 +30,7 @@ def test_doctor_reports_the_database(tmp_path, gemma_path):
     runner.invoke(app, ["add", str(write(tmp_path / "a.txt", "one\n"))])
     result = runner.invoke(app, ["doctor"])
     assert "integrity_check: ok" in result.output and "journal_mode: wal" in result.output
-    assert "schema: m003_review_state" in result.output
+    assert "schema: m0" in result.output and "0 pending" in result.output
 
 
 def test_stats_json_and_db_option(tmp_path):
