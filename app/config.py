@@ -35,7 +35,7 @@ BOUNDS: dict[str, tuple[float | None, float | None]] = {
 POOLS = ("builtin", "accepted")
 
 
-def check_generate(config: "GenerateConfig", label: Callable[[str], str]) -> None:
+def check_generate(config: GenerateConfig, label: Callable[[str], str]) -> None:
     """Every value within its bounds, else a ConfigError naming the setting (`label(key)`, e.g. the file and
     key, or the option): a run never starts on a value the command line itself would refuse."""
     for key, (low, high) in BOUNDS.items():

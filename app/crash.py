@@ -16,7 +16,7 @@ import platform
 import re
 import sys
 import traceback
-from datetime import datetime, timezone
+from datetime import datetime, UTC
 from pathlib import Path
 
 KEEP_REPORTS = 10  # distinct names, so a crash loop cannot overwrite the report of the first crash
@@ -27,7 +27,7 @@ _SECRET_PATTERNS = [
     re.compile(r"(?i)((?:api[_-]?key|token|password|secret)[\"']?\s*[:=]\s*[\"']?)[^\s\"',}]+"),
     re.compile(r"\bsk-[A-Za-z0-9_-]{8,}"),
 ]
-_QUOTED = re.compile(r"'((?:[^'\\\n]|\\.){%d,})'|\"((?:[^\"\\\n]|\\.){%d,})\"" % (MAX_QUOTED, MAX_QUOTED))
+_QUOTED = re.compile(rf"'((?:[^'\\\n]|\\.){{{MAX_QUOTED},}})'|\"((?:[^\"\\\n]|\\.){{{MAX_QUOTED},}})\"")
 
 
 def root_cause(error: BaseException) -> BaseException:
@@ -51,8 +51,11 @@ def where(error: BaseException) -> str:
     frames = traceback.extract_tb(error.__traceback__)
     if not frames:
         return "unknown location"
-    ours = [f for f in frames if "gristmill" in f.filename or "/app/" in f.filename or "/db/" in f.filename
-            or "/models/" in f.filename]
+    ours = [
+        f
+        for f in frames
+        if "gristmill" in f.filename or "/app/" in f.filename or "/db/" in f.filename or "/models/" in f.filename
+    ]
     frame = (ours or frames)[-1]
     parts = Path(frame.filename).parts
     return f"{'/'.join(parts[-2:])}:{frame.lineno} in {frame.name}"
@@ -60,7 +63,7 @@ def where(error: BaseException) -> str:
 
 def build_report(error: BaseException, argv: list[str]) -> str:
     cause = root_cause(error)
-    now = datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M:%SZ")
+    now = datetime.now(UTC).strftime("%Y-%m-%d %H:%M:%SZ")
     from gristmill import __version__
 
     sections = [
@@ -84,7 +87,7 @@ def write_report(report: str, directory: Path | None = None) -> Path | None:
             from gristmill.locations import state_dir
 
             directory = state_dir()
-        stamp = datetime.now(timezone.utc).strftime("%Y%m%dT%H%M%S%fZ")
+        stamp = datetime.now(UTC).strftime("%Y%m%dT%H%M%S%fZ")
         path = directory / f"crash-{stamp}-{os.getpid()}.log"
         directory.mkdir(parents=True, exist_ok=True)
         path.write_text(report, encoding="utf-8", errors="replace")

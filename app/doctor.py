@@ -68,10 +68,11 @@ def run_doctor(db_path: Path, config: GenerateConfig, *, db_named: bool = False)
 
 def _model_section(report: DoctorReport, config: GenerateConfig) -> None:
     lines, warnings = report.lines, report.warnings
-    from gristmill.models.llama_cpp_engine import chat_control_tokens
+    from gristmill.models.llama_cpp_engine import LlamaCppEngine, chat_control_tokens
 
     engine = open_engine(config, vocab_only=True)
     try:
+        assert isinstance(engine, LlamaCppEngine)  # doctor reads GGUF metadata: llama.cpp's engine only
         info = engine.info()
         description = describe_metadata(engine.metadata, chat_control_tokens(engine, CHAT_TOKENS))
         kind = "instruction-tuned" if description.looks_instruction_tuned else "base"

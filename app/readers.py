@@ -119,7 +119,7 @@ def _csv(handle: BinaryIO, instruction_key: str | None = None) -> Iterator[Row |
             if len(fields) != len(header):
                 yield Problem(record_start, f"has {len(fields)} fields, the header has {len(header)}")
             else:
-                yield record_start, dict(zip(header, fields))
+                yield record_start, dict(zip(header, fields, strict=True))
             record_start = reader.line_num + 1
     except csv.Error as error:
         yield from problems
@@ -147,7 +147,7 @@ def _json_array(handle: BinaryIO, chunk_size: int = 1 << 20) -> Iterator[Row | P
         try:
             buffer += reader.decode(raw, final=not raw)
         except UnicodeDecodeError as error:
-            raise _Stop(Problem(line + buffer.count("\n"), f"not valid UTF-8 (byte 0x{error.object[error.start]:02x})"))
+            raise _Stop(Problem(line + buffer.count("\n"), f"not valid UTF-8 (byte 0x{error.object[error.start]:02x})")) from None
         eof = not raw
         return bool(raw)
 
