@@ -67,6 +67,8 @@ def as_expected(error: BaseException) -> GristmillError | None:
         return RuntimeFailure(str(error))
     if isinstance(error, sqlite3.OperationalError):  # disk full, I/O error, a lock held past every retry
         return RuntimeFailure(f"database: {error}")
+    if type(error) is sqlite3.DatabaseError:  # "database disk image is malformed" found mid-command
+        return RuntimeFailure(f"database: {error} (`gristmill doctor` runs an integrity check)")
     if isinstance(error, OSError):
         return RuntimeFailure(_os_message(error))
     return None

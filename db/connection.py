@@ -96,6 +96,8 @@ def check_database_file(path: Path, *, create: bool) -> None:
         if not create:
             raise StoreError(f"database {path}: does not exist (`gristmill add FILE` creates it)")
         return
+    if not path.is_file():
+        raise StoreError(f"database {path}: not a regular file (a device, a pipe or a socket)")
     if not os.access(path, os.R_OK):
         raise StoreError(f"database {path}: not readable (permission denied)")
     if not os.access(path, os.W_OK):
