@@ -25,10 +25,12 @@ from typer.core import TyperGroup
 
 from gristmill import __version__, locations
 from gristmill.app.config import Config, load_config
-from gristmill.app.errors import EXIT_BAD_INPUT, EXIT_INTERRUPTED, EXIT_RUNTIME, BadInput, as_expected
+from gristmill.app.errors import EXIT_BAD_INPUT, EXIT_INTERRUPTED, EXIT_RUNTIME, BadInput, Interrupted, as_expected
 from gristmill.app.textsafe import visible
 
 log = logging.getLogger("gristmill.cli")
+# until the log file is set up, nothing of ours may fall through to logging's last-resort stderr printer
+logging.getLogger("gristmill").addHandler(logging.NullHandler())
 
 
 def one_line(text: str) -> str:
@@ -221,7 +223,11 @@ def add(
     failed = 0
     with open_db(create=True) as store:
         for path in files:
-            report = import_file(store, path, keys, type_.strip().lower() if type_ else None)
+            try:
+                report = import_file(store, path, keys, type_.strip().lower() if type_ else None)
+            except KeyboardInterrupt:  # the file's transaction was rolled back: say what that means
+                raise Interrupted(f"interrupted: nothing from {path} was imported (files reported as added "
+                                  "above are kept)") from None
             if report.ok:
                 out.print(escape(one_line(f"{path}: added {report.added}, skipped {report.duplicates} duplicate(s)")))
                 continue
