@@ -62,6 +62,9 @@ def _jsonl(handle: BinaryIO) -> Iterator[Row | Problem]:
         if b"\x00" in raw[:4]:  # json.loads would guess UTF-16/32 from the NULs; we accept UTF-8 only
             yield Problem(number, f"not valid UTF-8 (byte 0x00 at column {raw.index(0) + 1})")
             continue
+        if number == 1 and raw.strip() == b"[":  # a pretty-printed list: one problem, not one for every line
+            yield Problem(1, "a JSON list, not one JSON object per line: a list belongs in a .json file")
+            return
         try:
             yield number, json.loads(raw)
         except UnicodeDecodeError as error:
@@ -109,8 +112,11 @@ def _csv(handle: BinaryIO, instruction_key: str | None = None) -> Iterator[Row |
                 record_start = reader.line_num + 1
                 if instruction_key is not None and instruction_key not in header:
                     columns = ", ".join(repr(h) for h in header[:8]) + (", ..." if len(header) > 8 else "")
+                    separated = [sep for sep in (";", "\t", "|") if len(header) == 1 and sep in header[0]]
+                    hint = (f" (is it separated by {separated[0]!r}? gristmill reads comma-separated files)"
+                            if separated else "")
                     yield Problem(1, f"the header has no {instruction_key!r} column (columns: {columns}); "
-                                     "name the instruction column with --instruction-key")
+                                     f"name the instruction column with --instruction-key{hint}")
                     return
                 continue
             if not fields or all(not f.strip() for f in fields):
@@ -171,7 +177,8 @@ def _json_array(handle: BinaryIO, chunk_size: int = 1 << 20) -> Iterator[Row | P
                 return
             if state == "start":
                 if buffer[0] != "[":
-                    yield Problem(line, "expected a JSON list of objects ('[' ...)")
+                    hint = "; one object per line is a .jsonl file" if buffer[0] == "{" else ""
+                    yield Problem(line, f"expected a JSON list of objects ('[' ...){hint}")
                     return
                 buffer, state = buffer[1:], "first"
             elif state in ("first", "item"):

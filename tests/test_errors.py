@@ -103,6 +103,9 @@ CASES = [
     C("add-missing-file", "add {ws}/nothere.jsonl", 2, "nothere.jsonl: cannot read:", "no such file"),
     C("add-directory", "add {dir}", 2, "adir: cannot read:", "is a directory"),
     C("add-csv-no-instruction-column", "add {nocol}", 2, "nocol.csv:1:", "--instruction-key", "'prompt'"),
+    C("add-semicolon-csv", "add {semicolons}", 2, "semi.csv:1:", "separated by ';'"),
+    C("add-list-in-jsonl", "add {list_jsonl}", 2, "list.jsonl:1:", "belongs in a .json file"),
+    C("add-lines-in-json", "add {lines_json}", 2, "lines.json:1:", "is a .jsonl file"),
     C("add-empty-jsonl", "add {empty_jsonl}", 2, "empty.jsonl:", "empty file"),
     C("add-empty-csv", "add {empty_csv}", 2, "empty.csv:", "empty file"),
     C("add-unsupported-type", "add {ws}/notes.yaml", 2, "notes.yaml", "unsupported file type"),
@@ -152,6 +155,9 @@ def _workspace(tmp_path: Path, gemma_path: Path) -> dict[str, str]:
     nested = {"instruction": "x", "meta": json.loads("[" * 300 + "]" * 300)}
     paths["deep_meta"] = write(ws / "deepmeta.jsonl", json.dumps(nested) + "\n")
     paths["nocol"] = write(ws / "nocol.csv", "prompt,answer\nhello,world\n")
+    paths["semicolons"] = write(ws / "semi.csv", "instruction;input\nhello;x\n")
+    paths["list_jsonl"] = write(ws / "list.jsonl", '[\n  {"instruction": "a"},\n  {"instruction": "b"}\n]\n')
+    paths["lines_json"] = write(ws / "lines.json", '{"instruction": "a"}\n{"instruction": "b"}\n')
     paths["empty_jsonl"] = write(ws / "empty.jsonl", "")
     paths["empty_csv"] = write(ws / "empty.csv", "")
     write(ws / "notes.yaml", "instruction: x\n")
