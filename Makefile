@@ -17,7 +17,7 @@ CPU_FLAGS := -DGGML_NATIVE=OFF -DGGML_AVX=ON -DGGML_AVX2=ON -DGGML_FMA=ON -DGGML
 CMAKE_ARGS ?= $(CPU_FLAGS)
 export CMAKE_ARGS
 
-.PHONY: install demo test bench rebuild-llama clean
+.PHONY: install demo test lint bench rebuild-llama clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -46,6 +46,17 @@ demo: install
 test: $(VENV)/.test-installed
 	$(BIN)/python -m pytest -q -p no:cacheprovider
 
+# ruff and mypy over app/, models/, db/. mypy checks the installed layout (gristmill.app, ...): the
+# repository keeps app/, models/, db/ at the top, so .typecheck/gristmill links them under that name.
+LINTED := app models db
+lint: $(VENV)/.test-installed
+	$(BIN)/ruff check $(LINTED)
+	$(BIN)/ruff format --check $(LINTED)
+	rm -rf .typecheck && mkdir -p .typecheck/gristmill
+	cp gristmill/*.py .typecheck/gristmill/
+	for d in $(LINTED); do ln -s ../../$$d .typecheck/gristmill/$$d; done
+	$(BIN)/mypy
+
 bench: $(VENV)/.test-installed
 	for b in bench/bench_*.py; do $(BIN)/python $$b || exit 1; done
 
@@ -54,4 +65,4 @@ rebuild-llama: | $(BIN)/python
 	$(BIN)/pip install --no-cache-dir --force-reinstall --no-deps "llama-cpp-python>=0.3.16,<0.4"
 
 clean:
-	rm -rf $(VENV) build dist *.egg-info demo
+	rm -rf $(VENV) build dist *.egg-info demo .typecheck

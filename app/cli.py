@@ -1,70 +1,207 @@
 """The `gristmill` command line. Commands parse options and call the pipeline; no logic lives here.
 
-Exit codes: 0 ok, 1 runtime failure, 2 bad input, 130 interrupted.
+One error boundary (`BoundaryGroup.main`) serves every command: an expected failure (`gristmill.app.errors`)
+is one line on stderr and an exit code, 0 ok, 1 runtime failure, 2 bad input or usage, 130 interrupted; a bug
+is one line naming what broke and where its crash report is (`gristmill.app.crash`). No command catches its
+own list of exceptions, and no traceback ever reaches the terminal.
 """
 
 from __future__ import annotations
 
 import json
 import logging
+import os
 import sys
+import traceback
+from collections.abc import Callable
 from dataclasses import replace
 from pathlib import Path
-from typing import Annotated, Optional
+from typing import Annotated, Any, Optional
 
 import typer
 from rich.console import Console
 from rich.markup import escape
+from typer.core import TyperGroup
 
 from gristmill import __version__, locations
-from gristmill.app.config import Config, ConfigError, load_config
+from gristmill.app.config import Config, load_config
+from gristmill.app.errors import EXIT_BAD_INPUT, EXIT_INTERRUPTED, EXIT_RUNTIME, BadInput, Interrupted, as_expected
+from gristmill.app.textsafe import visible
 
-app = typer.Typer(add_completion=False, no_args_is_help=False, rich_markup_mode=None,
-                  help="Turn a base model's completions into reviewed SFT data.")
+log = logging.getLogger("gristmill.cli")
+# until the log file is set up, nothing of ours may fall through to logging's last-resort stderr printer
+logging.getLogger("gristmill").addHandler(logging.NullHandler())
+
+
+def one_line(text: str) -> str:
+    """A message as one printable line: control characters and undecodable file-name bytes made visible."""
+    text = visible(" ".join(text.splitlines()))
+    return text.encode("utf-8", "backslashreplace").decode("utf-8")
+
+
+def run_guarded(invoke: Callable[[], Any]) -> int:
+    """The boundary: run the command line, turn whatever escapes it into one line on stderr and an exit code."""
+    from gristmill.app import crash
+
+    try:
+        result = invoke()
+    except SystemExit:
+        raise
+    except BrokenPipeError:  # `gristmill stats | head`: the reader left; nothing to say to anyone
+        _silence_stdout()
+        return EXIT_RUNTIME
+    except BaseException as error:  # noqa: BLE001 - this is the one place that sees everything
+        if _is_a(error, "ClickException"):  # usage: unknown option, bad value, missing argument
+            context = getattr(error, "ctx", None)
+            where = context.command_path if context is not None else "gristmill"
+            hint = f" (see '{where} --help')" if _is_a(error, "UsageError") else ""
+            _say(f"{where}: {error.format_message()}{hint}")  # type: ignore[attr-defined]
+            return int(getattr(error, "exit_code", EXIT_BAD_INPUT))
+        if _is_a(error, "Abort"):  # Ctrl-D or Ctrl-C at a prompt
+            _say("gristmill: interrupted")
+            return EXIT_INTERRUPTED
+        expected = as_expected(error)
+        if expected is not None:  # the traceback goes to the log file only, redacted like a crash report
+            log.info("exit %d: %s\n%s", expected.exit_code, crash.redact(expected.message),
+                     crash.redact("".join(traceback.format_exception(error))))
+            _say(expected.message)
+            return expected.exit_code
+        line = crash.report_crash(error)
+        log.error("%s", line)
+        _say(line)
+        return EXIT_RUNTIME
+    if result == EXIT_INTERRUPTED:  # typer turns a bare Ctrl-C into Exit(130) without a word
+        _say("gristmill: interrupted")
+    return result if isinstance(result, int) else 0
+
+
+def _is_a(error: BaseException, name: str) -> bool:
+    """Click's exception classes by name: typer ships its own copy of click (`typer._click`) in newer versions,
+    the real click in older ones, and the boundary must know both."""
+    return any(cls.__name__ == name and cls.__module__.split(".")[0] in ("click", "typer")
+               for cls in type(error).__mro__)
+
+
+def _silence_stdout() -> None:
+    try:
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+    except (OSError, ValueError):
+        pass
+
+
+def _say(message: str) -> None:
+    try:
+        sys.stderr.write(one_line(message) + "\n")
+        sys.stderr.flush()
+    except OSError:
+        pass
+
+
+class BoundaryGroup(TyperGroup):
+    """The root command: every invocation (the installed entry point and CliRunner alike) passes the boundary."""
+
+    def main(self, args: Any = None, prog_name: str | None = None, complete_var: str | None = None,
+             standalone_mode: bool = True, windows_expand_args: bool = True, **extra: Any) -> Any:
+        code = run_guarded(lambda: super(BoundaryGroup, self).main(
+            args, prog_name or "gristmill", complete_var, False, windows_expand_args, **extra))
+        if standalone_mode:
+            sys.exit(code)
+        return code
+
+
+app = typer.Typer(cls=BoundaryGroup, add_completion=False, no_args_is_help=False, rich_markup_mode=None,
+                  pretty_exceptions_enable=False, help="Turn a base model's completions into reviewed SFT data.")
 out = Console(highlight=False, soft_wrap=True)  # never wrap: lines are read by scripts
 err = Console(stderr=True, highlight=False, soft_wrap=True)
 
 
 class State:
     db_path: Path = locations.default_database()
+    db_source: str = "default"  # "--db", "GRISTMILL_DB" or "default": named in messages about the path
     config: Config = Config()
 
 
-def bad_input(message: str) -> typer.Exit:
-    err.print(escape(message), markup=True)
-    return typer.Exit(2)
-
-
 def setup_logging() -> None:
-    """gristmill's log (llama.cpp's native lines included) goes to a file, never over the terminal."""
-    handler = logging.FileHandler(locations.log_file(), encoding="utf-8")
-    handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+    """gristmill's log (llama.cpp's native lines included) goes to a file, never over the terminal.
+
+    A state directory that cannot be written costs the log, not the command.
+    """
     root = logging.getLogger("gristmill")
+    if any(isinstance(h, logging.FileHandler) for h in root.handlers):
+        return
+    try:
+        handler = logging.FileHandler(locations.log_file(), encoding="utf-8")
+    except OSError:
+        return
+    handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
     root.addHandler(handler)
     root.setLevel(logging.INFO)
 
 
-def open_db():
-    from gristmill.db import open_store
-    return open_store(State.db_path)
+def _is_text(text: str) -> bool:
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
+
+
+def bad_input(message: str) -> BadInput:
+    """`raise bad_input("...")`: kept for commands written before `gristmill.app.errors`."""
+    return BadInput(message)
+
+
+def _named_by() -> str:
+    return f" (from {State.db_source})" if State.db_source != "default" else ""
+
+
+def open_db(*, create: bool = False):
+    """The command's database. Only commands that make data (`add`, `generate`) create the file, and never
+    a directory: a typo in `--db` is an error naming the path, not a new empty database somewhere."""
+    from gristmill.db import StoreError, open_store
+
+    path = State.db_path
+    if create and not path.exists() and not path.parent.is_dir():
+        raise BadInput(f"database {path}{_named_by()}: directory {path.parent} does not exist (gristmill creates "
+                       "the database file, never directories)")
+    try:
+        return open_store(path, create=create)
+    except StoreError as error:
+        prefix = f"database {path}:"
+        message = str(error)
+        if message.startswith(prefix):
+            message = f"database {path}{_named_by()}:{message[len(prefix):]}"
+        raise BadInput(message) from error
+
+
+def _source(ctx: typer.Context, name: str) -> str:
+    """Where an option's value came from (COMMANDLINE, ENVIRONMENT, DEFAULT), by name across click copies."""
+    source = ctx.get_parameter_source(name)
+    return source.name if source is not None else "DEFAULT"
 
 
 @app.callback(invoke_without_command=True)
 def main_callback(
     ctx: typer.Context,
     db: Annotated[Optional[Path], typer.Option("--db", envvar="GRISTMILL_DB", help="SQLite database file.")] = None,
-    config: Annotated[Optional[Path], typer.Option("--config", help="Project config (default ./gristmill.toml).")] = None,
+    config: Annotated[Optional[Path], typer.Option("--config", envvar="GRISTMILL_CONFIG",
+                                                   help="Project config (default ./gristmill.toml).")] = None,
     version: Annotated[bool, typer.Option("--version", help="Print the version.")] = False,
 ) -> None:
     if version:
         out.print(f"gristmill {__version__}")
         raise typer.Exit()
-    State.db_path = db or locations.default_database()
-    try:
-        State.config = load_config(config or locations.project_config())
-    except ConfigError as error:
-        raise bad_input(str(error))
     setup_logging()
+    State.db_path = db or locations.default_database()
+    State.db_source = {"COMMANDLINE": "--db", "ENVIRONMENT": "GRISTMILL_DB"}.get(_source(ctx, "db"), "default")
+    if config is not None:  # named explicitly (--config or GRISTMILL_CONFIG): it must exist
+        source = "--config" if _source(ctx, "config") == "COMMANDLINE" else "GRISTMILL_CONFIG"
+        if not config.exists():
+            raise BadInput(f"config {config} (from {source}): does not exist")
+        State.config = load_config(config)
+    else:  # the default ./gristmill.toml is optional
+        State.config = load_config(locations.project_config())
     if ctx.invoked_subcommand is None:
         from gristmill.app.cli_review import review
         ctx.invoke(review)
@@ -83,22 +220,29 @@ def add(
     from gristmill.app.ingest import KeyMap, import_file
 
     keys = KeyMap(instruction=instruction_key, input=input_key, type=type_key, id=id_key)
-    failed = False
-    with open_db() as store:
+    failed = 0
+    with open_db(create=True) as store:
         for path in files:
-            report = import_file(store, path, keys, type_.strip().lower() if type_ else None)
+            try:
+                report = import_file(store, path, keys, type_.strip().lower() if type_ else None)
+            except KeyboardInterrupt:  # the file's transaction was rolled back: say what that means
+                raise Interrupted(f"interrupted: nothing from {path} was imported (files reported as added "
+                                  "above are kept)") from None
             if report.ok:
-                out.print(f"{path}: added {report.added}, skipped {report.duplicates} duplicate(s)")
+                out.print(escape(one_line(f"{path}: added {report.added}, skipped {report.duplicates} duplicate(s)")))
                 continue
-            failed = True
+            failed += 1
+            if report.problem_count == 1:  # the common case stays one line
+                err.print(escape(one_line(f"{report.problems[0]} (nothing imported from {path})")))
+                continue
             for line in report.problems:
-                err.print(escape(line))
+                err.print(escape(one_line(line)))
             hidden = report.problem_count - len(report.problems)
             if hidden:
-                err.print(f"{path}: ... and {hidden} more problem(s)")
-            err.print(f"{path}: nothing imported ({report.problem_count} problem(s))")
+                err.print(escape(one_line(f"{path}: ... and {hidden} more problem(s)")))
+            err.print(escape(one_line(f"{path}: nothing imported ({report.problem_count} problem(s))")))
     if failed:
-        raise typer.Exit(2)
+        raise typer.Exit(EXIT_BAD_INPUT)
 
 
 @app.command()
@@ -111,28 +255,32 @@ def stats(as_json: Annotated[bool, typer.Option("--json", help="Machine-readable
     if as_json:
         out.print_json(json.dumps(data))
         return
-    out.print(f"database: {State.db_path}")
+    out.print(f"database: {escape(one_line(str(State.db_path)))}")
     for section, counts in data.items():
         out.print(f"{section}:")
         for key, value in counts.items():
-            out.print(f"  {escape(str(key)):<24} {value}")
+            out.print(f"  {escape(one_line(str(key))):<24} {value}")
 
 
 @app.command()
 def doctor(
     model: Annotated[Optional[str], typer.Option(help="Inspect this GGUF (default: the embedded model).")] = None,
 ) -> None:
-    """Inspect the database, a model (vocab only: instant on a 20 GB file) and the setup."""
+    """Inspect the database, a model (vocab only: instant on a 20 GB file) and the setup.
+
+    Every section is reported even when one is broken; the first problem is the closing line, exit 2.
+    """
     from gristmill.app.doctor import run_doctor
 
-    try:
-        lines, warnings = run_doctor(State.db_path, replace(State.config.generate, model=model or State.config.generate.model))
-    except FileNotFoundError as error:
-        raise bad_input(f"doctor: {error}")
-    for line in lines:
-        out.print(escape(line))
-    for warning in warnings:
-        err.print(f"[yellow]warning:[/] {escape(warning)}")
+    report = run_doctor(State.db_path, replace(State.config.generate, model=model or State.config.generate.model),
+                        db_named=State.db_source == "--db")
+    for line in report.lines:
+        out.print(escape(one_line(line)))
+    for warning in report.warnings:
+        err.print(f"[yellow]warning:[/] {escape(one_line(warning))}")
+    if report.problems:
+        raise BadInput(report.problems[0] if len(report.problems) == 1
+                       else f"{report.problems[0]} (and {len(report.problems) - 1} more problem(s) above)")
 
 
 @app.command()
@@ -152,30 +300,30 @@ def preview(
     style: Annotated[Optional[str], typer.Option(help="Prompt style name or TOML file.")] = None,
     input_text: Annotated[str, typer.Option("--input", help="Optional input/context.")] = "",
     type_: Annotated[str, typer.Option("--type", help="Instruction type (picks the frame).")] = "general",
-    seed: Annotated[int, typer.Option(help="Item seed for the few-shot draw.")] = 0,
+    seed: Annotated[int, typer.Option(min=0, max=2**63 - 1, help="Item seed for the few-shot draw.")] = 0,
     model: Annotated[Optional[str], typer.Option(help="Count tokens with this GGUF.")] = None,
     ids: Annotated[bool, typer.Option("--ids", help="Also print the token ids.")] = False,
 ) -> None:
     """Print exactly what the model will be fed: prompt text, token count, stop sequences."""
     from gristmill.app.preview import render_preview
-    from gristmill.app.prompts import StyleError
 
     config = replace(State.config.generate, model=model or State.config.generate.model,
                      style=style or State.config.generate.style)
-    try:
-        if item is not None:
-            with open_db() as store:
-                from gristmill.db import instructions as instructions_db
-                row = instructions_db.get(store, item)
-            if row is None:
-                raise bad_input(f"preview: no instruction with id {item}")
-            instruction, input_text, type_ = row["instruction"], row["input"], row["instruction_type"]
-        if instruction is None:
-            raise bad_input("preview: give an instruction or --item ID")
-        report = render_preview(config, instruction, input_text, type_, seed, show_ids=ids)
-    except StyleError as error:
-        raise bad_input(str(error))
-    sys.stdout.write(report)
+    if item is not None:
+        if instruction is not None:
+            raise BadInput("preview: give an instruction or --item ID, not both")
+        with open_db() as store:
+            from gristmill.db import instructions as instructions_db
+            row = instructions_db.get(store, item)
+        if row is None:
+            raise BadInput(f"preview: no instruction with id {item} in {State.db_path}")
+        instruction, input_text, type_ = row["instruction"], row["input"], row["instruction_type"]
+    if instruction is None:
+        raise BadInput("preview: give an instruction or --item ID")
+    for label, text in (("the instruction", instruction), ("--input", input_text), ("--type", type_)):
+        if not _is_text(text):
+            raise BadInput(f"preview: {label} is not valid UTF-8 text (a lone surrogate or undecodable bytes)")
+    sys.stdout.write(render_preview(config, instruction, input_text, type_, seed, show_ids=ids))
 
 
 from gristmill.app import cli_export, cli_generate, cli_review  # noqa: E402  (commands register on `app`)
@@ -184,4 +332,5 @@ _ = (cli_generate, cli_review, cli_export)
 
 
 def main() -> None:
-    app()
+    """The installed `gristmill` entry point."""
+    app(prog_name="gristmill")

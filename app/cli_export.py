@@ -2,13 +2,15 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 from typing import Annotated, Optional
 
 import typer
 from rich.markup import escape
 
-from gristmill.app.cli import State, app, bad_input, out
+from gristmill.app.cli import app, one_line, open_db, out
+from gristmill.app.errors import BadInput
 
 
 @app.command("export")
@@ -27,20 +29,31 @@ def export_command(
 ) -> None:
     """Write accepted records as JSONL, with OUT.manifest.json beside it."""
     from gristmill.app.export import FORMATS, export
-    from gristmill.db import open_store
     from gristmill.db.exports import ExportFilter
 
     if format_ not in FORMATS:
-        raise bad_input(f"export: --format must be one of {', '.join(FORMATS)}, not {format_!r}")
-    if not out_path.parent.exists():
-        raise bad_input(f"export: directory {out_path.parent} does not exist")
-    if not State.db_path.exists():
-        raise bad_input(f"export: database {State.db_path} does not exist")
+        raise BadInput(f"export: --format must be one of {', '.join(FORMATS)}, not {format_!r}")
+    check_output_path(out_path)
     where = ExportFilter(instruction_type=type_, style=style, run_id=run, reviewer=reviewer, min_chars=min_chars,
                          max_chars=max_chars, exclude_flags=tuple(exclude_flag or ()))
-    with open_store(State.db_path) as store:
+    with open_db() as store:
         report = export(store, out_path, fmt=format_, where=where, dedup=dedup, dedup_threshold=dedup_threshold)
-    out.print(f"{escape(str(out_path))}: {report.records} record(s), sha256 {report.sha256}")
+    out.print(escape(one_line(f"{out_path}: {report.records} record(s), sha256 {report.sha256}")))
     if report.dropped:
         out.print(f"dedup removed {len(report.dropped)} record(s); the manifest lists each pair")
-    out.print(f"manifest: {escape(report.manifest_path)}")
+    out.print(escape(one_line(f"manifest: {report.manifest_path}")))
+
+
+def check_output_path(out_path: Path) -> None:
+    """OUT and OUT.manifest.json must be files we can replace atomically: say why not before reading anything."""
+    manifest = out_path.with_name(out_path.name + ".manifest.json")
+    for path in (out_path, manifest):
+        if path.is_dir():
+            raise BadInput(f"export: {path} is a directory; give a file name, e.g. {out_path / 'data.jsonl'}")
+        if path.exists() and not path.is_file():
+            raise BadInput(f"export: {path} is not a regular file; give a file name to write")
+    parent = out_path.parent
+    if not parent.is_dir():
+        raise BadInput(f"export: directory {parent} does not exist")
+    if not os.access(parent, os.W_OK | os.X_OK):
+        raise BadInput(f"export: cannot write in directory {parent} (permission denied)")

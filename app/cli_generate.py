@@ -4,90 +4,102 @@ from __future__ import annotations
 
 import time
 from dataclasses import replace
-from typing import Annotated, Optional
+from typing import Annotated, Any, Optional
 
 import typer
 from rich.markup import escape
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
-from gristmill.app.cli import State, app, bad_input, err, open_db, out
-from gristmill.app.config import GenerateConfig
+from gristmill.app.cli import State, app, err, open_db, out
+from gristmill.app.config import BOUNDS, GenerateConfig, check_generate
+from gristmill.app.errors import BadInput, Interrupted, RuntimeFailure
 
 
-def _merged_config(**overrides) -> GenerateConfig:
+def _merged_config(**overrides: Any) -> GenerateConfig:
     return replace(State.config.generate, **{k: v for k, v in overrides.items() if v is not None})
+
+
+def _low(key: str) -> Any:
+    return BOUNDS[key][0]
+
+
+def _high(key: str) -> Any:
+    return BOUNDS[key][1]
 
 
 @app.command()
 def generate(
     model: Annotated[Optional[str], typer.Option(help="GGUF file (first part of a split model). Default: the embedded base model.")] = None,
     style: Annotated[Optional[str], typer.Option(help="completion, few-shot, urial, or a style TOML file.")] = None,
-    samples: Annotated[Optional[int], typer.Option(min=1, help="Completions per instruction.")] = None,
-    max_tokens: Annotated[Optional[int], typer.Option(min=1)] = None,
-    temperature: Annotated[Optional[float], typer.Option(min=0.0)] = None,
-    top_p: Annotated[Optional[float], typer.Option(min=0.0, max=1.0)] = None,
-    seed: Annotated[Optional[int], typer.Option(help="Run seed; each item's seed derives from it.")] = None,
+    samples: Annotated[Optional[int], typer.Option(min=_low("samples"), max=_high("samples"), help="Completions per instruction.")] = None,
+    max_tokens: Annotated[Optional[int], typer.Option(min=_low("max_tokens"), max=_high("max_tokens"))] = None,
+    temperature: Annotated[Optional[float], typer.Option(min=_low("temperature"))] = None,
+    top_p: Annotated[Optional[float], typer.Option(min=_low("top_p"), max=_high("top_p"))] = None,
+    seed: Annotated[Optional[int], typer.Option(min=_low("seed"), max=_high("seed"), help="Run seed; each item's seed derives from it.")] = None,
     stop: Annotated[Optional[list[str]], typer.Option(help="Extra stop string (repeatable).")] = None,
-    limit: Annotated[Optional[int], typer.Option(min=1, help="Generate at most this many items now.")] = None,
+    limit: Annotated[Optional[int], typer.Option(min=1, max=_high("seed"), help="Generate at most this many items now.")] = None,
     types: Annotated[Optional[str], typer.Option(help="Only these instruction types (comma-separated).")] = None,
-    threads: Annotated[Optional[int], typer.Option(min=1)] = None,
-    gpu_layers: Annotated[Optional[int], typer.Option(help="Layers to offload to the GPU (-1: all).")] = None,
-    n_ctx: Annotated[Optional[int], typer.Option(min=16, help="Context size (default: the model's, capped).")] = None,
+    threads: Annotated[Optional[int], typer.Option(min=_low("threads"), max=_high("threads"))] = None,
+    gpu_layers: Annotated[Optional[int], typer.Option(min=_low("gpu_layers"), max=_high("gpu_layers"), help="Layers to offload to the GPU (-1: all).")] = None,
+    n_ctx: Annotated[Optional[int], typer.Option(min=_low("n_ctx"), max=_high("n_ctx"), help="Context size (default: the model's, capped).")] = None,
     add_bos: Annotated[Optional[bool], typer.Option("--add-bos/--no-add-bos", help="Override the GGUF's BOS rule.")] = None,
     pool: Annotated[Optional[str], typer.Option(help="Few-shot pool: builtin, or accepted (adds accepted records).")] = None,
-    run: Annotated[Optional[int], typer.Option("--run", help="Continue this run with its own settings.")] = None,
+    run: Annotated[Optional[int], typer.Option("--run", min=1, max=_high("seed"), help="Continue this run with its own settings.")] = None,
     new_run: Annotated[bool, typer.Option("--new-run", help="Start a new run even if one with these settings exists.")] = False,
     retry_failed: Annotated[bool, typer.Option("--retry-failed", help="Retry items that failed.")] = False,
     quiet: Annotated[bool, typer.Option("--quiet", help="Log lines instead of a progress bar.")] = False,
 ) -> None:
-    """Generate completions for every instruction the run lacks; safe to interrupt and re-run."""
+    """Generate completions for every instruction the run lacks; safe to interrupt and re-run.
+
+    Failures are raised, never caught here: the command line's one boundary reports them.
+    """
     from gristmill.app.engines import open_engine
     from gristmill.app.generate import RunSettings, open_run
     from gristmill.app.prompts import StyleError, load_style
-    from gristmill.models import EngineError, GenerationParams
+    from gristmill.models import GenerationParams
 
     config = _merged_config(model=model, style=style, samples=samples, max_tokens=max_tokens,
                             temperature=temperature, top_p=top_p, seed=seed, stop=stop, threads=threads,
                             gpu_layers=gpu_layers, n_ctx=n_ctx, add_bos=add_bos, pool=pool)
-    if config.pool not in ("builtin", "accepted"):
-        raise bad_input(f"generate: --pool must be builtin or accepted, not {config.pool!r}")
+    check_generate(config, lambda key: f"generate: --{key.replace('_', '-')} (or generate.{key} in the config)")
     try:
         params = GenerationParams(max_tokens=config.max_tokens, temperature=config.temperature, top_p=config.top_p,
                                   top_k=config.top_k, min_p=config.min_p, repeat_penalty=config.repeat_penalty,
                                   stop=tuple(config.stop), seed=config.seed)
-        if run is None:
-            load_style(config.style)  # a bad style file is bad input: say so before loading a model
-    except (ValueError, StyleError) as error:
-        raise bad_input(f"generate: {error}")
+    except ValueError as error:
+        raise BadInput(f"generate: {error}") from error
+    if run is None:
+        load_style(config.style)  # a bad style file is bad input: say so before loading a model
     settings = RunSettings(style=config.style, samples=config.samples, params=params,
                            types=tuple(t.strip().lower() for t in types.split(",") if t.strip()) if types else (),
                            pool=config.pool)
-    try:
-        engine = open_engine(config)
-    except (EngineError, FileNotFoundError) as error:
-        raise bad_input(f"generate: {error}")
-    store = open_db()
+    store = open_db()  # an existing database only: `add` makes one; a typo in --db creates nothing
     run_record = None
     try:
+        engine = open_engine(config)
         try:
-            run_record, style_obj, settings = open_run(store, engine, settings, run_id=run, new_run=new_run)
-        except LookupError as error:
-            raise bad_input(f"generate: {error}")
-        out.print(f"run {run_record.id}: style {style_obj.name}, model {escape(run_record.model)}, "
-                  f"{settings.samples} sample(s) per instruction, seed {run_record.seed}")
-        final = _drive(store, engine, run_record, style_obj, settings, limit, retry_failed, quiet)
-    except KeyboardInterrupt:
-        err.print("interrupted: every finished item is saved; run the same command to resume")
-        if run_record is not None:
-            _summary(store, run_record.id)
-        raise typer.Exit(130)
-    except RuntimeError as error:
-        err.print(f"generate stopped: {escape(str(error))}")
-        raise typer.Exit(1)
+            try:
+                run_record, style_obj, settings = open_run(store, engine, settings, run_id=run, new_run=new_run)
+            except LookupError as error:
+                if type(error) is not LookupError:  # a KeyError or IndexError is a bug, not a missing run
+                    raise
+                raise BadInput(f"generate: {error.args[0] if error.args else error}") from error
+            except StyleError as error:
+                raise BadInput(f"generate: run {run}: its style no longer loads: {error}") from error
+            out.print(f"run {run_record.id}: style {escape(style_obj.name)}, model {escape(run_record.model)}, "
+                      f"{settings.samples} sample(s) per instruction, seed {run_record.seed}")
+            final = _drive(store, engine, run_record, style_obj, settings, limit, retry_failed, quiet)
+        except KeyboardInterrupt:
+            if run_record is not None:
+                _summary(store, run_record.id)
+            raise Interrupted("interrupted: every finished item is saved; run the same command to resume") from None
+        except RuntimeError as error:  # too many failures in a row, a server gone
+            raise RuntimeFailure(f"generate stopped: {error}") from error
+        finally:
+            engine.close()
+        _summary(store, run_record.id, final)
     finally:
-        engine.close()
-    _summary(store, run_record.id, final)
-    store.close()
+        store.close()
 
 
 def _drive(store, engine, run_record, style_obj, settings, limit, retry_failed, quiet):

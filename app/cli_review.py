@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import getpass
+import sys
 from typing import Annotated, Optional
 
 import typer
 
-from gristmill.app.cli import State, app
+from gristmill.app.cli import State, app, open_db
+from gristmill.app.errors import BadInput
 
 
 @app.command()
@@ -15,7 +17,23 @@ def review(
     reviewer: Annotated[Optional[str], typer.Option(help="Name recorded with each decision (default: config, then login).")] = None,
 ) -> None:
     """Open the review app (bare `gristmill` opens it too)."""
+    open_db().close()  # an existing database only: reviewing a typo'd path creates nothing
+    if not (sys.stdin.isatty() and sys.stdout.isatty()):
+        raise BadInput("review: the review app needs a terminal (stdin and stdout are not one); "
+                       "in scripts use `gristmill stats` or `gristmill export`")
+    from gristmill.app.crash import guard_app
     from gristmill.app.tui.app import make_app
 
-    name = reviewer or State.config.review.reviewer or getpass.getuser()
-    make_app(State.db_path, reviewer=name, keymap=State.config.keymap).run()
+    name = reviewer or State.config.review.reviewer or _login()
+    app_ = make_app(State.db_path, reviewer=name, keymap=State.config.keymap)
+    failure = guard_app(app_)
+    app_.run()
+    if failure:
+        raise failure[0]
+
+
+def _login() -> str:
+    try:
+        return getpass.getuser()
+    except (OSError, KeyError):  # no login name (a container with an unknown uid): decisions still need a name
+        return "reviewer"

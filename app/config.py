@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import math
+from collections.abc import Callable
 from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import get_type_hints
@@ -12,6 +14,46 @@ from gristmill.models.base import GenerationParams
 
 class ConfigError(ValueError):
     """The config file is wrong; the message names the file and the key."""
+
+
+INT64_MAX = 2**63 - 1  # what SQLite stores; a larger seed or count would overflow on the way in
+# (low, high) for every bounded setting, shared by the config file and the command line's options
+BOUNDS: dict[str, tuple[float | None, float | None]] = {
+    "samples": (1, 10_000),
+    "max_tokens": (1, 2**31 - 1),
+    "temperature": (0.0, None),
+    "top_p": (0.0, 1.0),
+    "top_k": (0, 2**31 - 1),
+    "min_p": (0.0, 1.0),
+    "repeat_penalty": (0.0, None),
+    "seed": (0, INT64_MAX),
+    "threads": (1, 1024),
+    "gpu_layers": (-1, 100_000),
+    "n_ctx": (16, 2**31 - 1),
+    "n_ctx_cap": (16, 2**31 - 1),
+}
+POOLS = ("builtin", "accepted")
+
+
+def check_generate(config: GenerateConfig, label: Callable[[str], str]) -> None:
+    """Every value within its bounds, else a ConfigError naming the setting (`label(key)`, e.g. the file and
+    key, or the option): a run never starts on a value the command line itself would refuse."""
+    for key, (low, high) in BOUNDS.items():
+        value = getattr(config, key)
+        if value is None:
+            continue
+        if isinstance(value, float) and not math.isfinite(value):
+            raise ConfigError(f"{label(key)}: must be a finite number, got {value!r}")
+        if (low is not None and value < low) or (high is not None and value > high):
+            span = (f"between {low} and {high}" if low is not None and high is not None
+                    else f"at least {low}" if low is not None else f"at most {high}")
+            raise ConfigError(f"{label(key)}: must be {span}, got {value!r}")
+    if config.top_p == 0:
+        raise ConfigError(f"{label('top_p')}: must be above 0 and at most 1, got 0")
+    if config.pool not in POOLS:
+        raise ConfigError(f"{label('pool')}: must be one of {', '.join(POOLS)}, got {config.pool!r}")
+    if any(not s for s in config.stop):
+        raise ConfigError(f"{label('stop')}: stop strings must not be empty")
 
 
 @dataclass(frozen=True)
@@ -80,6 +122,7 @@ def _matches(value: object, expected) -> bool:
 
 
 def load_config(path: Path) -> Config:
+    """The config at `path`; a missing file is the defaults (the caller decides whether that is an error)."""
     if not path.exists():
         return Config()
     data = read_toml(path, ConfigError)
@@ -89,8 +132,10 @@ def load_config(path: Path) -> Config:
     keymap = data.get("keymap", {})
     if not isinstance(keymap, dict) or not all(isinstance(v, str) for v in keymap.values()):
         raise ConfigError(f"{path}: key 'keymap': expected a table of binding id = \"keys\"")
+    generate = _check_section(path, "generate", GenerateConfig, data.get("generate", {}))
+    check_generate(generate, lambda key: f"{path}: key 'generate.{key}'")
     return Config(
-        generate=_check_section(path, "generate", GenerateConfig, data.get("generate", {})),
+        generate=generate,
         review=_check_section(path, "review", ReviewConfig, data.get("review", {})),
         keymap=dict(keymap),
     )

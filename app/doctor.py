@@ -2,37 +2,77 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass, field
 from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
 
 from gristmill import locations
 from gristmill.app.config import GenerateConfig
 from gristmill.app.engines import open_engine
+from gristmill.app.errors import BadInput
 from gristmill.models.gguf import CHAT_TOKENS, describe_metadata
 
 
-def run_doctor(db_path: Path, config: GenerateConfig) -> tuple[list[str], list[str]]:
-    lines, warnings = ["database:"], []
+@dataclass
+class DoctorReport:
+    lines: list[str] = field(default_factory=list)
+    warnings: list[str] = field(default_factory=list)
+    problems: list[str] = field(default_factory=list)  # each a one-line error; any makes the command exit 2
+
+
+def run_doctor(db_path: Path, config: GenerateConfig, *, db_named: bool = False) -> DoctorReport:
+    """Every section, even when another is broken: doctor exists to diagnose exactly that.
+
+    `db_named`: the path was typed for this command (--db), so a missing file is a problem (a typo), not the
+    normal state of a fresh setup (the default or GRISTMILL_DB location, before the first `add`).
+    """
+    report = DoctorReport(lines=["database:"])
+    lines, warnings = report.lines, report.warnings
     if db_path.exists():
-        from gristmill.db import open_store
+        from gristmill.db import StoreError, open_store
         from gristmill.db.connection import pending_migrations, schema_version
         from gristmill.db.stats import health
 
-        with open_store(db_path, migrate=False) as store:
-            applied, pending = schema_version(store), pending_migrations(store)
-            lines += [f"  path: {db_path.resolve()}",
-                      f"  schema: {applied[-1] if applied else 'empty'} ({len(applied)} migrations applied, "
-                      f"{len(pending)} pending)"]
-            lines += [f"  {key}: {value}" for key, value in health(store).items()]
-            if pending:
-                warnings.append(f"database is at an older schema; the next command upgrades it ({', '.join(pending)})")
+        lines.append(f"  path: {db_path.resolve()}")
+        try:
+            store = open_store(db_path, migrate=False, create=False)
+        except StoreError as error:
+            lines.append(f"  problem: {error}")
+            report.problems.append(str(error))
+        else:
+            with store:
+                applied, pending = schema_version(store), pending_migrations(store)
+                lines.append(f"  schema: {applied[-1] if applied else 'empty'} ({len(applied)} migrations applied, "
+                             f"{len(pending)} pending)")
+                lines += [f"  {key}: {value}" for key, value in health(store).items()]
+                if pending:
+                    warnings.append("database is at an older schema; the next command upgrades it "
+                                    f"({', '.join(pending)})")
+    elif db_named:
+        lines.append(f"  path: {db_path.absolute()} (does not exist)")
+        report.problems.append(f"database {db_path}: does not exist (`gristmill add FILE` creates it)")
     else:
         lines.append(f"  path: {db_path.resolve()} (does not exist yet; `gristmill add` creates it)")
 
-    from gristmill.models.llama_cpp_engine import chat_control_tokens
+    try:
+        _model_section(report, config)
+    except BadInput as error:
+        lines += ["model:", f"  problem: {error.message}"]
+        report.problems.append(error.message)
+
+    lines += ["setup:", f"  gristmill: {_version('gristmill')}", f"  llama-cpp-python: {_version('llama-cpp-python')}",
+              f"  textual: {_version('textual')}", f"  sqlite-utils: {_version('sqlite-utils')}",
+              f"  log file: {locations.log_file()}", f"  cache: {locations.cache_dir()}"]
+    return report
+
+
+def _model_section(report: DoctorReport, config: GenerateConfig) -> None:
+    lines, warnings = report.lines, report.warnings
+    from gristmill.models.llama_cpp_engine import LlamaCppEngine, chat_control_tokens
 
     engine = open_engine(config, vocab_only=True)
     try:
+        assert isinstance(engine, LlamaCppEngine)  # doctor reads GGUF metadata: llama.cpp's engine only
         info = engine.info()
         description = describe_metadata(engine.metadata, chat_control_tokens(engine, CHAT_TOKENS))
         kind = "instruction-tuned" if description.looks_instruction_tuned else "base"
@@ -58,11 +98,6 @@ def run_doctor(db_path: Path, config: GenerateConfig) -> tuple[list[str], list[s
                             f"({'; '.join(description.evidence)})")
     finally:
         engine.close()
-
-    lines += ["setup:", f"  gristmill: {_version('gristmill')}", f"  llama-cpp-python: {_version('llama-cpp-python')}",
-              f"  textual: {_version('textual')}", f"  sqlite-utils: {_version('sqlite-utils')}",
-              f"  log file: {locations.log_file()}", f"  cache: {locations.cache_dir()}"]
-    return lines, warnings
 
 
 def _text(engine, token_id: int | None) -> str:

@@ -2,19 +2,55 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 from gristmill.app.config import GenerateConfig
-from gristmill.models import Engine, create_engine
+from gristmill.app.errors import BadInput
+from gristmill.models import Engine, EngineError, create_engine
 from gristmill.models.default_model import default_model_path
+
+GGUF_MAGIC = b"GGUF"
 
 
 def resolve_model(model: str | None) -> Path:
     return Path(model).expanduser() if model else default_model_path()
 
 
+def check_model_file(path: Path) -> None:
+    """Say what is wrong with a model path in words before llama.cpp says it in its own (or in a log line)."""
+    if not path.exists():
+        raise BadInput(f"model {path}: file not found")
+    if path.is_dir():
+        raise BadInput(f"model {path}: is a directory; give the .gguf file (the first part of a split model)")
+    if not os.access(path, os.R_OK):
+        raise BadInput(f"model {path}: cannot read it (permission denied)")
+    with path.open("rb") as handle:
+        magic = handle.read(4)
+    if magic != GGUF_MAGIC:
+        what = "an empty file" if not magic else f"starts with {magic!r}, not {GGUF_MAGIC!r}"
+        raise BadInput(f"model {path}: not a GGUF file ({what})")
+
+
 def open_engine(config: GenerateConfig, *, vocab_only: bool = False) -> Engine:
-    return create_engine(
-        "llama_cpp", model_path=resolve_model(config.model), n_ctx=config.n_ctx, n_ctx_cap=config.n_ctx_cap,
-        n_threads=config.threads, n_gpu_layers=config.gpu_layers, add_bos=config.add_bos, vocab_only=vocab_only,
-    )
+    """The configured engine; a model file that is missing, not GGUF, truncated or corrupt is bad input."""
+    path = resolve_model(config.model)
+    check_model_file(path)
+    try:
+        return create_engine(
+            "llama_cpp", model_path=path, n_ctx=config.n_ctx, n_ctx_cap=config.n_ctx_cap,
+            n_threads=config.threads, n_gpu_layers=config.gpu_layers, add_bos=config.add_bos, vocab_only=vocab_only,
+        )
+    except FileNotFoundError as error:  # a split model with a part missing
+        raise BadInput(f"model {path}: {error}") from error
+    except EngineError as error:
+        raise BadInput(f"model {path}: cannot load it: {_cause(error)}") from error
+
+
+def _cause(error: EngineError) -> str:
+    """llama.cpp's reason, with what a user can do about it."""
+    text = str(error)
+    text = text.split(": ", 1)[1] if text.startswith("cannot load ") and ": " in text else text
+    if "context" in text.lower():
+        return f"{text} (too large a context for this machine's memory? try a smaller --n-ctx)"
+    return f"{text} (a truncated or corrupt GGUF? its size, the download, the llama.cpp version)"

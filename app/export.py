@@ -14,12 +14,13 @@ import tempfile
 from collections import Counter
 from collections.abc import Iterator
 from dataclasses import asdict, dataclass, field
-from datetime import datetime, timezone
+from datetime import datetime, UTC
 from pathlib import Path
 
 from gristmill import __version__
 from gristmill.app.dedup import Deduplicator
 from gristmill.app.prompts import DEFAULT_TRAINING_FORMAT, DEFAULT_TRAINING_INPUT, StyleError, fill, load_style
+from gristmill.app.prompts import Style
 from gristmill.db import Store
 from gristmill.db import exports as exports_db
 from gristmill.db.exports import ExportFilter
@@ -44,7 +45,7 @@ class _FormattedText:
     """Renders `formatted_text` with each run's style; a style file that is gone falls back to the default."""
 
     def __init__(self) -> None:
-        self._styles: dict[str, object] = {}
+        self._styles: dict[str, Style | None] = {}
 
     def __call__(self, row: dict) -> str:
         name = json.loads(row["settings"]).get("style", row["style"])
@@ -138,7 +139,7 @@ def export(store: Store, out: Path, *, fmt: str = "native", where: ExportFilter 
     report.dropped = [asdict(d) for d in deduplicator.dropped] if deduplicator else []
     manifest = {
         "file": out.name, "records": report.records, "sha256": report.sha256,
-        "created_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        "created_at": datetime.now(UTC).isoformat(timespec="seconds"),
         "gristmill_version": __version__, "database": str(Path(store.path).resolve()), "format": fmt,
         "filters": {k: v for k, v in asdict(where).items() if v not in (None, ())},
         "runs": {str(k): v for k, v in sorted(runs.items())}, "types": dict(sorted(types.items())),

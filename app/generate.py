@@ -11,6 +11,7 @@ import json
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field, replace
+from typing import Any
 
 from gristmill import __version__
 from gristmill.app.flags import quality_flags, trim_leak
@@ -43,7 +44,7 @@ class RunSettings:
         return data
 
     @classmethod
-    def from_run(cls, run: RunRecord) -> "RunSettings":
+    def from_run(cls, run: RunRecord) -> RunSettings:
         settings = run.settings
         return cls(style=settings["style"], samples=settings["samples"],
                    params=GenerationParams.from_dict(settings["params"]), types=tuple(settings.get("types", ())),
@@ -144,7 +145,7 @@ def generate_one(engine: Engine, style: Style, item: WorkItem, params: Generatio
                             extra_examples=extra_examples)
     ids = engine.tokenize(rendered.text)
     item_params = replace(params, seed=item.seed, stop=tuple(dict.fromkeys((*rendered.stop, *params.stop))))
-    prompt_fields = dict(prompt=rendered.text, prompt_tokens=len(ids), prompt_token_ids_sha256=token_ids_sha256(ids),
+    prompt_fields: dict[str, Any] = dict(prompt=rendered.text, prompt_tokens=len(ids), prompt_token_ids_sha256=token_ids_sha256(ids),
                          style_meta=rendered.meta)
     try:
         engine.check_prompt(ids, item_params.max_tokens)

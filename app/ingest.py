@@ -14,6 +14,7 @@ from gristmill.db import instructions as instructions_db
 from gristmill.db.instructions import NewInstruction
 
 MAX_LISTED_PROBLEMS = 20
+MAX_DEPTH = 100  # nesting of a record's extra fields; deeper is refused with its line, never a RecursionError
 BATCH = 5000
 TYPE_ALIASES = ("instruction_type", "category", "type")
 
@@ -63,7 +64,9 @@ def _to_instruction(value: object, source: str, keys: KeyMap, forced_type: str |
     record = dict(value)
     instruction = record.pop(keys.instruction, _MISSING)
     if instruction is _MISSING:
-        return f"field '{keys.instruction}': missing"
+        present = ", ".join(repr(k) for k in list(record)[:6])
+        return (f"field '{keys.instruction}': missing (the record has {present}; name the instruction's key "
+                "with --instruction-key)" if present else f"field '{keys.instruction}': missing")
     if type(instruction) is not str:
         return f"field '{keys.instruction}': expected text, got {_json_type(instruction)}"
     if not instruction.strip():
@@ -84,8 +87,58 @@ def _to_instruction(value: object, source: str, keys: KeyMap, forced_type: str |
     external_id = record.pop(keys.id, None)
     if external_id is not None and type(external_id) not in (str, int):
         return f"field '{keys.id}': expected text or integer, got {_json_type(external_id)}"
+    for key, text in ((keys.instruction, instruction), (keys.input, input_text)):
+        if not _is_text(text):
+            return f"field '{key}': not valid Unicode text (a lone surrogate such as \\ud800)"
+    if _too_deep(record):
+        return f"nested too deeply (more than {MAX_DEPTH} levels of objects and lists)"
+    bad = _first_bad_text(record)
+    if bad is not None or not _is_text(instruction_type) or (type(external_id) is str and not _is_text(external_id)):
+        return f"field '{bad or keys.id}': not valid Unicode text (a lone surrogate such as \\ud800)"
     return NewInstruction(instruction, input_text, instruction_type, source, content_hash(instruction, input_text),
                           None if external_id is None else str(external_id), record)
+
+
+def _too_deep(value: object) -> bool:
+    """Iteratively, so a deep record cannot exhaust the stack here or when its metadata is written back as JSON."""
+    stack = [(value, 0)]
+    while stack:
+        item, depth = stack.pop()
+        if depth > MAX_DEPTH:
+            return True
+        if type(item) is dict:
+            stack.extend((v, depth + 1) for v in item.values() if type(v) in (dict, list))
+        elif type(item) is list:
+            stack.extend((v, depth + 1) for v in item if type(v) in (dict, list))
+    return False
+
+
+def _is_text(text: str) -> bool:
+    """False for a lone surrogate (JSON's "\\ud800"): SQLite and every later reader need real UTF-8."""
+    if text.isascii():
+        return True
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
+
+
+def _first_bad_text(value: object, key: str = "") -> str | None:
+    """The key (dotted) of the first string in the extra fields that is not valid Unicode, if any."""
+    if type(value) is str:
+        return None if _is_text(value) else (key or "?")
+    if type(value) is dict:
+        for name, item in value.items():
+            found = _first_bad_text(item, f"{key}.{name}" if key else str(name)) if _is_text(str(name)) else (key or "?")
+            if found:
+                return found
+    elif type(value) is list:
+        for item in value:
+            found = _first_bad_text(item, key)
+            if found:
+                return found
+    return None
 
 
 _MISSING = object()
@@ -103,26 +156,31 @@ def import_file(store: Store, path: Path, keys: KeyMap = KeyMap(), forced_type: 
     def problem(line: int, message: str) -> None:
         report.problem_count += 1
         if len(report.problems) < MAX_LISTED_PROBLEMS:
-            report.problems.append(f"{path}:{line}: {message}")
+            report.problems.append(f"{path}:{line}: {message}" if line else f"{path}: {message}")
 
+    if path.is_dir():
+        problem(0, "cannot read: is a directory, not a file")
+        return report
     if path.suffix.lower() not in SUFFIXES:
         problem(0, f"unsupported file type {path.suffix or '(none)'!r}: use one of {', '.join(SUFFIXES)}")
         return report
     try:
         handle = path.open("rb")
     except OSError as error:
-        problem(0, f"cannot read: {error.strerror}")
+        problem(0, f"cannot read: {(error.strerror or str(error)).lower()}")
         return report
 
     attempted = 0
     try:
         with handle, store.write():
             batch: list[NewInstruction] = []
-            for item in read_records(path, handle):
+            records = 0
+            for item in read_records(path, handle, instruction_key=keys.instruction):
                 if isinstance(item, Problem):
                     problem(item.line, item.message)
                     continue
                 line, value = item
+                records += 1
                 parsed = _to_instruction(value, f"{path.name}:{line}", keys, forced_type)
                 if isinstance(parsed, str):
                     problem(line, parsed)
@@ -132,6 +190,8 @@ def import_file(store: Store, path: Path, keys: KeyMap = KeyMap(), forced_type: 
                     if len(batch) >= BATCH:
                         report.added += instructions_db.insert_batch(store, batch)
                         batch = []
+            if not records and not report.problem_count:
+                problem(0, "empty file: no instructions in it")
             if report.problem_count:
                 raise _RollBack
             report.added += instructions_db.insert_batch(store, batch)

@@ -21,21 +21,22 @@ MAX_ITEM_CHARS = 64 << 20  # one list item of a .json file may be this large; th
 
 @dataclass(frozen=True)
 class Problem:
-    line: int
+    line: int  # 0: the file as a whole (cannot read it, empty, wrong type), reported without a line number
     message: str
 
 
 Row = tuple[int, object]  # (line number, parsed value: dict for jsonl/json/csv, str for txt)
 
 
-def read_records(path: Path, handle: BinaryIO) -> Iterator[Row | Problem]:
+def read_records(path: Path, handle: BinaryIO, *, instruction_key: str | None = None) -> Iterator[Row | Problem]:
+    """`instruction_key`: the column a CSV header must have (a header without it is one problem, not one a row)."""
     suffix = path.suffix.lower()
     if suffix == ".jsonl":
         return _jsonl(handle)
     if suffix == ".json":
         return _json_array(handle)
     if suffix == ".csv":
-        return _csv(handle)
+        return _csv(handle, instruction_key)
     if suffix == ".txt":
         return _txt(handle)
     raise ValueError(f"unsupported file type {path.suffix!r}: use one of {', '.join(SUFFIXES)}")
@@ -61,6 +62,9 @@ def _jsonl(handle: BinaryIO) -> Iterator[Row | Problem]:
         if b"\x00" in raw[:4]:  # json.loads would guess UTF-16/32 from the NULs; we accept UTF-8 only
             yield Problem(number, f"not valid UTF-8 (byte 0x00 at column {raw.index(0) + 1})")
             continue
+        if number == 1 and raw.strip() == b"[":  # a pretty-printed list: one problem, not one for every line
+            yield Problem(1, "a JSON list, not one JSON object per line: a list belongs in a .json file")
+            return
         try:
             yield number, json.loads(raw)
         except UnicodeDecodeError as error:
@@ -70,6 +74,8 @@ def _jsonl(handle: BinaryIO) -> Iterator[Row | Problem]:
                 yield Problem(number, f"invalid JSON: {error.msg} (column {error.colno})")
         except RecursionError:
             yield Problem(number, "invalid JSON: nested too deeply")
+        except ValueError as error:  # e.g. an integer of more than 4,300 digits
+            yield Problem(number, f"invalid JSON: {_value_error(error)}")
 
 
 def _txt(handle: BinaryIO) -> Iterator[Row | Problem]:
@@ -83,7 +89,7 @@ def _txt(handle: BinaryIO) -> Iterator[Row | Problem]:
             yield number, text
 
 
-def _csv(handle: BinaryIO) -> Iterator[Row | Problem]:
+def _csv(handle: BinaryIO, instruction_key: str | None = None) -> Iterator[Row | Problem]:
     problems: list[Problem] = []
 
     def lines() -> Iterator[str]:
@@ -104,6 +110,14 @@ def _csv(handle: BinaryIO) -> Iterator[Row | Problem]:
             if header is None:
                 header = [h.strip() for h in fields]
                 record_start = reader.line_num + 1
+                if instruction_key is not None and instruction_key not in header:
+                    columns = ", ".join(repr(h) for h in header[:8]) + (", ..." if len(header) > 8 else "")
+                    separated = [sep for sep in (";", "\t", "|") if len(header) == 1 and sep in header[0]]
+                    hint = (f" (is it separated by {separated[0]!r}? gristmill reads comma-separated files)"
+                            if separated else "")
+                    yield Problem(1, f"the header has no {instruction_key!r} column (columns: {columns}); "
+                                     f"name the instruction column with --instruction-key{hint}")
+                    return
                 continue
             if not fields or all(not f.strip() for f in fields):
                 record_start = reader.line_num + 1
@@ -111,7 +125,7 @@ def _csv(handle: BinaryIO) -> Iterator[Row | Problem]:
             if len(fields) != len(header):
                 yield Problem(record_start, f"has {len(fields)} fields, the header has {len(header)}")
             else:
-                yield record_start, dict(zip(header, fields))
+                yield record_start, dict(zip(header, fields, strict=True))
             record_start = reader.line_num + 1
     except csv.Error as error:
         yield from problems
@@ -120,7 +134,7 @@ def _csv(handle: BinaryIO) -> Iterator[Row | Problem]:
         return
     yield from problems
     if header is None:
-        yield Problem(1, "empty CSV file: a header row naming the columns is required")
+        yield Problem(0, "empty file: a CSV file needs a header row naming the columns")
 
 
 def _json_array(handle: BinaryIO, chunk_size: int = 1 << 20) -> Iterator[Row | Problem]:
@@ -139,7 +153,7 @@ def _json_array(handle: BinaryIO, chunk_size: int = 1 << 20) -> Iterator[Row | P
         try:
             buffer += reader.decode(raw, final=not raw)
         except UnicodeDecodeError as error:
-            raise _Stop(Problem(line + buffer.count("\n"), f"not valid UTF-8 (byte 0x{error.object[error.start]:02x})"))
+            raise _Stop(Problem(line + buffer.count("\n"), f"not valid UTF-8 (byte 0x{error.object[error.start]:02x})")) from None
         eof = not raw
         return bool(raw)
 
@@ -157,13 +171,14 @@ def _json_array(handle: BinaryIO, chunk_size: int = 1 << 20) -> Iterator[Row | P
                 skip_space()
             if not buffer:
                 if state == "start":
-                    yield Problem(line, "empty file: expected a JSON list of objects")
+                    yield Problem(0, "empty file: expected a JSON list of objects")
                 elif state != "done":
                     yield Problem(line, "invalid JSON: the list is never closed with ']'")
                 return
             if state == "start":
                 if buffer[0] != "[":
-                    yield Problem(line, "expected a JSON list of objects ('[' ...)")
+                    hint = "; one object per line is a .jsonl file" if buffer[0] == "{" else ""
+                    yield Problem(line, f"expected a JSON list of objects ('[' ...){hint}")
                     return
                 buffer, state = buffer[1:], "first"
             elif state in ("first", "item"):
@@ -176,6 +191,12 @@ def _json_array(handle: BinaryIO, chunk_size: int = 1 << 20) -> Iterator[Row | P
                     if not eof and len(buffer) < MAX_ITEM_CHARS and fill():  # the chunk may end inside the value
                         continue
                     yield Problem(line + buffer[: error.pos].count("\n"), f"invalid JSON: {error.msg}")
+                    return
+                except RecursionError:
+                    yield Problem(line, "invalid JSON: nested too deeply")
+                    return
+                except ValueError as error:  # e.g. an integer of more than 4,300 digits
+                    yield Problem(line, f"invalid JSON: {_value_error(error)}")
                     return
                 if end == len(buffer) and not eof:  # a number may continue in the next chunk
                     if fill():
@@ -196,6 +217,13 @@ def _json_array(handle: BinaryIO, chunk_size: int = 1 << 20) -> Iterator[Row | P
                 return
     except _Stop as stop:
         yield stop.problem
+
+
+def _value_error(error: ValueError) -> str:
+    text = str(error)
+    if "integer string conversion" in text:
+        return "a number with too many digits (more than 4,300)"
+    return text
 
 
 class _Stop(Exception):

@@ -1,5 +1,5 @@
 """SQLite storage: the only package that writes SQL. Knows nothing of engines or the UI."""
 
-from gristmill.db.connection import Store, open_store
+from gristmill.db.connection import Store, StoreError, open_store
 
-__all__ = ["Store", "open_store"]
+__all__ = ["Store", "StoreError", "open_store"]

@@ -21,7 +21,8 @@ class ExportFilter:
 
 def accepted(store: Store, where: ExportFilter, batch: int = 1000) -> Iterator[dict]:
     """Accepted generations in id order, a page at a time; `response` is the edited text if any."""
-    clauses, params = ["g.decision = 'accept'", "g.status = 'done'"], []
+    clauses: list[str] = ["g.decision = 'accept'", "g.status = 'done'"]
+    params: list[object] = []
     if where.instruction_type:
         clauses.append("i.instruction_type = ?")
         params.append(where.instruction_type)

@@ -47,7 +47,8 @@ def enqueue(store: Store, run_id: int, samples: int, seed_for: Callable[[str, in
     The queue is known up front, so progress and ETA are exact; the UNIQUE constraint makes
     enqueueing idempotent, which is what makes resuming safe.
     """
-    where, params = "", [run_id]
+    where = ""
+    params: list[object] = [run_id]
     if types:
         where = f" AND i.instruction_type IN ({','.join('?' * len(types))})"
         params += types

@@ -32,7 +32,8 @@ class QueueFilter:
     max_chars: int | None = None
 
     def where(self) -> tuple[str, list]:
-        clauses, params = ["g.status = 'done'"], []
+        clauses: list[str] = ["g.status = 'done'"]
+        params: list[object] = []
         if self.state == "unreviewed":
             clauses.append("g.decision IS NULL")
         elif self.state != "all":

@@ -49,7 +49,9 @@ def create(store: Store, *, engine: str, model: str, model_fingerprint: str, sty
              samples, json.dumps(settings, sort_keys=True), config_hash, version, utc_now(),
              style_definition),
         )
-    return get(store, cursor.lastrowid)
+    run = get(store, cursor.lastrowid or 0)
+    assert run is not None  # just inserted, in the same transaction
+    return run
 
 
 def get(store: Store, run_id: int) -> RunRecord | None:

@@ -46,7 +46,7 @@ class GenerationParams:
             raise ValueError("stop sequences must not be empty")
 
     @classmethod
-    def from_dict(cls, values: dict) -> "GenerationParams":
+    def from_dict(cls, values: dict) -> GenerationParams:
         known = {f.name for f in fields(cls)}
         unknown = sorted(set(values) - known)
         if unknown:
@@ -132,5 +132,5 @@ class Engine(ABC):
                 return event
         raise EngineError("engine stream ended without a result")
 
-    def close(self) -> None:
+    def close(self) -> None:  # noqa: B027 - a no-op by default, not abstract: an engine without resources skips it
         """Free the model; engines hold gigabytes."""

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 from abc import ABC, abstractmethod
 from collections import deque
+from collections.abc import Iterator
 from dataclasses import dataclass, replace
 
 from gristmill.models.base import Engine, EngineError, GenerationParams, GenerationResult, TextPiece
@@ -79,7 +80,7 @@ class ConcurrentEngine(ABC):
     def cancel(self) -> list[int]:
         """Abandon every sequence in flight; returns their keys (they stay pending and resume later)."""
 
-    def close(self) -> None:
+    def close(self) -> None:  # noqa: B027 - a no-op by default, not abstract: an engine without resources skips it
         """Free what the engine holds."""
 
     def describe(self) -> dict:
@@ -93,7 +94,8 @@ class SerialSequences(ConcurrentEngine):
     def __init__(self, engine: Engine):
         self.engine = engine
         self._queue: deque[tuple[PromptJob, SampleRequest]] = deque()
-        self._current = None  # (key, iterator over the engine's stream)
+        # (key, iterator over the engine's stream)
+        self._current: tuple[int, Iterator[TextPiece | GenerationResult]] | None = None
 
     @property
     def capacity(self) -> int:

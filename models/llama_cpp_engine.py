@@ -169,7 +169,7 @@ class LlamaCppEngine(Engine):
         llm = getattr(self, "_llm", None)
         if llm is not None:
             llm.close()
-            self._llm = None
+            del self._llm  # closed: a second close() finds nothing to close
 
 
 def chat_control_tokens(engine: LlamaCppEngine, candidates: tuple[str, ...]) -> list[str]:

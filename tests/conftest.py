@@ -22,7 +22,8 @@ def hermetic(tmp_path, session_cache, monkeypatch):
     monkeypatch.setenv("GRISTMILL_CACHE_DIR", str(session_cache))
     monkeypatch.setenv("GRISTMILL_STATE_DIR", str(tmp_path / "state"))
     monkeypatch.setenv("GRISTMILL_DB", str(tmp_path / "test.db"))
-    monkeypatch.setenv("GRISTMILL_CONFIG", str(tmp_path / "gristmill.toml"))
+    # the default ./gristmill.toml (cwd is tmp_path): a config named by GRISTMILL_CONFIG must exist
+    monkeypatch.delenv("GRISTMILL_CONFIG", raising=False)
     monkeypatch.chdir(tmp_path)
     yield
 

@@ -31,7 +31,7 @@ def test_doctor_reports_the_database(tmp_path, gemma_path):
     result = runner.invoke(app, ["doctor"])
     assert "integrity_check: ok" in result.output and "journal_mode: wal" in result.output
     from gristmill.db.migrations import migration_names
-    assert f"schema: {migration_names()[-1]}" in result.output
+    assert f"schema: {migration_names()[-1]}" in result.output and "0 pending" in result.output
 
 
 def test_stats_json_and_db_option(tmp_path):

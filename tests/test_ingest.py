@@ -76,13 +76,13 @@ def test_key_mapping_options(tmp_path, store):
     ("a.jsonl", '{"instruction": "ok", "input": ["x"]}\n', "a.jsonl:1: field 'input': expected text, got list"),
     ("a.jsonl", '{"instruction": "ok", "category": 3}\n', "a.jsonl:1: field 'category': expected text, got number"),
     ("a.csv", 'instruction,input\n"ok","never closed\n', "a.csv:2: CSV error"),
-    ("a.csv", 'prompt,input\nhello,x\n', "a.csv:2: field 'instruction': missing"),
+    ("a.csv", 'prompt,input\nhello,x\n', "a.csv:1: the header has no 'instruction' column"),
     ("a.csv", 'instruction,input\nhello,x,extra\n', "a.csv:2: has 3 fields, the header has 2"),
     ("a.json", '{"instruction": "not a list"}', "a.json:1: expected a JSON list"),
     ("a.json", '[{"instruction": "ok"},\n {"instruction": "x"} {"instruction": "y"}]',
      "a.json:2: invalid JSON: expected ',' or ']'"),
     ("a.json", '[{"instruction": "ok"},\n', "a.json:2: invalid JSON: the list is never closed"),
-    ("a.yaml", 'instruction: x\n', "a.yaml:0: unsupported file type"),
+    ("a.yaml", 'instruction: x\n', "a.yaml: unsupported file type"),
 ])
 def test_bad_input_names_file_line_field_and_imports_nothing(tmp_path, store, name, content, expected):
     path = write(tmp_path / name, content)

@@ -108,8 +108,11 @@ class FilterScreen(ModalScreen[QueueFilter | None]):
             yield Input(c.style or "", placeholder="style (empty: any)", id="style")
             yield Select([(f, f) for f in ALL_FLAGS], value=c.flag or Select.NULL, prompt="flag (any)", id="flag")
             with Horizontal():
-                yield Input(str(c.min_chars or ""), placeholder="min chars", type="integer", id="min")
-                yield Input(str(c.max_chars or ""), placeholder="max chars", type="integer", id="max")
+                # digits only: Textual's "integer" type lets a lone "-" through, which int() refuses
+                yield Input(str(c.min_chars or ""), placeholder="min chars", type="integer", restrict=r"[0-9]*",
+                            max_length=9, id="min")
+                yield Input(str(c.max_chars or ""), placeholder="max chars", type="integer", restrict=r"[0-9]*",
+                            max_length=9, id="max")
             yield Button("Apply", variant="primary", id="apply")
 
     def _value(self) -> QueueFilter:
@@ -118,7 +121,7 @@ class FilterScreen(ModalScreen[QueueFilter | None]):
 
         def number(widget_id: str) -> int | None:
             value = text(widget_id)
-            return int(value) if value else None
+            return int(value) if value and value.isdecimal() else None
 
         flag = self.query_one("#flag", Select).value
         return QueueFilter(state=str(self.query_one("#state", Select).value), instruction_type=text("type"),
