@@ -8,7 +8,7 @@ from typing import Annotated, Optional
 import typer
 from rich.markup import escape
 
-from gristmill.app.cli import State, app, bad_input, out
+from gristmill.app.cli import State, app, bad_input, err, out
 
 
 @app.command("export")
@@ -22,16 +22,24 @@ def export_command(
     min_chars: Annotated[Optional[int], typer.Option(min=0, help="Minimum response length.")] = None,
     max_chars: Annotated[Optional[int], typer.Option(min=0, help="Maximum response length.")] = None,
     exclude_flag: Annotated[Optional[list[str]], typer.Option(help="Leave out records with this flag (repeatable).")] = None,
-    dedup: Annotated[bool, typer.Option("--dedup/--no-dedup", help="Drop exact and near duplicates.")] = True,
-    dedup_threshold: Annotated[float, typer.Option(min=0.01, max=1.0, help="Jaccard similarity that counts as near-duplicate.")] = 0.8,
+    dedup: Annotated[str, typer.Option(
+        "--dedup", help="Which repeats to drop: pair (instruction+input AND response repeat an earlier record, "
+                        "exact or near), instruction (one record per instruction+input), response, or off.")] = "pair",
+    no_dedup: Annotated[bool, typer.Option("--no-dedup", hidden=True, help="Same as --dedup off.")] = False,
+    dedup_threshold: Annotated[float, typer.Option(min=0.01, max=1.0, help="Jaccard similarity (per field) that counts as near-duplicate.")] = 0.8,
 ) -> None:
     """Write accepted records as JSONL, with OUT.manifest.json beside it."""
-    from gristmill.app.export import FORMATS, export
+    from gristmill.app.dedup import MODES
+    from gristmill.app.export import FORMATS, ExportError, export
     from gristmill.db import open_store
     from gristmill.db.exports import ExportFilter
 
     if format_ not in FORMATS:
         raise bad_input(f"export: --format must be one of {', '.join(FORMATS)}, not {format_!r}")
+    if no_dedup:
+        dedup = "off"
+    if dedup not in MODES:
+        raise bad_input(f"export: --dedup must be one of {', '.join(MODES)}, not {dedup!r}")
     if not out_path.parent.exists():
         raise bad_input(f"export: directory {out_path.parent} does not exist")
     if not State.db_path.exists():
@@ -39,8 +47,17 @@ def export_command(
     where = ExportFilter(instruction_type=type_, style=style, run_id=run, reviewer=reviewer, min_chars=min_chars,
                          max_chars=max_chars, exclude_flags=tuple(exclude_flag or ()))
     with open_store(State.db_path) as store:
-        report = export(store, out_path, fmt=format_, where=where, dedup=dedup, dedup_threshold=dedup_threshold)
-    out.print(f"{escape(str(out_path))}: {report.records} record(s), sha256 {report.sha256}")
-    if report.dropped:
-        out.print(f"dedup removed {len(report.dropped)} record(s); the manifest lists each pair")
+        try:
+            report = export(store, out_path, fmt=format_, where=where, dedup=dedup, dedup_threshold=dedup_threshold)
+        except ExportError as error:
+            err.print(f"export: {escape(str(error))}")
+            raise typer.Exit(1) from None
+    out.print(f"{escape(str(out_path))}: {report.records} record(s) of {report.accepted} accepted, "
+              f"sha256 {report.sha256}")
+    if dedup == "off":
+        out.print("dedup: off (nothing dropped)")
+    else:
+        by = report.dropped_by
+        out.print(f"dedup rule {dedup}: dropped {len(report.dropped)} record(s) ({by['exact']} exact, "
+                  f"{by['near']} near at Jaccard >= {dedup_threshold}); the manifest lists each pair")
     out.print(f"manifest: {escape(report.manifest_path)}")

@@ -34,11 +34,11 @@ def main() -> None:
 
     def ours() -> None:
         with open_store(db) as store:
-            assert export(store, work / "ours.jsonl", dedup=False).records == N
+            assert export(store, work / "ours.jsonl", dedup="off").records == N
 
     def ours_dedup() -> None:
         with open_store(db) as store:
-            export(store, work / "dedup.jsonl", dedup=True)
+            export(store, work / "dedup.jsonl")
 
     baseline = best_of(3, bare)
     measured = best_of(3, ours)
