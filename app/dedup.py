@@ -35,6 +35,7 @@ SHINGLE = 5
 PERMS = 32  # min-hashes per field
 BANDS, ROWS = 8, 4  # LSH: a pair at Jaccard 0.8 shares a band with probability 0.985 (0.9999 at 0.9)
 CAP = 2  # candidates taken per band key and run: the most recent kept records that share it
+CHUNK_CHARS = 1 << 19
 ESTIMATE_MARGIN = 0.1  # compute the true Jaccard of a candidate whose estimate (every field) is within this
 _RNG = np.random.Generator(np.random.PCG64(20240611))
 _MUL = _RNG.integers(1, 2**32, size=PERMS, dtype=np.uint32) | np.uint32(1)
@@ -117,8 +118,14 @@ def signatures(texts: Sequence[str]) -> np.ndarray:
 
     Each shingle is hashed once (64 bits); the PERMS hash functions are multiply-add on its high 32 bits.
     """
-    h, owner = _window_hashes(texts)
-    return _minhash(h, owner, len(texts))
+    chunks, start, size = [], 0, 0
+    for end, text in enumerate(texts, 1):  # in chunks of ~512k characters: transient arrays stay ~20 MB
+        size += len(text)
+        if size >= CHUNK_CHARS or end == len(texts):
+            h, owner = _window_hashes(texts[start:end])
+            chunks.append(_minhash(h, owner, end - start))
+            start, size = end, 0
+    return np.concatenate(chunks) if chunks else np.empty((0, PERMS), np.uint32)
 
 
 def _minhash(h: np.ndarray, owner: np.ndarray, count: int) -> np.ndarray:
@@ -283,8 +290,7 @@ class Deduplicator:
         # equality within this process is all the exact key needs: Python's own hash of the fields
         exact = np.fromiter((hash(tuple(texts[i * nf:(i + 1) * nf])) & 0xFFFFFFFFFFFFFFFF for i in range(n)),
                             dtype=np.uint64, count=n)
-        h, owner = _window_hashes(texts)
-        sig = _minhash(h, owner, len(texts)).reshape(n, nf, PERMS)
+        sig = signatures(texts).reshape(n, nf, PERMS)
         keys = np.concatenate((exact[:, None], _band_keys(sig)), axis=1)  # (n, 1 + BANDS); column 0: exact
         small = (sig & np.uint32(0xFF)).astype(np.uint8)  # 8 bits a min-hash suffice to estimate similarity
 
@@ -332,16 +338,22 @@ class Deduplicator:
         src_ids = self._ids[np.maximum(c_src, 0)]
         prior_ids = sorted(set(src_ids[c_src >= 0].tolist()))
         fetched = self._fetch(prior_ids) if prior_ids else {}
-        other_texts = [_norm(getattr(fetched[i], f)) for i in prior_ids for f in self.fields]
-        h2, owner2 = _window_hashes(other_texts) if other_texts else (h[:0], owner[:0])
-        offsets, hashes = _shingle_sets(np.concatenate((h, h2)), np.concatenate((owner, owner2 + len(texts))),
-                                        len(texts) + len(other_texts))
         position = {i: n + k for k, i in enumerate(prior_ids)}  # record slot of a fetched id
         c_slot = np.array([position[i] if s >= 0 else -1 - s for s, i in zip(c_src.tolist(), src_ids.tolist())],
                           np.int64)
+        # shingle sets only of the records in a candidate pair (slots: page index, or n + k for fetched k)
+        involved = sorted(set(c_rec.tolist()) | set(c_slot.tolist()))
+        row = np.zeros(n + len(prior_ids), np.int64)
+        row[involved] = np.arange(len(involved))
+        pair_texts = [t for slot in involved for t in (
+            texts[slot * nf:(slot + 1) * nf] if slot < n else
+            [_norm(getattr(fetched[prior_ids[slot - n]], f)) for f in self.fields])]
+        h, owner = _window_hashes(pair_texts) if pair_texts else (np.empty(0, np.uint64), np.empty(0, np.int64))
+        offsets, hashes = _shingle_sets(h, owner, len(pair_texts))
+        c_rec_row, c_slot_row = row[c_rec], row[c_slot]
         fields = np.arange(nf)
-        a = (c_rec[:, None] * nf + fields).ravel()
-        b = (c_slot[:, None] * nf + fields).ravel()
+        a = (c_rec_row[:, None] * nf + fields).ravel()
+        b = (c_slot_row[:, None] * nf + fields).ravel()
         similarity = _pair_jaccard(offsets, hashes, a, b).reshape(-1, nf).min(axis=1) if len(a) else np.empty(0)
 
         near: dict[int, list[tuple[float, int, int]]] = {}  # page index -> [(-similarity, kept id, page index)]
