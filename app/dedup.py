@@ -322,7 +322,8 @@ class Deduplicator:
         pairs = _distinct(rec * (1 << 40) + ordinal)
         p_rec, p_ord = pairs >> 40, pairs & ((1 << 40) - 1)
         p_est = _estimate(self._sigs[p_ord], small[p_rec])
-        local = _distinct(np.concatenate(later) * (1 << 20) + np.concatenate(earlier)) if later else np.empty(0, np.int64)
+        local = (_distinct(np.concatenate(later) * (1 << 20) + np.concatenate(earlier)) if later
+                 else np.empty(0, np.int64))
         l_rec, l_page = local >> 20, local & ((1 << 20) - 1)
         l_est = _estimate(small[l_rec], small[l_page])
         c_rec = np.concatenate((p_rec, l_rec))

@@ -216,7 +216,9 @@ def m005_review_log_triggers(db: Database) -> None:
             SELECT 1 FROM reviews WHERE generation_id = NEW.generation_id AND id > NEW.id)
         BEGIN {_REFRESH.format(g="NEW.generation_id")} END"""
     )
-    db.execute(f"CREATE TRIGGER reviews_delete AFTER DELETE ON reviews BEGIN {_REFRESH.format(g='OLD.generation_id')} END")
+    db.execute(f"""CREATE TRIGGER reviews_delete AFTER DELETE ON reviews BEGIN
+            {_REFRESH.format(g="OLD.generation_id")}
+        END""")
     db.execute(
         f"""CREATE TRIGGER reviews_update AFTER UPDATE ON reviews BEGIN
             {_REFRESH.format(g="OLD.generation_id")}
