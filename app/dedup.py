@@ -36,6 +36,8 @@ PERMS = 32  # min-hashes per field
 BANDS, ROWS = 8, 4  # LSH: a pair at Jaccard 0.8 shares a band with probability 0.985 (0.9999 at 0.9)
 CAP = 2  # candidates taken per band key and run: the most recent kept records that share it
 CHUNK_CHARS = 1 << 19
+_ORDINAL_MASK = np.uint64((1 << 28) - 1)
+_BLOCK = 1 << 16
 ESTIMATE_MARGIN = 0.1  # compute the true Jaccard of a candidate whose estimate (every field) is within this
 _RNG = np.random.Generator(np.random.PCG64(20240611))
 _MUL = _RNG.integers(1, 2**32, size=PERMS, dtype=np.uint32) | np.uint32(1)
@@ -189,63 +191,75 @@ def _band_keys(sig: np.ndarray) -> np.ndarray:
 
 
 class _Runs:
-    """A multimap uint64 key -> kept ordinal in a few sorted numpy runs (an LSM tree).
+    """A multimap key -> kept ordinal in a few sorted numpy runs (an LSM tree), 8 bytes an entry.
 
-    12 bytes an entry, no Python object per entry; a page of keys is looked up with one searchsorted per
-    run. A new run is merged into the last while that is at most 8x its size, so there are few runs;
-    a stable sort of concatenated sorted runs is a linear merge (timsort).
+    Each entry packs the key's high 36 bits over a 28-bit ordinal (up to 268M kept records), so a run is
+    one uint64 array: sorted by key, then by ordinal, and merged by one in-place sort with no index
+    arrays. A shared 36-bit prefix between different keys only proposes a candidate more, which the
+    similarity estimate filters out (and an exact hit is confirmed on the whole signature). A new run
+    is merged into the last while that is at most 8x its size, so there are few runs.
     """
 
     def __init__(self) -> None:
-        self.runs: list[tuple[np.ndarray, np.ndarray]] = []
+        self.runs: list[np.ndarray] = []
 
     def add(self, keys: np.ndarray, ordinals: np.ndarray) -> None:
         if not len(keys):
             return
-        run = (keys, ordinals.astype(np.uint32))
-        while self.runs and len(self.runs[-1][0]) <= 8 * len(run[0]):
-            k, o = self.runs.pop()
-            run = (np.concatenate((k, run[0])), np.concatenate((o, run[1])))
-        order = np.argsort(run[0], kind="stable")  # stable: equal keys stay oldest first
-        self.runs.append((run[0][order], run[1][order]))
+        run = (keys & ~_ORDINAL_MASK) | ordinals.astype(np.uint64)
+        while self.runs and len(self.runs[-1]) <= 8 * len(run):
+            run = np.concatenate((self.runs.pop(), run))
+        run.sort()
+        self.runs.append(run)
 
     def lookup(self, keys: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """(query index, ordinal) pairs: up to CAP of the most recent ordinals for each key, from every run."""
         queries, found = [], []
         needles = np.argsort(keys)  # sorted needles: the binary searches walk memory in order
-        keys = keys[needles]
-        for run_keys, run_ordinals in self.runs:
-            hi = np.searchsorted(run_keys, keys, side="right")
-            lo = np.maximum(np.searchsorted(run_keys, keys, side="left"), hi - CAP)
+        low = keys[needles] & ~_ORDINAL_MASK
+        high = low | _ORDINAL_MASK
+        for run in self.runs:
+            hi = np.searchsorted(run, high, side="right")
+            lo = np.maximum(np.searchsorted(run, low, side="left"), hi - CAP)
             hit = np.nonzero(hi > lo)[0]
             if not len(hit):
                 continue
             counts = hi[hit] - lo[hit]
             offsets = np.arange(counts.sum()) - np.repeat(np.cumsum(counts) - counts, counts)
-            found.append(run_ordinals[np.repeat(lo[hit], counts) + offsets])
+            found.append((run[np.repeat(lo[hit], counts) + offsets] & _ORDINAL_MASK).astype(np.int64))
             queries.append(needles[np.repeat(hit, counts)])
         if not queries:
             return np.empty(0, np.int64), np.empty(0, np.int64)
         return np.concatenate(queries), np.concatenate(found)
 
 
-class _Growing:
-    """A numpy array that grows by doubling (amortized O(1) appends), indexed like the filled part."""
+class _Blocks:
+    """Rows appended in fixed blocks of 65,536 (no doubling copies), gathered by ordinal."""
 
     def __init__(self, shape: tuple, dtype) -> None:
-        self.data = np.empty((1024, *shape), dtype)
+        self.shape, self.dtype = shape, dtype
+        self.blocks: list[np.ndarray] = []
         self.size = 0
 
     def extend(self, rows: np.ndarray) -> None:
-        while self.size + len(rows) > len(self.data):
-            grown = np.empty((2 * len(self.data), *self.data.shape[1:]), self.data.dtype)
-            grown[:self.size] = self.data[:self.size]
-            self.data = grown
-        self.data[self.size:self.size + len(rows)] = rows
-        self.size += len(rows)
+        done = 0
+        while done < len(rows):
+            if self.size % _BLOCK == 0:
+                self.blocks.append(np.empty((_BLOCK, *self.shape), self.dtype))
+            at = self.size % _BLOCK
+            take = min(_BLOCK - at, len(rows) - done)
+            self.blocks[-1][at:at + take] = rows[done:done + take]
+            done += take
+            self.size += take
 
-    def __getitem__(self, index):
-        return self.data[index]
+    def __getitem__(self, ordinals: np.ndarray) -> np.ndarray:
+        ordinals = np.asarray(ordinals)
+        out = np.empty((len(ordinals), *self.shape), self.dtype)
+        block, offset = ordinals // _BLOCK, ordinals % _BLOCK
+        for b in np.unique(block).tolist():
+            where = block == b
+            out[where] = self.blocks[b][offset[where]]
+        return out
 
 
 class Deduplicator:
@@ -264,8 +278,8 @@ class Deduplicator:
         self._held: dict[int, Record] | None = None if fetch else {}
         self._fetch = fetch or (lambda ids: {i: self._held[i] for i in ids})
         self._runs = _Runs()
-        self._sigs = _Growing((len(self.fields), PERMS), np.uint8)  # ordinal -> 8 bits of each min-hash
-        self._ids = _Growing((), np.int64)  # ordinal -> record id
+        self._sigs = _Blocks((len(self.fields), PERMS), np.uint8)  # ordinal -> 8 bits of each min-hash
+        self._ids = _Blocks((), np.int64)  # ordinal -> record id
         self.dropped: list[Dropped] = []
         self.seen = 0
 
@@ -298,7 +312,9 @@ class Deduplicator:
         query, ordinal = self._runs.lookup(keys.ravel())
         rec, column = query // (1 + BANDS), query % (1 + BANDS)
         exact_of: dict[int, tuple[int, int]] = {}  # page index -> (kept id, page index or -1)
-        for r, i in zip(rec[column == 0].tolist(), self._ids[ordinal[column == 0]].tolist()):
+        exact_rec, exact_ord = rec[column == 0], ordinal[column == 0]
+        confirmed = (self._sigs[exact_ord] == small[exact_rec]).all(axis=(1, 2))  # not just a shared key prefix
+        for r, i in zip(exact_rec[confirmed].tolist(), self._ids[exact_ord[confirmed]].tolist()):
             exact_of.setdefault(r, (i, -1))
         flat = keys.ravel()
         order = np.argsort(flat, kind="stable")
@@ -336,7 +352,8 @@ class Deduplicator:
         c_rec, c_src = c_rec[likely], c_src[likely]
 
         # their true Jaccard, per field, all at once; earlier pages' records are fetched again
-        src_ids = self._ids[np.maximum(c_src, 0)]
+        src_ids = np.full(len(c_src), -1, np.int64)
+        src_ids[c_src >= 0] = self._ids[c_src[c_src >= 0]]
         prior_ids = sorted(set(src_ids[c_src >= 0].tolist()))
         fetched = self._fetch(prior_ids) if prior_ids else {}
         position = {i: n + k for k, i in enumerate(prior_ids)}  # record slot of a fetched id
