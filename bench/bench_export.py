@@ -70,8 +70,10 @@ def main(sizes: list[int]) -> None:
               f"peak {baseline['peak_mb']:.0f} MB")
         for kind, goal in (("off", "<= 2.0"), ("pair", "<= 5.0" if n <= 100_000 else "(informative)")):
             ours = measure(kind, db, work / "ours.jsonl", repeats)
-            assert ours["records"] == n, ours
+            assert ours["records"] == n or kind != "off", ours
             report(f"  export time, --dedup {kind}", ours["seconds"], baseline["seconds"], "s", goal, False)
+            if ours["records"] != n:  # the bench rows hold a few real near-duplicate pairs at 1M
+                print(f"  --dedup {kind} dropped {n - ours['records']} near-duplicate record(s)")
             print(f"  peak memory, --dedup {kind}: {ours['peak_mb']:.0f} MB (bare dump {baseline['peak_mb']:.0f} MB)")
         db.unlink()
 
