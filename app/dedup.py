@@ -21,6 +21,7 @@ that do repeat another, to keep the first of each pair in id order.
 
 from __future__ import annotations
 
+import re
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, replace
 
@@ -44,6 +45,7 @@ _MUL = _RNG.integers(1, 2**32, size=PERMS, dtype=np.uint32) | np.uint32(1)
 _ADD = _RNG.integers(0, 2**32, size=PERMS, dtype=np.uint32)
 _BAND_MUL = _RNG.integers(1, 2**63, size=(BANDS, ROWS), dtype=np.uint64) | np.uint64(1)
 _PAD = "\x00"
+_NUMBER = re.compile(r"\d+")
 
 
 @dataclass(frozen=True)
@@ -86,6 +88,12 @@ def _shingles_of(text: str) -> set[str]:
 def jaccard(a: str, b: str) -> float:
     sa, sb = shingles(a), shingles(b)
     return len(sa & sb) / len(sa | sb)
+
+
+def _same_numbers(a: Sequence[str], b: Sequence[str]) -> bool:
+    """A near match also needs the same numbers in each field: "for 3 years" and "for 4 years", or
+    "question 10130" and "question 101300", are different examples however alike their characters."""
+    return all(_NUMBER.findall(x) == _NUMBER.findall(y) for x, y in zip(a, b))
 
 
 def _mix(x: np.ndarray) -> np.ndarray:
@@ -376,7 +384,9 @@ class Deduplicator:
 
         near: dict[int, list[tuple[float, int, int]]] = {}  # page index -> [(-similarity, kept id, page index)]
         for r, slot, sim in zip(c_rec.tolist(), c_slot.tolist(), similarity.tolist()):
-            if sim >= self.threshold:
+            other = (texts[slot * nf:(slot + 1) * nf] if slot < n
+                     else [_norm(getattr(fetched[prior_ids[slot - n]], f)) for f in self.fields])
+            if sim >= self.threshold and _same_numbers(texts[r * nf:(r + 1) * nf], other):
                 near.setdefault(r, []).append((-sim, page[slot].id if slot < n else prior_ids[slot - n],
                                                slot if slot < n else -1))
         flags = [True] * n
@@ -417,6 +427,6 @@ class Deduplicator:
     def _compare(self, record: Record, texts: list[str], kept_id: int, in_page: dict[int, Record]) -> Dropped | None:
         other = in_page.get(kept_id) or self._fetch([kept_id])[kept_id]
         similarity = min(jaccard(a, getattr(other, f)) for a, f in zip(texts, self.fields))
-        if similarity >= self.threshold:
+        if similarity >= self.threshold and _same_numbers(texts, [_norm(getattr(other, f)) for f in self.fields]):
             return Dropped(record.id, kept_id, self.mode, "near", round(similarity, 4))
         return None

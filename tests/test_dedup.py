@@ -139,3 +139,19 @@ def test_the_deduplicator_holds_no_text_when_it_can_fetch(tmp_path):
     assert dedup.keep(1, *texts[1])
     assert not dedup.keep(2, "Explain tides!", "Tides rise and fall because the Moon's gravity pulls on the ocean.")
     assert fetched == [[1]] and dedup.dropped[0].reason == "near" and dedup._held is None
+
+
+def test_questions_that_differ_in_a_number_are_different_examples(tmp_path):
+    def item(years: int, amount: str, typo: bool = False) -> tuple[dict, str]:
+        question = f"Compute the compound interest on $1000 at 5% for {years} years, compounded yearly."
+        answer = (f" Use A = P(1 + r)^n, then subtract the principal from the final amount A to get the interest."
+                  f" The interest is ${amount} after {years} years at 5% compounded yearly.")
+        return ({"instruction": question.replace("Compute", "Calculate") if typo else question},
+                answer.replace("yearly.", "yearly!") if typo else answer)
+
+    items = [item(3, "157.63"), item(4, "215.51"), item(3, "157.63", typo=True)]
+    assert min(jaccard(items[0][0]["instruction"], items[1][0]["instruction"]), jaccard(items[0][1], items[1][1])) > 0.8
+    accepted_db(tmp_path, items)
+    records, manifest, _ = export(tmp_path)
+    assert [r["id"] for r in records] == [1, 2]
+    assert [(p["dropped_id"], p["kept_id"], p["reason"]) for p in manifest["dedup"]["pairs"]] == [(3, 1, "near")]
