@@ -142,8 +142,13 @@ def _output_mode() -> int:
 
 
 def export(store: Store, out: Path, *, fmt: str = "native", where: ExportFilter = ExportFilter(),
-           dedup: str = "pair", dedup_threshold: float = 0.8) -> ExportReport:
-    """Write the accepted records to `out` (JSONL) and `out.manifest.json`, from one database snapshot."""
+           dedup: str | bool = "pair", dedup_threshold: float = 0.8) -> ExportReport:
+    """Write the accepted records to `out` (JSONL) and `out.manifest.json`, from one database snapshot.
+
+    `dedup` is a rule of `app.dedup.MODES`; True and False (the older flag) mean "pair" and "off".
+    """
+    if isinstance(dedup, bool):
+        dedup = "pair" if dedup else "off"
     if fmt not in FORMATS:
         raise ValueError(f"unknown format {fmt!r}: use one of {', '.join(FORMATS)}")
     report = ExportReport(str(out), dedup=dedup)
