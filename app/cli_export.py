@@ -10,7 +10,7 @@ import typer
 from rich.markup import escape
 
 from gristmill.app.cli import app, one_line, open_db, out
-from gristmill.app.errors import BadInput
+from gristmill.app.errors import BadInput, RuntimeFailure
 
 
 @app.command("export")
@@ -24,23 +24,39 @@ def export_command(
     min_chars: Annotated[Optional[int], typer.Option(min=0, help="Minimum response length.")] = None,
     max_chars: Annotated[Optional[int], typer.Option(min=0, help="Maximum response length.")] = None,
     exclude_flag: Annotated[Optional[list[str]], typer.Option(help="Leave out records with this flag (repeatable).")] = None,
-    dedup: Annotated[bool, typer.Option("--dedup/--no-dedup", help="Drop exact and near duplicates.")] = True,
-    dedup_threshold: Annotated[float, typer.Option(min=0.01, max=1.0, help="Jaccard similarity that counts as near-duplicate.")] = 0.8,
+    dedup: Annotated[str, typer.Option(
+        "--dedup", help="Which repeats to drop: pair (instruction+input AND response repeat an earlier record, "
+                        "exact or near), instruction (one record per instruction+input), response, or off.")] = "pair",
+    no_dedup: Annotated[bool, typer.Option("--no-dedup", hidden=True, help="Same as --dedup off.")] = False,
+    dedup_threshold: Annotated[float, typer.Option(min=0.01, max=1.0, help="Jaccard similarity (per field) that counts as near-duplicate.")] = 0.8,
 ) -> None:
     """Write accepted records as JSONL, with OUT.manifest.json beside it."""
-    from gristmill.app.export import FORMATS, export
+    from gristmill.app.dedup import MODES
+    from gristmill.app.export import FORMATS, ExportError, export
     from gristmill.db.exports import ExportFilter
 
     if format_ not in FORMATS:
         raise BadInput(f"export: --format must be one of {', '.join(FORMATS)}, not {format_!r}")
+    if no_dedup:
+        dedup = "off"
+    if dedup not in MODES:
+        raise BadInput(f"export: --dedup must be one of {', '.join(MODES)}, not {dedup!r}")
     check_output_path(out_path)
     where = ExportFilter(instruction_type=type_, style=style, run_id=run, reviewer=reviewer, min_chars=min_chars,
                          max_chars=max_chars, exclude_flags=tuple(exclude_flag or ()))
     with open_db() as store:
-        report = export(store, out_path, fmt=format_, where=where, dedup=dedup, dedup_threshold=dedup_threshold)
-    out.print(escape(one_line(f"{out_path}: {report.records} record(s), sha256 {report.sha256}")))
-    if report.dropped:
-        out.print(f"dedup removed {len(report.dropped)} record(s); the manifest lists each pair")
+        try:
+            report = export(store, out_path, fmt=format_, where=where, dedup=dedup, dedup_threshold=dedup_threshold)
+        except ExportError as error:
+            raise RuntimeFailure(f"export: {error}") from None
+    out.print(escape(one_line(f"{out_path}: {report.records} record(s) of {report.accepted} accepted, "
+                              f"sha256 {report.sha256}")))
+    if dedup == "off":
+        out.print("dedup: off (nothing dropped)")
+    else:
+        by = report.dropped_by
+        out.print(f"dedup rule {dedup}: dropped {len(report.dropped)} record(s) ({by['exact']} exact, "
+                  f"{by['near']} near at Jaccard >= {dedup_threshold}); the manifest lists each pair")
     out.print(escape(one_line(f"manifest: {report.manifest_path}")))
 
 

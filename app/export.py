@@ -2,7 +2,12 @@
 
 The native `prompt` is the stored fed prompt, byte for byte; `response` is the reviewer's edit if
 there is one, verbatim. The training shapes (`formatted_text`, messages, text) strip the whitespace a
-base model puts after "A:", since the training format supplies its own. The database is only read.
+base model puts after "A:", since the training format supplies its own, and come from the style stored
+on each record's run, so the same database exports the same bytes anywhere. The database is only read,
+in one read transaction: review going on meanwhile never shows up half-way through a file.
+
+To add a format: name it in FORMATS and shape it in `to_record` (or a module beside this one that
+wraps it); the row it gets carries every column `db.exports.accepted_pages` selects.
 """
 
 from __future__ import annotations
@@ -18,14 +23,19 @@ from datetime import datetime, UTC
 from pathlib import Path
 
 from gristmill import __version__
-from gristmill.app.dedup import Deduplicator
-from gristmill.app.prompts import DEFAULT_TRAINING_FORMAT, DEFAULT_TRAINING_INPUT, StyleError, fill, load_style
-from gristmill.app.prompts import Style
+from gristmill.app.dedup import Deduplicator, Record
+from gristmill.app.generate import run_style
+from gristmill.app.prompts import Style, StyleError
 from gristmill.db import Store
 from gristmill.db import exports as exports_db
+from gristmill.db import runs as runs_db
 from gristmill.db.exports import ExportFilter
 
 FORMATS = ("native", "messages", "text")
+
+
+class ExportError(RuntimeError):
+    """An export cannot be made as asked; the message names what (e.g. the run whose style is gone)."""
 
 
 @dataclass
@@ -35,6 +45,9 @@ class ExportReport:
     sha256: str = ""
     dropped: list = field(default_factory=list)
     manifest_path: str = ""
+    dedup: str = "pair"
+    accepted: int = 0  # accepted records read, before dedup
+    dropped_by: dict = field(default_factory=dict)  # {"exact": n, "near": n} for the dedup rule
 
 
 def user_message(instruction: str, input_text: str) -> str:
@@ -42,24 +55,30 @@ def user_message(instruction: str, input_text: str) -> str:
 
 
 class _FormattedText:
-    """Renders `formatted_text` with each run's style; a style file that is gone falls back to the default."""
+    """Renders `formatted_text` with each run's own style, as stored on the run (never re-read from a file).
 
-    def __init__(self) -> None:
-        self._styles: dict[str, Style | None] = {}
+    Runs from before styles were stored (m004) fall back to their style's name or path; if that cannot be
+    loaded the export fails naming the run, instead of silently using another format.
+    """
+
+    def __init__(self, store: Store) -> None:
+        self.store = store
+        self._styles: dict[int, Style] = {}
+
+    def style(self, run_id: int) -> Style:
+        if run_id not in self._styles:
+            run = runs_db.get(self.store, run_id)
+            try:
+                self._styles[run_id] = run_style(run)
+            except StyleError as error:
+                raise ExportError(
+                    f"run {run_id}: its style {run.settings.get('style', run.style)!r} is not stored on the run "
+                    f"(made before gristmill stored styles) and cannot be loaded: {error}. Restore the style "
+                    f"file at that path, or leave the run out (--run)") from None
+        return self._styles[run_id]
 
     def __call__(self, row: dict) -> str:
-        name = json.loads(row["settings"]).get("style", row["style"])
-        if name not in self._styles:
-            try:
-                self._styles[name] = load_style(name)
-            except StyleError:
-                self._styles[name] = None
-        style = self._styles[name]
-        if style is None:
-            block = fill(DEFAULT_TRAINING_INPUT, {"input": row["input"]}) if row["input"] else ""
-            return fill(DEFAULT_TRAINING_FORMAT, {"instruction": row["instruction"], "input": row["input"],
-                                                  "input_block": block, "response": row["response"].strip()})
-        return style.training_text(row["instruction"], row["input"], row["response"].strip())
+        return self.style(row["run_id"]).training_text(row["instruction"], row["input"], row["response"].strip())
 
 
 def to_record(row: dict, fmt: str, formatted_text: str) -> dict:
@@ -85,11 +104,11 @@ def to_record(row: dict, fmt: str, formatted_text: str) -> dict:
     return record
 
 
-def atomic_write(path: Path, chunks: Iterator[bytes]) -> str:
+def atomic_write(path: Path, chunks: Iterator[bytes], mode: int | None = None) -> str:
     """Write to a temporary file beside `path`, fsync, rename over it, fsync the directory.
 
     A crash at any moment leaves either the previous complete file or none, never a partial one.
-    Returns the SHA-256 of what was written.
+    `mode` sets the file's permissions before the rename (mkstemp makes 0600). Returns the SHA-256.
     """
     directory = path.parent.resolve()
     digest = hashlib.sha256()
@@ -100,6 +119,8 @@ def atomic_write(path: Path, chunks: Iterator[bytes]) -> str:
                 digest.update(chunk)
                 handle.write(chunk)
             handle.flush()
+            if mode is not None:
+                os.fchmod(handle.fileno(), mode)
             os.fsync(handle.fileno())
         os.replace(tmp_name, path)
     except BaseException:
@@ -113,40 +134,61 @@ def atomic_write(path: Path, chunks: Iterator[bytes]) -> str:
     return digest.hexdigest()
 
 
+def _output_mode() -> int:
+    """The permissions a new file gets under the current umask (mkstemp's files are 0600)."""
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return 0o666 & ~mask
+
+
 def export(store: Store, out: Path, *, fmt: str = "native", where: ExportFilter = ExportFilter(),
-           dedup: bool = True, dedup_threshold: float = 0.8) -> ExportReport:
+           dedup: str | bool = "pair", dedup_threshold: float = 0.8) -> ExportReport:
+    """Write the accepted records to `out` (JSONL) and `out.manifest.json`, from one database snapshot.
+
+    `dedup` is a rule of `app.dedup.MODES`; True and False (the older flag) mean "pair" and "off".
+    """
+    if isinstance(dedup, bool):
+        dedup = "pair" if dedup else "off"
     if fmt not in FORMATS:
         raise ValueError(f"unknown format {fmt!r}: use one of {', '.join(FORMATS)}")
-    report = ExportReport(str(out))
-    deduplicator = Deduplicator(dedup_threshold) if dedup else None
-    formatted = _FormattedText()
+    report = ExportReport(str(out), dedup=dedup)
+    deduplicator = Deduplicator(dedup, dedup_threshold, fetch=lambda ids: {
+        r["id"]: Record(r["id"], r["instruction"], r["input"], r["response"])
+        for r in exports_db.responses(store, ids)})
+    formatted = _FormattedText(store)
     runs: dict[int, dict] = {}
     types: Counter[str] = Counter()
 
     def lines() -> Iterator[bytes]:
-        for row in exports_db.accepted(store, where):
-            instruction = user_message(row["instruction"], row["input"])
-            if deduplicator and not deduplicator.keep(row["id"], instruction, row["response"]):
-                continue
-            runs.setdefault(row["run_id"], {"model": row["model"], "model_fingerprint": row["model_fingerprint"],
-                                            "style": row["style"], "params": json.loads(row["params"])})
-            types[row["instruction_type"]] += 1
-            report.records += 1
-            record = to_record(row, fmt, formatted(row))
-            yield (json.dumps(record, ensure_ascii=False) + "\n").encode("utf-8")
+        for page in exports_db.accepted_pages(store, where):
+            keep = deduplicator.filter([Record(r["id"], r["instruction"], r["input"], r["response"]) for r in page])
+            for row, kept in zip(page, keep):
+                if not kept:
+                    continue
+                runs.setdefault(row["run_id"], {"model": row["model"], "model_fingerprint": row["model_fingerprint"],
+                                                "style": row["style"], "params": json.loads(row["params"])})
+                types[row["instruction_type"]] += 1
+                report.records += 1
+                record = to_record(row, fmt, formatted(row))
+                yield (json.dumps(record, ensure_ascii=False) + "\n").encode("utf-8")
 
-    report.sha256 = atomic_write(out, lines())
-    report.dropped = [asdict(d) for d in deduplicator.dropped] if deduplicator else []
+    with exports_db.snapshot(store):
+        report.sha256 = atomic_write(out, lines(), _output_mode())
+    report.accepted = deduplicator.seen
+    report.dropped = [asdict(d) for d in deduplicator.dropped]
+    report.dropped_by = deduplicator.counts() if dedup != "off" else {}
     manifest = {
         "file": out.name, "records": report.records, "sha256": report.sha256,
         "created_at": datetime.now(UTC).isoformat(timespec="seconds"),
         "gristmill_version": __version__, "database": str(Path(store.path).resolve()), "format": fmt,
         "filters": {k: v for k, v in asdict(where).items() if v not in (None, ())},
         "runs": {str(k): v for k, v in sorted(runs.items())}, "types": dict(sorted(types.items())),
-        "dedup": {"enabled": dedup, "threshold": dedup_threshold if dedup else None,
-                  "removed": len(report.dropped), "pairs": report.dropped},
+        "dedup": {"rule": dedup, "enabled": dedup != "off", "threshold": dedup_threshold if dedup != "off" else None,
+                  "accepted": report.accepted, "removed": len(report.dropped), "removed_by": report.dropped_by,
+                  "pairs": report.dropped},
     }
     manifest_path = out.with_name(out.name + ".manifest.json")
-    atomic_write(manifest_path, iter([json.dumps(manifest, ensure_ascii=False, indent=2).encode() + b"\n"]))
+    atomic_write(manifest_path, iter([json.dumps(manifest, ensure_ascii=False, indent=2).encode() + b"\n"]),
+                 _output_mode())
     report.manifest_path = str(manifest_path)
     return report

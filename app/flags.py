@@ -20,16 +20,18 @@ def leak_markers(stops: Sequence[str]) -> list[str]:
 
 
 def trim_leak(text: str, stops: Sequence[str]) -> tuple[str, bool]:
-    """Cut the completion where it starts the next example, which the stop strings missed (e.g. mid-line)."""
+    """Cut the completion where it starts the next example in the style's format, which the stops missed.
+
+    A style's format starts an example at a line start (its stops are "\nInstruction:", "\nQ:" ...), so
+    a marker counts only right after a newline: a stop such as "\n\n\nQ:" misses "\nQ:", and this
+    catches it. A marker in the middle of a line ("Example Sentence: ..." inside an answer) is the
+    answer's own text and is kept.
+    """
     cut = None
     for marker in leak_markers(stops):
-        for match in re.finditer(re.escape(marker), text):
-            start = match.start()
-            before = text[start - 1] if start else "\n"
-            # short markers ("Q:", "A:") only count at a line start; long ones after any space
-            if before == "\n" or (before.isspace() and len(marker) >= 4):
-                cut = start if cut is None else min(cut, start)
-                break
+        match = re.search("(?<=\n)" + re.escape(marker), text)
+        if match and (cut is None or match.start() < cut):
+            cut = match.start()
     if cut is None:
         return text, False
     return text[:cut].rstrip(), True

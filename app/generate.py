@@ -182,12 +182,12 @@ def run_generation(store: Store, engine: Engine, run: RunRecord, style: Style, s
     state = Progress(run.id, total, counts["done"], counts["refused"], counts["failed"], 0, 0.0)
     if retry_failed:
         state = replace(state, failed=0)
-    examples_by_type: dict[str, list[Example]] = {}
+    examples_by_type: dict[str, list[tuple[int, Example]]] = {}
     consecutive_failures = 0
     for item in generations_db.pending(store, run.id, retry_failed=retry_failed):
         if should_stop() or (limit is not None and state.processed >= limit):
             break
-        extra = _accepted_pool(store, item.instruction_type, examples_by_type) if settings.pool == "accepted" else ()
+        extra = _accepted_pool(store, item, examples_by_type) if settings.pool == "accepted" else ()
         try:
             outcome = generate_one(engine, style, item, settings.params, extra, on_piece)
             consecutive_failures = 0
@@ -214,10 +214,17 @@ def run_generation(store: Store, engine: Engine, run: RunRecord, style: Style, s
     return state
 
 
-def _accepted_pool(store: Store, instruction_type: str, cache: dict[str, list[Example]]) -> list[Example]:
-    if instruction_type not in cache:
-        cache[instruction_type] = [
-            Example(id=f"accepted-{gid}", instruction=ins, input=inp or "", response=resp, type=instruction_type)
-            for gid, ins, inp, resp in generations_db.accepted_examples(store, instruction_type)
+def _accepted_pool(store: Store, item: WorkItem,
+                   cache: dict[str, list[tuple[int, Example]]]) -> list[Example]:
+    """Accepted records of the item's type as extra few-shot examples, never the item's own instruction.
+
+    An example that answers the very instruction being generated would leak the answer into the prompt.
+    Each example's id (`accepted-<generation id>`) is recorded in `style_meta["examples"]` when drawn.
+    """
+    if item.instruction_type not in cache:
+        cache[item.instruction_type] = [
+            (iid, Example(id=f"accepted-{gid}", instruction=ins, input=inp or "", response=resp,
+                          type=item.instruction_type))
+            for gid, iid, ins, inp, resp in generations_db.accepted_examples(store, item.instruction_type)
         ]
-    return cache[instruction_type]
+    return [example for iid, example in cache[item.instruction_type] if iid != item.instruction_id]

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 
 from gristmill.db.connection import Store
@@ -19,8 +20,44 @@ class ExportFilter:
     exclude_flags: tuple[str, ...] = ()
 
 
+@contextmanager
+def snapshot(store: Store) -> Iterator[None]:
+    """One read transaction: every query inside sees the database as it was at the first one.
+
+    In WAL mode a reader never blocks the review app's writes, and none of them shows up half-way
+    through an export. Nothing is written, so it always ends with a rollback.
+    """
+    if store.conn.in_transaction:
+        yield
+        return
+    store.conn.execute("BEGIN")
+    try:
+        yield
+    finally:
+        store.conn.execute("ROLLBACK")
+
+
 def accepted(store: Store, where: ExportFilter, batch: int = 1000) -> Iterator[dict]:
-    """Accepted generations in id order, a page at a time; `response` is the edited text if any."""
+    """Accepted generations in id order; `response` is the edited text if any."""
+    for page in accepted_pages(store, where, batch):
+        yield from page
+
+
+def responses(store: Store, ids: list[int]) -> list[dict]:
+    """`id`, `instruction`, `input` and `response` (edited text if any) of accepted generations, by id."""
+    rows: list[dict] = []
+    for start in range(0, len(ids), 500):
+        chunk = ids[start:start + 500]
+        rows.extend(dict(r) for r in store.conn.execute(
+            f"""SELECT g.id, i.instruction, i.input, COALESCE(rv.edited_response, g.completion) AS response
+                FROM generations g JOIN instructions i ON i.id = g.instruction_id
+                JOIN reviews rv ON rv.id = g.review_id
+                WHERE g.id IN ({','.join('?' * len(chunk))})""", chunk))
+    return rows
+
+
+def accepted_pages(store: Store, where: ExportFilter, batch: int = 1000) -> Iterator[list[dict]]:
+    """Accepted generations in id order, a page (list) at a time; `response` is the edited text if any."""
     clauses: list[str] = ["g.decision = 'accept'", "g.status = 'done'"]
     params: list[object] = []
     if where.instruction_type:
@@ -62,6 +99,5 @@ def accepted(store: Store, where: ExportFilter, batch: int = 1000) -> Iterator[d
         rows = store.conn.execute(sql, (*params, last, batch)).fetchall()
         if not rows:
             return
-        for row in rows:
-            yield dict(row)
+        yield [dict(row) for row in rows]
         last = rows[-1]["id"]

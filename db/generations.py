@@ -140,10 +140,11 @@ def siblings(store: Store, generation_id: int) -> list[int]:
     )]
 
 
-def accepted_examples(store: Store, instruction_type: str, limit: int = 200) -> list[tuple[int, str, str, str]]:
-    """Accepted (generation id, instruction, input, response) of one type: reviewed data for few-shot pools."""
+def accepted_examples(store: Store, instruction_type: str, limit: int = 200) -> list[tuple[int, int, str, str, str]]:
+    """Accepted (generation id, instruction id, instruction, input, response) of one type: reviewed data
+    for few-shot pools. The instruction id lets a caller leave out the item's own instruction."""
     return [tuple(r) for r in store.conn.execute(
-        """SELECT g.id, i.instruction, i.input, COALESCE(rv.edited_response, g.completion)
+        """SELECT g.id, g.instruction_id, i.instruction, i.input, COALESCE(rv.edited_response, g.completion)
            FROM generations g JOIN instructions i ON i.id = g.instruction_id
            JOIN reviews rv ON rv.id = g.review_id
            WHERE g.decision = 'accept' AND i.instruction_type = ? ORDER BY g.id LIMIT ?""",

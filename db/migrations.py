@@ -143,6 +143,104 @@ def m004_run_style(db: Database) -> None:
     db.execute("ALTER TABLE runs ADD COLUMN style_definition TEXT")
 
 
+# The review log's rules, in SQL, for one generation `{g}`: replay its rows in id order, keeping the set
+# of decisions in force (a JSON array). A decision joins the set; an `undo` naming `undoes_review_id`
+# removes that row (a no-op if it is not in force); an `undo` without a target removes the latest
+# decision in force at that point. Each row of the result says which decision an undo cancelled.
+_CANCELLED = """CASE WHEN log.decision != 'undo' THEN NULL
+        WHEN log.target IS NOT NULL THEN (SELECT value FROM json_each(replay.forced) WHERE value = log.target)
+        ELSE (SELECT max(value) FROM json_each(replay.forced)) END"""
+_REPLAY = f"""
+    SELECT cancelled, undo_id, {{g}} FROM (
+        WITH RECURSIVE
+        log(n, id, decision, target) AS (
+            SELECT row_number() OVER (ORDER BY id), id, decision, undoes_review_id
+            FROM reviews WHERE generation_id = {{g}}),
+        replay(n, forced, undo_id, cancelled) AS (
+            SELECT 0, json_array(), NULL, NULL
+            UNION ALL
+            SELECT log.n,
+                   CASE WHEN log.decision != 'undo' THEN json_insert(replay.forced, '$[#]', log.id)
+                        ELSE (SELECT json_group_array(value) FROM json_each(replay.forced)
+                              WHERE value IS NOT ({_CANCELLED})) END,
+                   log.id, {_CANCELLED}
+            FROM replay JOIN log ON log.n = replay.n + 1)
+        SELECT cancelled, undo_id FROM replay WHERE cancelled IS NOT NULL)"""
+_REFRESH = f"""
+    DELETE FROM review_cancellations WHERE generation_id = {{g}};
+    INSERT INTO review_cancellations (review_id, undo_id, generation_id) {_REPLAY};
+    UPDATE generations SET (decision, review_id) = (
+        SELECT r.decision, r.id FROM reviews r
+        WHERE r.generation_id = {{g}} AND r.decision != 'undo'
+          AND NOT EXISTS (SELECT 1 FROM review_cancellations c WHERE c.review_id = r.id)
+        ORDER BY r.id DESC LIMIT 1)
+    WHERE id = {{g}};"""
+
+
+@MIGRATIONS()
+def m005_review_log_triggers(db: Database) -> None:
+    """The database itself keeps `generations.decision`/`review_id` in step with the `reviews` log.
+
+    Whoever writes `reviews` (gristmill, sqlite3, Datasette, a script), triggers replay that
+    generation's log and rewrite its cache, so export, stats and the review queue see every row.
+    `review_cancellations` records which decision each `undo` cancelled (derived, like the cache):
+    an undo row without `undoes_review_id` (older databases, hand-written rows) cancels the latest
+    decision still in force before it. Appending a decision, the common case, takes a fast path.
+    Then every cache value is derived again from the log (m003's backfill ignored undo rows).
+    """
+    _execute_script(
+        db,
+        """
+        CREATE TABLE review_cancellations (
+            review_id INTEGER PRIMARY KEY,
+            undo_id INTEGER NOT NULL,
+            generation_id INTEGER NOT NULL
+        );
+        CREATE INDEX idx_review_cancellations_generation ON review_cancellations(generation_id);
+        CREATE INDEX idx_reviews_undoes ON reviews(undoes_review_id) WHERE undoes_review_id IS NOT NULL;
+        CREATE INDEX idx_reviews_undo ON reviews(generation_id) WHERE decision = 'undo'
+        """,
+    )
+    # _execute_script splits on ';', so each trigger (whose body holds several statements) is one execute.
+    db.execute(
+        """CREATE TRIGGER reviews_append_decision AFTER INSERT ON reviews
+        WHEN NEW.decision != 'undo' AND NOT EXISTS (
+            SELECT 1 FROM reviews WHERE generation_id = NEW.generation_id AND id > NEW.id)
+        BEGIN
+            UPDATE generations SET decision = NEW.decision, review_id = NEW.id WHERE id = NEW.generation_id;
+        END"""
+    )
+    db.execute(
+        f"""CREATE TRIGGER reviews_insert_other AFTER INSERT ON reviews
+        WHEN NEW.decision = 'undo' OR EXISTS (
+            SELECT 1 FROM reviews WHERE generation_id = NEW.generation_id AND id > NEW.id)
+        BEGIN {_REFRESH.format(g="NEW.generation_id")} END"""
+    )
+    db.execute(f"""CREATE TRIGGER reviews_delete AFTER DELETE ON reviews BEGIN
+            {_REFRESH.format(g="OLD.generation_id")}
+        END""")
+    db.execute(
+        f"""CREATE TRIGGER reviews_update AFTER UPDATE ON reviews BEGIN
+            {_REFRESH.format(g="OLD.generation_id")}
+            {_REFRESH.format(g="NEW.generation_id")}
+        END"""
+    )
+    # Re-derive everything: cancellations where the log holds undo rows, then every cache value.
+    for (generation_id,) in db.execute(
+        "SELECT DISTINCT generation_id FROM reviews WHERE decision = 'undo'"
+    ).fetchall():
+        db.execute(f"INSERT INTO review_cancellations (review_id, undo_id, generation_id) {_REPLAY.format(g=':g')}",
+                   {"g": generation_id})
+    db.execute(
+        """UPDATE generations SET (decision, review_id) = (
+            SELECT r.decision, r.id FROM reviews r
+            WHERE r.generation_id = generations.id AND r.decision != 'undo'
+              AND NOT EXISTS (SELECT 1 FROM review_cancellations c WHERE c.review_id = r.id)
+            ORDER BY r.id DESC LIMIT 1)
+        WHERE id IN (SELECT generation_id FROM reviews) OR decision IS NOT NULL OR review_id IS NOT NULL"""
+    )
+
+
 def migration_names() -> list[str]:
     """Every migration this version knows, in order (what a new database gets)."""
     return [m.name for m in MIGRATIONS.pending(Database(memory=True))]

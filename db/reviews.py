@@ -1,4 +1,9 @@
-"""Review decisions: an append-only log, plus the queue queries the review app pages through."""
+"""Review decisions: an append-only log, plus the queue queries the review app pages through.
+
+Only rows are written here. `generations.decision`/`review_id` (the current decision, which the
+queue, counts and export read through an index) are kept by triggers in the database (migration
+m005), so a row written with sqlite3 or Datasette counts exactly like one written by gristmill.
+"""
 
 from __future__ import annotations
 
@@ -8,8 +13,10 @@ from dataclasses import dataclass
 from gristmill.db.connection import Store, utc_now
 
 DECISIONS = ("accept", "reject", "skip")
-# a review row in force: a decision that no `undo` row cancels
-IN_FORCE = "r.decision != 'undo' AND NOT EXISTS (SELECT 1 FROM reviews u WHERE u.undoes_review_id = r.id)"
+# a review row in force: a decision that no `undo` row cancelled (the triggers resolve undo rows, targeted
+# or not, into `review_cancellations`, keyed by the cancelled row: one index seek)
+IN_FORCE = ("r.decision != 'undo' AND NOT EXISTS "
+            "(SELECT 1 FROM review_cancellations c WHERE c.review_id = r.id)")
 REVIEW_STATES = ("unreviewed", "accept", "reject", "skip", "all")
 
 
@@ -65,33 +72,35 @@ def record(store: Store, decisions: list[Decision], reviewer: str) -> str:
         for d in decisions:
             if d.decision not in DECISIONS:
                 raise ValueError(f"unknown decision {d.decision!r}")
-            cursor = conn.execute(
+            conn.execute(
                 """INSERT INTO reviews (generation_id, decision, edited_response, reviewer, created_at, action_id)
                    VALUES (?, ?, ?, ?, ?, ?)""",
                 (d.generation_id, d.decision, d.edited_response, reviewer, now, action_id),
             )
-            conn.execute("UPDATE generations SET decision = ?, review_id = ? WHERE id = ?",
-                         (d.decision, cursor.lastrowid, d.generation_id))
     return action_id
 
 
 def undo_last(store: Store, reviewer: str) -> list[int]:
     """Cancel the reviewer's latest action that is not already cancelled; returns the generations it touched.
 
-    Undo appends `undo` rows (history stays) and recomputes each generation's current decision
-    from the log, so it works across restarts and for any number of levels.
+    Undo appends `undo` rows naming what they cancel (history stays); the database's triggers
+    recompute each generation's current decision, so it works across restarts and for any number
+    of levels. A row written by hand has no action id: it is its own action.
     """
     with store.write() as conn:
         row = conn.execute(
-            f"SELECT action_id FROM reviews r WHERE reviewer = ? AND {IN_FORCE} ORDER BY id DESC LIMIT 1",
+            f"SELECT id, action_id FROM reviews r WHERE reviewer = ? AND {IN_FORCE} ORDER BY id DESC LIMIT 1",
             (reviewer,),
         ).fetchone()
         if row is None:
             return []
-        targets = conn.execute(
-            "SELECT id, generation_id FROM reviews WHERE action_id = ? AND decision != 'undo' ORDER BY id",
-            (row["action_id"],),
-        ).fetchall()
+        if row["action_id"] is None:
+            targets = conn.execute("SELECT id, generation_id FROM reviews WHERE id = ?", (row["id"],)).fetchall()
+        else:
+            targets = conn.execute(
+                f"SELECT id, generation_id FROM reviews r WHERE action_id = ? AND {IN_FORCE} ORDER BY id",
+                (row["action_id"],),
+            ).fetchall()
         now, undo_action = utc_now(), uuid.uuid4().hex
         for t in targets:
             conn.execute(
@@ -99,18 +108,7 @@ def undo_last(store: Store, reviewer: str) -> list[int]:
                    VALUES (?, 'undo', ?, ?, ?, ?)""",
                 (t["generation_id"], reviewer, now, t["id"], undo_action),
             )
-            _refresh_current(conn, t["generation_id"])
         return [t["generation_id"] for t in targets]
-
-
-def _refresh_current(conn, generation_id: int) -> None:
-    current = conn.execute(
-        f"SELECT id, decision FROM reviews r WHERE generation_id = ? AND {IN_FORCE} ORDER BY id DESC LIMIT 1",
-        (generation_id,),
-    ).fetchone()
-    conn.execute("UPDATE generations SET decision = ?, review_id = ? WHERE id = ?",
-                 (current["decision"] if current else None, current["id"] if current else None,
-                  generation_id))
 
 
 def current_review(store: Store, generation_id: int) -> dict | None:

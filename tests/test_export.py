@@ -15,7 +15,6 @@ from pathlib import Path
 from typer.testing import CliRunner
 
 from gristmill.app.cli import app
-from gristmill.app.dedup import Deduplicator
 from gristmill.app.generate import RunSettings, open_run, run_generation
 from gristmill.app.ingest import import_file
 from gristmill.app.review import decide
@@ -143,28 +142,18 @@ def test_kill_during_export_leaves_the_previous_complete_file(tmp_path):
     assert len(read_jsonl(out)) == 3000
 
 
-def test_dedup_drops_planted_near_duplicates_and_keeps_near_misses():
-    dedup = Deduplicator(0.8)
-    base = "Photosynthesis lets plants turn sunlight, water and carbon dioxide into sugar and oxygen."
-    assert dedup.keep(1, "Explain photosynthesis.", base)
-    assert not dedup.keep(2, "Explain photosynthesis simply.", base.replace("sugar", "sugars"))  # near-duplicate
-    assert not dedup.keep(3, "explain   PHOTOSYNTHESIS.", "Something else entirely, about tides and moons.")
-    assert dedup.keep(4, "Explain tides.", "Tides rise and fall because the Moon's gravity pulls on the oceans.")
-    assert dedup.keep(5, "Explain photosynthesis in plants at night.",
-                      "Plants make sugar from light in the day; at night they respire and release carbon dioxide.")
-    reasons = {(d.dropped_id, d.kept_id, d.field, d.reason) for d in dedup.dropped}
-    assert (2, 1, "response", "near") in reasons and (3, 1, "instruction", "exact") in reasons
-    assert all(d.jaccard >= 0.8 for d in dedup.dropped)
-
-
 def test_dedup_report_in_the_manifest(tmp_path):
+    """Identical answers to different questions are kept by default; `--dedup response` drops them, counted."""
     engine = FakeEngine(replies=[" The same answer to both questions here.", " The same answer to both questions here!"])
     build(tmp_path, engine, [{"instruction": "First question?"}, {"instruction": "Second question?"}],
           [(1, "accept", None), (2, "accept", None)])
     out = tmp_path / "d.jsonl"
-    runner.invoke(app, ["export", str(out)])
+    assert runner.invoke(app, ["export", str(out)]).exit_code == 0
+    assert len(read_jsonl(out)) == 2
+    result = runner.invoke(app, ["export", str(out), "--dedup", "response"])
+    assert "dedup rule response: dropped 1 record(s) (0 exact, 1 near" in result.output
     manifest = json.loads((tmp_path / "d.jsonl.manifest.json").read_text())
-    assert manifest["records"] == 1 and manifest["dedup"]["removed"] == 1
+    assert manifest["records"] == 1 and manifest["dedup"]["removed"] == 1 and manifest["dedup"]["rule"] == "response"
     assert manifest["dedup"]["pairs"][0]["dropped_id"] == 2 and manifest["dedup"]["pairs"][0]["kept_id"] == 1
     runner.invoke(app, ["export", str(out), "--no-dedup"])
     assert len(read_jsonl(out)) == 2
@@ -174,3 +163,4 @@ def test_bad_export_arguments_are_exit_2(tmp_path):
     fake_db(tmp_path)
     assert runner.invoke(app, ["export", str(tmp_path / "x.jsonl"), "--format", "parquet"]).exit_code == 2
     assert runner.invoke(app, ["export", str(tmp_path / "missing" / "x.jsonl")]).exit_code == 2
+    assert runner.invoke(app, ["export", str(tmp_path / "x.jsonl"), "--dedup", "fuzzy"]).exit_code == 2

@@ -165,7 +165,13 @@ def test_quality_flags_on_planted_outputs(text, finish, expected):
 
 
 def test_leak_past_the_answer_is_trimmed_and_flagged():
-    text, leaked = trim_leak("Paris is the capital. Instruction: write a poem", ["\nInstruction:", "\n\n\n"])
+    """Only where the style's format starts the next example: at a line start, never mid-line."""
+    text, leaked = trim_leak("Paris is the capital.\nInstruction: write a poem", ["\n\nInstruction:", "\n\n\n"])
     assert (text, leaked) == ("Paris is the capital.", True)
-    assert trim_leak("Plan A: go.", ["\nA:"]) == ("Plan A: go.", False)
     assert "leaked" in quality_flags(text, "stop", leaked=True)
+    assert trim_leak("Plan A: go.", ["\nA:"]) == ("Plan A: go.", False)
+    mid_line = ("Paris is the capital. Instruction: write a poem", "Use it in an Example Sentence: the cat sat.",
+                "Step 2.\tInstruction: mix well.", "Answer:  Q: is this a question? Yes.")
+    for text in mid_line:
+        assert trim_leak(text, ["\nInstruction:", "\nSentence:", "\nQ:", "\n\n\n"]) == (text, False)
+    assert trim_leak("One.\nTwo Sentence: ok.\nSentence: next", ["\nSentence:"]) == ("One.\nTwo Sentence: ok.", True)
