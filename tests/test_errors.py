@@ -62,6 +62,7 @@ CASES = [
     C("db-directory-stats", "--db {dir} stats", 2, "adir", "is a directory"),
     C("db-directory-add", "--db {dir} add {good}", 2, "adir", "is a directory"),
     C("db-directory-doctor", "--db {dir} doctor", 2, "adir", "is a directory"),
+    C("db-device", "--db /dev/null stats", 2, "/dev/null", "not a regular file"),
     C("db-empty-path", ["--db", "", "stats"], 2, "database", "is a directory"),
     C("db-unwritable-add", "--db {db} add {good}", 2, "test.db", "not writable", setup="db_unwritable"),
     C("db-unwritable-doctor", "--db {db} doctor", 2, "test.db", "not writable", setup="db_unwritable"),
