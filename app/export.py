@@ -18,13 +18,14 @@ from datetime import datetime, timezone
 from pathlib import Path
 
 from gristmill import __version__
+from gristmill.app import export_formats
 from gristmill.app.dedup import Deduplicator
 from gristmill.app.prompts import DEFAULT_TRAINING_FORMAT, DEFAULT_TRAINING_INPUT, StyleError, fill, load_style
 from gristmill.db import Store
 from gristmill.db import exports as exports_db
 from gristmill.db.exports import ExportFilter
 
-FORMATS = ("native", "messages", "text")
+FORMATS = ("native", "messages", "text", *export_formats.FORMATS)
 
 
 @dataclass
@@ -34,6 +35,7 @@ class ExportReport:
     sha256: str = ""
     dropped: list = field(default_factory=list)
     manifest_path: str = ""
+    details: dict = field(default_factory=dict)  # a training format's counts: derivation, labels, ids' sources
 
 
 def user_message(instruction: str, input_text: str) -> str:
@@ -113,7 +115,8 @@ def atomic_write(path: Path, chunks: Iterator[bytes]) -> str:
 
 
 def export(store: Store, out: Path, *, fmt: str = "native", where: ExportFilter = ExportFilter(),
-           dedup: bool = True, dedup_threshold: float = 0.8) -> ExportReport:
+           dedup: bool = True, dedup_threshold: float = 0.8,
+           options: export_formats.FormatOptions = export_formats.FormatOptions()) -> ExportReport:
     if fmt not in FORMATS:
         raise ValueError(f"unknown format {fmt!r}: use one of {', '.join(FORMATS)}")
     report = ExportReport(str(out))
@@ -121,20 +124,27 @@ def export(store: Store, out: Path, *, fmt: str = "native", where: ExportFilter 
     formatted = _FormattedText()
     runs: dict[int, dict] = {}
     types: Counter[str] = Counter()
+    shaper = (export_formats.Shaper(store, fmt, deduplicator=deduplicator, options=options)
+              if fmt in export_formats.FORMATS else None)
 
     def lines() -> Iterator[bytes]:
-        for row in exports_db.accepted(store, where):
+        for row in shaper.rows(where) if shaper else exports_db.accepted(store, where):
             instruction = user_message(row["instruction"], row["input"])
-            if deduplicator and not deduplicator.keep(row["id"], instruction, row["response"]):
+            if deduplicator and not (shaper and shaper.deduplicates) and not deduplicator.keep(
+                    row["id"], instruction, row["response"]):
                 continue
             runs.setdefault(row["run_id"], {"model": row["model"], "model_fingerprint": row["model_fingerprint"],
                                             "style": row["style"], "params": json.loads(row["params"])})
             types[row["instruction_type"]] += 1
             report.records += 1
-            record = to_record(row, fmt, formatted(row))
+            record = shaper.record(row) if shaper else to_record(row, fmt, formatted(row))
             yield (json.dumps(record, ensure_ascii=False) + "\n").encode("utf-8")
 
-    report.sha256 = atomic_write(out, lines())
+    try:
+        report.sha256 = atomic_write(out, lines())
+    finally:
+        if shaper:
+            shaper.close()
     report.dropped = [asdict(d) for d in deduplicator.dropped] if deduplicator else []
     manifest = {
         "file": out.name, "records": report.records, "sha256": report.sha256,
@@ -145,6 +155,9 @@ def export(store: Store, out: Path, *, fmt: str = "native", where: ExportFilter 
         "dedup": {"enabled": dedup, "threshold": dedup_threshold if dedup else None,
                   "removed": len(report.dropped), "pairs": report.dropped},
     }
+    if shaper:
+        report.details = shaper.summary()
+        manifest.update(shaper.manifest())
     manifest_path = out.with_name(out.name + ".manifest.json")
     atomic_write(manifest_path, iter([json.dumps(manifest, ensure_ascii=False, indent=2).encode() + b"\n"]))
     report.manifest_path = str(manifest_path)

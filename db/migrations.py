@@ -141,3 +141,21 @@ def m004_run_style(db: Database) -> None:
     Runs made before this migration have NULL here; they fall back to their style's name or path.
     """
     db.execute("ALTER TABLE runs ADD COLUMN style_definition TEXT")
+
+
+@MIGRATIONS()
+def m008_token_ids_and_reject_reasons(db: Database) -> None:
+    """Generations keep their sampled token ids; a reject may carry a reason.
+
+    `completion_token_ids` is a BLOB of little-endian uint32 (4 bytes a token: a third of the same
+    ids as JSON text), so the `tokens` export can reproduce the answer exactly as generated. Rows
+    from before this migration have NULL and are tokenized from text at export. `reviews.reason` is
+    one key from the configured list (`[review] reject_reasons`), or NULL.
+    """
+    _execute_script(
+        db,
+        """
+        ALTER TABLE generations ADD COLUMN completion_token_ids BLOB;
+        ALTER TABLE reviews ADD COLUMN reason TEXT
+        """
+    )
