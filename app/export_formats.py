@@ -71,27 +71,33 @@ def _split_parts(style: Style, instruction: str, input_text: str, response: str)
     return prompt, head[len(prompt):], tail
 
 
-def generated_ids(engine: Engine, ids: Sequence[int], stored: str, separator: str, answer: str) -> list[int] | None:
-    """The run of sampled ids that spells exactly `separator + answer`, or None if token edges do not allow it.
+def generated_ids(engine: Engine, ids: Sequence[int], stored: str, separator: str,
+                  answer: str) -> tuple[list[int], bool] | None:
+    """The sampled ids that spell the answer, and whether they spell the separator before it too.
 
     `stored` is the completion as stored (the model's leading whitespace, the answer, perhaps trailing
-    whitespace); the sampled ids may run on past it (the stop string's tokens). The ids are used only
-    when a token boundary falls exactly where `separator` starts and where the answer ends: a token that
-    straddles either edge would carry text the record does not have.
+    whitespace); the sampled ids may run on past it (the stop string's tokens). Returns the ids of
+    `separator + answer` with True when the model's own whitespace ended in the format's separator on a
+    token edge; else the ids of `answer` alone with False (the caller tokenizes the separator), when the
+    answer starts on a token edge; else None. The answer must end on a token edge: a token straddling
+    an edge would carry text the record does not have.
     """
     pieces = [engine.token_bytes(i) for i in ids]
-    full, text = b"".join(pieces), stored.encode("utf-8")
+    full, text, body = b"".join(pieces), stored.encode("utf-8"), answer.encode("utf-8")
     if not full.startswith(text):
         return None
     lead = len(text) - len(stored.lstrip().encode("utf-8"))
-    sep = separator.encode("utf-8")
-    start, end = lead - len(sep), lead + len(answer.encode("utf-8"))
-    if start < 0 or full[start:lead] != sep or full[lead:end] != answer.encode("utf-8"):
-        return None
+    end = lead + len(body)
     bounds = list(accumulate((len(p) for p in pieces), initial=0))
-    if start not in bounds or end not in bounds:
+    if full[lead:end] != body or end not in bounds:
         return None
-    return list(ids[bounds.index(start):bounds.index(end)])
+    sep = separator.encode("utf-8")
+    start = lead - len(sep)
+    if start >= 0 and full[start:lead] == sep and start in bounds:
+        return list(ids[bounds.index(start):bounds.index(end)]), True
+    if lead in bounds:
+        return list(ids[bounds.index(lead):bounds.index(end)]), False
+    return None
 
 
 @dataclass
@@ -195,9 +201,10 @@ class Shaper:
     def _tokens(self, row: dict, sampled: list[int] | None) -> tuple[dict, str]:
         """`input_ids` = training prompt (BOS by the run's rule) + the completion's ids + EOS; the mask marks the completion.
 
-        The completion's ids are the sampled ones where the run's own tokenizer is used, the answer is
-        the model's (not an edit) and token edges fall on the answer's edges; otherwise the completion is
-        tokenized as TRL would: the ids of prompt + completion after the prompt's.
+        The answer's ids are the sampled ones where the run's own tokenizer is used, the answer is the
+        model's (not an edit) and token edges fall on the answer's edges; the format's separator before it
+        is the model's own ids too where it generated exactly that, else tokenized alone. Otherwise the
+        completion is tokenized as TRL would: the ids of prompt + completion after the prompt's.
         """
         tokenizer = self._tokenizer(row["run_id"])
         engine = tokenizer.engine
@@ -214,10 +221,16 @@ class Shaper:
         elif tokenizer.fingerprint != row["model_fingerprint"]:
             source = "tokenized: tokenizer is not the generating model's"
         else:
-            ids = generated_ids(engine, sampled, row["completion"] or "", separator, answer)
-            source = "generated" if ids is not None else "tokenized: token edges fall inside the answer's edges"
-            if ids is not None and tail:
-                ids += self._bare_ids(tokenizer, tail)
+            found = generated_ids(engine, sampled, row["completion"] or "", separator, answer)
+            if found is None:
+                source = "tokenized: token edges fall inside the answer's edges"
+            else:
+                ids, whole = found
+                source = "generated" if whole else "generated answer, the format's separator tokenized"
+                if not whole and separator:
+                    ids = self._bare_ids(tokenizer, separator) + ids
+                if tail:
+                    ids += self._bare_ids(tokenizer, tail)
         if ids is None:
             whole = engine.tokenize(prompt + completion)
             if whole[:len(prompt_ids)] == prompt_ids:
@@ -303,7 +316,11 @@ class Shaper:
 
 
 def _open_tokenizer(run: RunRecord, path: str | None, add_bos: bool | None, given: bool) -> _Tokenizer:
-    """The generating model's vocabulary (vocab only: instant even for a 20 GB file)."""
+    """The generating model's vocabulary (vocab only: instant even for a 20 GB file).
+
+    BOS follows the run's rule where the file is the run's model (a run may have overridden the GGUF's
+    rule), else the file's own rule.
+    """
     from gristmill.models import create_engine
 
     if run.engine == "fake" and not given:  # the test engine's tokenizer is itself
@@ -313,6 +330,9 @@ def _open_tokenizer(run: RunRecord, path: str | None, add_bos: bool | None, give
             where = f"with {path}, which is not there" if path else "without recording its model path"
             raise TokenizerMissing(f"export: the tokens format needs the generating model's tokenizer; run {run.id} was "
                                    f"generated {where}: give that GGUF with --tokenizer PATH")
-        engine = create_engine("llama_cpp", model_path=path, vocab_only=True, add_bos=add_bos)
+        engine = create_engine("llama_cpp", model_path=path, vocab_only=True)
+        if engine.info().fingerprint == run.model_fingerprint and add_bos is not None and add_bos != engine.add_bos:
+            engine.close()
+            engine = create_engine("llama_cpp", model_path=path, vocab_only=True, add_bos=add_bos)
     info = engine.info()
     return _Tokenizer(engine, info.path, info.fingerprint, info.eos_id)
