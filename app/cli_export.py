@@ -42,6 +42,10 @@ def export_command(
         raise bad_input(f"export: database {State.db_path} does not exist")
     where = ExportFilter(instruction_type=type_, style=style, run_id=run, reviewer=reviewer, min_chars=min_chars,
                          max_chars=max_chars, exclude_flags=tuple(exclude_flag or ()))
+    if tokenizer is not None and format_ != "tokens":
+        raise bad_input("export: --tokenizer goes with --format tokens")
+    if reason and format_ != "kto":
+        raise bad_input("export: --reason goes with --format kto")
     if tokenizer is not None and not tokenizer.is_file():
         raise bad_input(f"export: --tokenizer {tokenizer} is not a file")
     options = FormatOptions(tokenizer=tokenizer, reasons=tuple(reason or ()))

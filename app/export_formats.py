@@ -8,6 +8,7 @@ manifest, line by line and counted, since the records themselves must stay in TR
 
 from __future__ import annotations
 
+import hashlib
 import json
 from collections import Counter
 from collections.abc import Iterator, Sequence
@@ -138,7 +139,7 @@ class Shaper:
         self._runs: dict[int, tuple[RunRecord, Style]] = {}
         self._tokenizers: dict[tuple[str, bool | None], _Tokenizer] = {}
         self._run_tokenizer: dict[int, _Tokenizer] = {}
-        self._seen: dict[str, int] = {}
+        self._seen: dict[bytes, int] = {}  # digest of a whole record -> the first generation id with it
 
     # --- rows ------------------------------------------------------------------------------------
     def rows(self, where: ExportFilter) -> Iterator[dict]:
@@ -153,7 +154,7 @@ class Shaper:
                 self.derivation.skipped[f"{row['kind']}: chosen and rejected are the same text"] += 1
                 continue
             if self.deduplicator is not None:
-                key = json.dumps(record, ensure_ascii=False, sort_keys=True)
+                key = hashlib.sha256(json.dumps(record, ensure_ascii=False, sort_keys=True).encode()).digest()
                 if key in self._seen:
                     self.deduplicator.dropped.append(Dropped(row["id"], self._seen[key], "record", "exact", 1.0))
                     continue

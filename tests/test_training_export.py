@@ -211,7 +211,16 @@ def test_tokens_need_the_generating_models_tokenizer(tmp_path, gemma_path):
     assert text == golden.read_text(encoding="utf-8")
 
 
+def test_options_that_do_not_fit_the_format_are_exit_2(tmp_path):
+    training_db(tmp_path)
+    out = str(tmp_path / "x.jsonl")
+    assert runner.invoke(app, ["export", out, "--format", "dpo", "--reason", "wrong"]).exit_code == 2
+    assert runner.invoke(app, ["export", out, "--format", "kto", "--tokenizer", out]).exit_code == 2
+    assert runner.invoke(app, ["export", out, "--format", "tokens", "--tokenizer", str(tmp_path / "no.gguf")]).exit_code == 2
+
+
 def test_every_training_file_loads_with_datasets(tmp_path):
+    os.environ.setdefault("HF_DATASETS_OFFLINE", "1")  # local files only: nothing may download in a test
     datasets = pytest.importorskip("datasets")
     training_db(tmp_path)
     for fmt in FORMATS:

@@ -4,6 +4,7 @@ undone pick, an edit, a reject with a reason), then export every training shape 
 from __future__ import annotations
 
 import json
+import os
 
 import pytest
 from typer.testing import CliRunner
@@ -120,6 +121,7 @@ async def test_a_review_session_exports_to_every_training_shape(tmp_path, gemma)
     stats = runner.invoke(app, ["stats", "--json"])
     assert json.loads(stats.output)["reject_reasons"] == {"none": 2, "wrong": 1}
 
+    os.environ.setdefault("HF_DATASETS_OFFLINE", "1")  # local files only: nothing may download in a test
     datasets = pytest.importorskip("datasets")
     for fmt, columns in (("prompt-completion", ["prompt", "completion"]), ("dpo", ["prompt", "chosen", "rejected"]),
                          ("kto", ["prompt", "completion", "label"]), ("tokens", ["id", "input_ids", "completion_mask"])):
