@@ -27,7 +27,7 @@ class ReviewScreen(Screen):
     BINDINGS = [
         Binding("a", "accept", "Accept", id="accept"),
         Binding("r", "reject", "Reject", id="reject"),
-        Binding("R", "reject_reason", "Reject because…", id="reject_reason"),
+        Binding("R", "reject_reason", "Reject because…", id="reject_reason", show=False),
         Binding("e", "edit", "Edit", id="edit"),
         Binding("s", "skip", "Skip", id="skip"),
         Binding("u", "undo", "Undo", id="undo"),
