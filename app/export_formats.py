@@ -233,9 +233,9 @@ class Shaper:
                 if tail:
                     ids += self._bare_ids(tokenizer, tail)
         if ids is None:
-            whole = engine.tokenize(prompt + completion)
-            if whole[:len(prompt_ids)] == prompt_ids:
-                ids = whole[len(prompt_ids):]
+            joined = engine.tokenize(prompt + completion)
+            if joined[:len(prompt_ids)] == prompt_ids:
+                ids = joined[len(prompt_ids):]
             else:
                 self.derivation.prefix_mismatch += 1
                 ids = self._bare_ids(tokenizer, completion)
