@@ -11,6 +11,7 @@ from collections.abc import Iterator
 
 from gristmill.db.connection import Store
 from gristmill.db.exports import ExportFilter
+from gristmill.db.reviews import IN_FORCE
 
 # the columns every training row carries (the same names `exports.accepted` gives)
 _ROW = """g.id, g.run_id, g.prompt, g.completion, g.completion_tokens, g.flags, g.completion_token_ids,
@@ -98,8 +99,8 @@ def pairs(store: Store, where: ExportFilter) -> Iterator[dict]:
         JOIN instructions i ON i.id = g.instruction_id
         JOIN runs r ON r.id = g.run_id
         WHERE pa.decision = 'accept' AND pa.action_id IS NOT NULL
-          AND NOT EXISTS (SELECT 1 FROM reviews u WHERE u.undoes_review_id = pa.id)
-          AND NOT EXISTS (SELECT 1 FROM reviews u WHERE u.undoes_review_id = pr.id)
+          AND EXISTS (SELECT 1 FROM reviews r WHERE r.id = pa.id AND {IN_FORCE})
+          AND EXISTS (SELECT 1 FROM reviews r WHERE r.id = pr.id AND {IN_FORCE})
           AND {filters}
         GROUP BY g.id, s.id
         UNION ALL
