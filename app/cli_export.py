@@ -27,7 +27,7 @@ def export_command(
     tokenizer: Annotated[Optional[Path], typer.Option(help="tokens: this GGUF's tokenizer for every run (default: the model path each run recorded).")] = None,
     reason: Annotated[Optional[list[str]], typer.Option(help="kto: keep only rejects with this reason (repeatable; 'none': rejects without one).")] = None,
 ) -> None:
-    """Write accepted records as JSONL, with OUT.manifest.json beside it."""
+    """Write accepted records as JSONL (dpo and kto use rejects too), with OUT.manifest.json beside it."""
     from gristmill.app.export import FORMATS, export
     from gristmill.app.export_formats import FormatOptions, TokenizerMissing
     from gristmill.models import EngineError
