@@ -147,8 +147,8 @@ def m004_run_style(db: Database) -> None:
 def m008_token_ids_and_reject_reasons(db: Database) -> None:
     """Generations keep their sampled token ids; a reject may carry a reason.
 
-    `completion_token_ids` is a BLOB of little-endian uint32 (4 bytes a token: a third of the same
-    ids as JSON text), so the `tokens` export can reproduce the answer exactly as generated. Rows
+    `completion_token_ids` is a BLOB of little-endian uint32 (4 bytes a token, about half the same ids
+    as JSON text), so the `tokens` export can reproduce the answer exactly as generated. Rows
     from before this migration have NULL and are tokenized from text at export. `reviews.reason` is
     one key from the configured list (`[review] reject_reasons`), or NULL.
     """
