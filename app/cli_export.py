@@ -16,7 +16,7 @@ from gristmill.app.errors import BadInput, RuntimeFailure
 @app.command("export")
 def export_command(
     out_path: Annotated[Path, typer.Argument(metavar="OUT", help="Output JSONL file (written atomically).")],
-    format_: Annotated[str, typer.Option("--format", help="native, messages (TRL conversational) or text.")] = "native",
+    format_: Annotated[str, typer.Option("--format", help="native, messages or text; for TRL trainers: prompt-completion (SFT), dpo, kto, tokens (pre-tokenized SFT).")] = "native",
     type_: Annotated[Optional[str], typer.Option("--type", help="Only this instruction type.")] = None,
     style: Annotated[Optional[str], typer.Option(help="Only records generated with this style.")] = None,
     run: Annotated[Optional[int], typer.Option(help="Only this run.")] = None,
@@ -29,10 +29,14 @@ def export_command(
                         "exact or near), instruction (one record per instruction+input), response, or off.")] = "pair",
     no_dedup: Annotated[bool, typer.Option("--no-dedup", hidden=True, help="Same as --dedup off.")] = False,
     dedup_threshold: Annotated[float, typer.Option(min=0.01, max=1.0, help="Jaccard similarity (per field) that counts as near-duplicate.")] = 0.8,
+    tokenizer: Annotated[Optional[Path], typer.Option(help="tokens: this GGUF's tokenizer for every run (default: the model path each run recorded).")] = None,
+    reason: Annotated[Optional[list[str]], typer.Option(help="kto: keep only rejects with this reason (repeatable; 'none': rejects without one).")] = None,
 ) -> None:
-    """Write accepted records as JSONL, with OUT.manifest.json beside it."""
+    """Write accepted records as JSONL (dpo and kto use rejects too), with OUT.manifest.json beside it."""
     from gristmill.app.dedup import MODES
     from gristmill.app.export import FORMATS, ExportError, export
+    from gristmill.app.export_formats import FormatOptions, TokenizerMissing
+    from gristmill.models import EngineError
     from gristmill.db.exports import ExportFilter
 
     if format_ not in FORMATS:
@@ -44,13 +48,28 @@ def export_command(
     check_output_path(out_path)
     where = ExportFilter(instruction_type=type_, style=style, run_id=run, reviewer=reviewer, min_chars=min_chars,
                          max_chars=max_chars, exclude_flags=tuple(exclude_flag or ()))
+    if tokenizer is not None and format_ != "tokens":
+        raise BadInput("export: --tokenizer goes with --format tokens")
+    if reason and format_ != "kto":
+        raise BadInput("export: --reason goes with --format kto")
+    if tokenizer is not None and not tokenizer.is_file():
+        raise BadInput(f"export: --tokenizer {tokenizer} is not a file")
+    options = FormatOptions(tokenizer=tokenizer, reasons=tuple(reason or ()))
     with open_db() as store:
         try:
-            report = export(store, out_path, fmt=format_, where=where, dedup=dedup, dedup_threshold=dedup_threshold)
+            report = export(store, out_path, fmt=format_, where=where, dedup=dedup, dedup_threshold=dedup_threshold,
+                            options=options)
         except ExportError as error:
             raise RuntimeFailure(f"export: {error}") from None
+        except TokenizerMissing as error:
+            raise BadInput(str(error)) from None
+        except EngineError as error:
+            raise BadInput(f"export: cannot read the tokenizer: {error}") from None
     out.print(escape(one_line(f"{out_path}: {report.records} record(s) of {report.accepted} accepted, "
                               f"sha256 {report.sha256}")))
+    for key, counts in report.details.items():
+        shown = (", ".join(f"{n} {k}" for k, n in counts.items()) or "none") if isinstance(counts, dict) else str(counts)
+        out.print(f"{key.replace('_', ' ')}: {escape(shown)}")
     if dedup == "off":
         out.print("dedup: off (nothing dropped)")
     else:

@@ -25,7 +25,8 @@ def review(
     from gristmill.app.tui.app import make_app
 
     name = reviewer or State.config.review.reviewer or _login()
-    app_ = make_app(State.db_path, reviewer=name, keymap=State.config.keymap)
+    app_ = make_app(State.db_path, reviewer=name, keymap=State.config.keymap,
+                    reject_reasons=State.config.review.reject_reasons)
     failure = guard_app(app_)
     app_.run()
     if failure:

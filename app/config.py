@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import re
 from collections.abc import Callable
 from dataclasses import dataclass, field, fields
 from pathlib import Path
@@ -78,9 +79,15 @@ class GenerateConfig:
     pool: str = "builtin"  # few-shot pool: builtin, or accepted (adds accepted records of the same type)
 
 
+DEFAULT_REJECT_REASONS = ("wrong", "incomplete", "unsafe", "off-format", "leaked-example")
+REASON_KEY = re.compile(r"^[a-z0-9][a-z0-9_-]{0,31}$")
+
+
 @dataclass(frozen=True)
 class ReviewConfig:
     reviewer: str | None = None  # default: the login name
+    # reasons a reject may carry (R in the review app; one key each, 1-9 in this order); stored on the review row
+    reject_reasons: list[str] = field(default_factory=lambda: list(DEFAULT_REJECT_REASONS))
 
 
 @dataclass(frozen=True)
@@ -134,8 +141,22 @@ def load_config(path: Path) -> Config:
         raise ConfigError(f"{path}: key 'keymap': expected a table of binding id = \"keys\"")
     generate = _check_section(path, "generate", GenerateConfig, data.get("generate", {}))
     check_generate(generate, lambda key: f"{path}: key 'generate.{key}'")
-    return Config(
+    config = Config(
         generate=generate,
         review=_check_section(path, "review", ReviewConfig, data.get("review", {})),
         keymap=dict(keymap),
     )
+    _check_reasons(path, config.review.reject_reasons)
+    return config
+
+
+def _check_reasons(path: Path, reasons: list[str]) -> None:
+    """At most nine (one digit key each), distinct, short lowercase keys: they are stored and counted as given."""
+    where = f"{path}: key 'review.reject_reasons'"
+    if not 1 <= len(reasons) <= 9:
+        raise ConfigError(f"{where}: expected 1 to 9 reasons, got {len(reasons)}")
+    for reason in reasons:
+        if not REASON_KEY.match(reason):
+            raise ConfigError(f"{where}: {reason!r} is not a reason key (lowercase letters, digits, - or _)")
+    if len(set(reasons)) != len(reasons):
+        raise ConfigError(f"{where}: a reason is listed twice")

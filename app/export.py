@@ -23,6 +23,7 @@ from datetime import datetime, UTC
 from pathlib import Path
 
 from gristmill import __version__
+from gristmill.app import export_formats
 from gristmill.app.dedup import Deduplicator, Record
 from gristmill.app.generate import run_style
 from gristmill.app.prompts import Style, StyleError
@@ -31,7 +32,7 @@ from gristmill.db import exports as exports_db
 from gristmill.db import runs as runs_db
 from gristmill.db.exports import ExportFilter
 
-FORMATS = ("native", "messages", "text")
+FORMATS = ("native", "messages", "text", *export_formats.FORMATS)
 
 
 class ExportError(RuntimeError):
@@ -48,6 +49,7 @@ class ExportReport:
     dedup: str = "pair"
     accepted: int = 0  # accepted records read, before dedup
     dropped_by: dict = field(default_factory=dict)  # {"exact": n, "near": n} for the dedup rule
+    details: dict = field(default_factory=dict)  # a training format's counts: derivation, labels, ids' sources
 
 
 def user_message(instruction: str, input_text: str) -> str:
@@ -134,6 +136,17 @@ def atomic_write(path: Path, chunks: Iterator[bytes], mode: int | None = None) -
     return digest.hexdigest()
 
 
+def _pages(rows: Iterator[dict], size: int = 1000) -> Iterator[list[dict]]:
+    page: list[dict] = []
+    for row in rows:
+        page.append(row)
+        if len(page) == size:
+            yield page
+            page = []
+    if page:
+        yield page
+
+
 def _output_mode() -> int:
     """The permissions a new file gets under the current umask (mkstemp's files are 0600)."""
     mask = os.umask(0o022)
@@ -142,8 +155,9 @@ def _output_mode() -> int:
 
 
 def export(store: Store, out: Path, *, fmt: str = "native", where: ExportFilter = ExportFilter(),
-           dedup: str | bool = "pair", dedup_threshold: float = 0.8) -> ExportReport:
-    """Write the accepted records to `out` (JSONL) and `out.manifest.json`, from one database snapshot.
+           dedup: str | bool = "pair", dedup_threshold: float = 0.8,
+           options: export_formats.FormatOptions = export_formats.FormatOptions()) -> ExportReport:
+    """Write the records of `fmt` to `out` (JSONL) and `out.manifest.json`, from one database snapshot.
 
     `dedup` is a rule of `app.dedup.MODES`; True and False (the older flag) mean "pair" and "off".
     """
@@ -158,23 +172,35 @@ def export(store: Store, out: Path, *, fmt: str = "native", where: ExportFilter 
     formatted = _FormattedText(store)
     runs: dict[int, dict] = {}
     types: Counter[str] = Counter()
+    shaper = (export_formats.Shaper(store, fmt, deduplicator=deduplicator if dedup != "off" else None,
+                                    options=options)
+              if fmt in export_formats.FORMATS else None)
 
     def lines() -> Iterator[bytes]:
-        for page in exports_db.accepted_pages(store, where):
-            keep = deduplicator.filter([Record(r["id"], r["instruction"], r["input"], r["response"]) for r in page])
-            for row, kept in zip(page, keep):
+        pages = _pages(shaper.rows(where)) if shaper else exports_db.accepted_pages(store, where)
+        for page in pages:
+            if shaper and shaper.deduplicates:  # dpo and kto drop whole-record repeats themselves
+                keep = [True] * len(page)
+            else:
+                keep = deduplicator.filter([Record(r["id"], r["instruction"], r["input"], r["response"])
+                                            for r in page])
+            for row, kept in zip(page, keep, strict=True):
                 if not kept:
                     continue
                 runs.setdefault(row["run_id"], {"model": row["model"], "model_fingerprint": row["model_fingerprint"],
                                                 "style": row["style"], "params": json.loads(row["params"])})
                 types[row["instruction_type"]] += 1
                 report.records += 1
-                record = to_record(row, fmt, formatted(row))
+                record = shaper.record(row) if shaper else to_record(row, fmt, formatted(row))
                 yield (json.dumps(record, ensure_ascii=False) + "\n").encode("utf-8")
 
-    with exports_db.snapshot(store):
-        report.sha256 = atomic_write(out, lines(), _output_mode())
-    report.accepted = deduplicator.seen
+    try:
+        with exports_db.snapshot(store):
+            report.sha256 = atomic_write(out, lines(), _output_mode())
+    finally:
+        if shaper:
+            shaper.close()
+    report.accepted = deduplicator.seen if not (shaper and shaper.deduplicates) else report.records
     report.dropped = [asdict(d) for d in deduplicator.dropped]
     report.dropped_by = deduplicator.counts() if dedup != "off" else {}
     manifest = {
@@ -187,6 +213,9 @@ def export(store: Store, out: Path, *, fmt: str = "native", where: ExportFilter 
                   "accepted": report.accepted, "removed": len(report.dropped), "removed_by": report.dropped_by,
                   "pairs": report.dropped},
     }
+    if shaper:
+        report.details = shaper.summary()
+        manifest.update(shaper.manifest())
     manifest_path = out.with_name(out.name + ".manifest.json")
     atomic_write(manifest_path, iter([json.dumps(manifest, ensure_ascii=False, indent=2).encode() + b"\n"]),
                  _output_mode())

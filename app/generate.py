@@ -166,8 +166,14 @@ def generate_one(engine: Engine, style: Style, item: WorkItem, params: Generatio
     return Outcome(
         status="done", completion=text, completion_tokens=result.completion_tokens,
         finish_reason=result.finish_reason, flags=tuple(quality_flags(text, result.finish_reason, leaked)),
-        timings=result.timings, **{**prompt_fields, "style_meta": meta},
+        timings=result.timings, completion_token_ids=_sampled_ids(result),
+        **{**prompt_fields, "style_meta": meta},
     )
+
+
+def _sampled_ids(result: GenerationResult) -> tuple[int, ...] | None:
+    """The ids to store; None where the engine does not report them (its count and its ids disagree)."""
+    return result.token_ids if len(result.token_ids) == result.completion_tokens else None
 
 
 def run_generation(store: Store, engine: Engine, run: RunRecord, style: Style, settings: RunSettings, *,

@@ -56,8 +56,10 @@ def load_item(store: Store, generation_id: int) -> ReviewItem | None:
     )
 
 
-def decide(store: Store, generation_id: int, decision: str, reviewer: str, edited_response: str | None = None) -> None:
-    reviews_db.record(store, [Decision(generation_id, decision, edited_response)], reviewer)
+def decide(store: Store, generation_id: int, decision: str, reviewer: str, edited_response: str | None = None,
+           reason: str | None = None) -> None:
+    """Record one decision; `reason` (a reject's, e.g. "wrong") is stored on the review row."""
+    reviews_db.record(store, [Decision(generation_id, decision, edited_response, reason)], reviewer)
 
 
 def pick_best(store: Store, generation_id: int, k: int, reviewer: str) -> int | None:

@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 import json
-from collections.abc import Callable, Iterator
+import struct
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 
 from gristmill.db.connection import Store, utc_now
@@ -38,6 +39,18 @@ class Outcome:
     error: str | None = None
     style_meta: dict | None = None
     timings: dict | None = None
+    completion_token_ids: tuple[int, ...] | None = None  # the sampled ids, stop-string tokens included
+
+
+def pack_token_ids(ids: Sequence[int] | None) -> bytes | None:
+    """Token ids as little-endian uint32: 4 bytes a token, readable from any language (numpy: `<u4`)."""
+    return None if ids is None else struct.pack(f"<{len(ids)}I", *ids)
+
+
+def unpack_token_ids(blob: bytes | None) -> list[int] | None:
+    if blob is None:
+        return None
+    return list(struct.unpack(f"<{len(blob) // 4}I", blob))
 
 
 def enqueue(store: Store, run_id: int, samples: int, seed_for: Callable[[str, int], int],
@@ -100,13 +113,14 @@ def finish(store: Store, generation_id: int, outcome: Outcome) -> None:
             """UPDATE generations SET status = ?, prompt = ?, prompt_tokens = ?,
                    prompt_token_ids_sha256 = ?, completion = ?, completion_tokens = ?,
                    finish_reason = ?, flags = ?, error = ?, style_meta = ?, timings = ?,
-                   finished_at = ?
+                   completion_token_ids = ?, finished_at = ?
                WHERE id = ? AND status IN ('pending', 'failed')""",
             (outcome.status, outcome.prompt, outcome.prompt_tokens, outcome.prompt_token_ids_sha256,
              outcome.completion, outcome.completion_tokens, outcome.finish_reason,
              json.dumps(list(outcome.flags)), outcome.error,
              json.dumps(outcome.style_meta or {}, ensure_ascii=False),
-             json.dumps(outcome.timings or {}), utc_now(), generation_id),
+             json.dumps(outcome.timings or {}), pack_token_ids(outcome.completion_token_ids), utc_now(),
+             generation_id),
         )
 
 

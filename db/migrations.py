@@ -241,6 +241,24 @@ def m005_review_log_triggers(db: Database) -> None:
     )
 
 
+@MIGRATIONS()
+def m008_token_ids_and_reject_reasons(db: Database) -> None:
+    """Generations keep their sampled token ids; a reject may carry a reason.
+
+    `completion_token_ids` is a BLOB of little-endian uint32 (4 bytes a token, about half the same ids
+    as JSON text), so the `tokens` export can reproduce the answer exactly as generated. Rows
+    from before this migration have NULL and are tokenized from text at export. `reviews.reason` is
+    one key from the configured list (`[review] reject_reasons`), or NULL.
+    """
+    _execute_script(
+        db,
+        """
+        ALTER TABLE generations ADD COLUMN completion_token_ids BLOB;
+        ALTER TABLE reviews ADD COLUMN reason TEXT
+        """
+    )
+
+
 def migration_names() -> list[str]:
     """Every migration this version knows, in order (what a new database gets)."""
     return [m.name for m in MIGRATIONS.pending(Database(memory=True))]

@@ -25,6 +25,7 @@ class Decision:
     generation_id: int
     decision: str
     edited_response: str | None = None
+    reason: str | None = None  # why a reject: one key of `[review] reject_reasons`
 
 
 @dataclass(frozen=True)
@@ -72,10 +73,13 @@ def record(store: Store, decisions: list[Decision], reviewer: str) -> str:
         for d in decisions:
             if d.decision not in DECISIONS:
                 raise ValueError(f"unknown decision {d.decision!r}")
+            if d.reason is not None and d.decision != "reject":
+                raise ValueError(f"a reason goes with a reject, not {d.decision!r}")
             conn.execute(
-                """INSERT INTO reviews (generation_id, decision, edited_response, reviewer, created_at, action_id)
-                   VALUES (?, ?, ?, ?, ?, ?)""",
-                (d.generation_id, d.decision, d.edited_response, reviewer, now, action_id),
+                """INSERT INTO reviews (generation_id, decision, edited_response, reviewer, created_at, action_id,
+                                        reason)
+                   VALUES (?, ?, ?, ?, ?, ?, ?)""",
+                (d.generation_id, d.decision, d.edited_response, reviewer, now, action_id, d.reason),
             )
     return action_id
 

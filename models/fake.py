@@ -31,6 +31,9 @@ class FakeEngine(Engine):
     def detokenize(self, ids: Sequence[int]) -> str:
         return "".join(chr(i) for i in ids)
 
+    def token_bytes(self, token_id: int) -> bytes:
+        return chr(token_id).encode("utf-8")
+
     def check_prompt(self, ids: Sequence[int], max_tokens: int) -> None:
         if len(ids) + max_tokens > self.n_ctx:
             raise PromptRefused(f"prompt has {len(ids)} tokens; with max_tokens {max_tokens} that exceeds "

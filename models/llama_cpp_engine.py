@@ -94,6 +94,10 @@ class LlamaCppEngine(Engine):
         text = "".join(stream.feed(self._piece(i)) for i in ids)
         return text + stream.flush()
 
+    def token_bytes(self, token_id: int) -> bytes:
+        """The bytes one token stands for (a piece of a multi-byte character is a byte string, not text)."""
+        return self._piece(token_id)
+
     def _piece(self, token_id: int, special: bool = False) -> bytes:
         """The exact bytes of one token (llama-cpp-python's helper truncates pieces over 32 bytes)."""
         size = 64

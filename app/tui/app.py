@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass
+from collections.abc import Sequence
 from pathlib import Path
 
 from textual import work
@@ -12,6 +13,7 @@ from textual.binding import Binding
 from textual.message import Message
 from textual.worker import get_current_worker
 
+from gristmill.app.config import DEFAULT_REJECT_REASONS
 from gristmill.db import Store, open_store
 from gristmill.db import reviews as reviews_db
 
@@ -37,8 +39,9 @@ class GristmillApp(App):
     ]
 
     def __init__(self, db_path: Path, *, reviewer: str, keymap: dict[str, str] | None = None,
-                 store: Store | None = None):
+                 store: Store | None = None, reject_reasons: Sequence[str] = DEFAULT_REJECT_REASONS):
         super().__init__()
+        self.reject_reasons = list(reject_reasons)
         self.db_path = Path(db_path)
         self.reviewer = reviewer
         self.store = store or open_store(self.db_path)
@@ -97,6 +100,7 @@ class GristmillApp(App):
         self.store.close()
 
 
-def make_app(db_path: Path, *, reviewer: str, keymap: dict[str, str] | None = None) -> GristmillApp:
+def make_app(db_path: Path, *, reviewer: str, keymap: dict[str, str] | None = None,
+             reject_reasons: Sequence[str] = DEFAULT_REJECT_REASONS) -> GristmillApp:
     """The one factory used by the CLI and the tests."""
-    return GristmillApp(db_path, reviewer=reviewer, keymap=keymap)
+    return GristmillApp(db_path, reviewer=reviewer, keymap=keymap, reject_reasons=reject_reasons)

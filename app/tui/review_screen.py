@@ -27,6 +27,7 @@ class ReviewScreen(Screen):
     BINDINGS = [
         Binding("a", "accept", "Accept", id="accept"),
         Binding("r", "reject", "Reject", id="reject"),
+        Binding("R", "reject_reason", "Reject because…", id="reject_reason", show=False),
         Binding("e", "edit", "Edit", id="edit"),
         Binding("s", "skip", "Skip", id="skip"),
         Binding("u", "undo", "Undo", id="undo"),
@@ -113,10 +114,10 @@ class ReviewScreen(Screen):
                   or review.next_in_queue(store, self.queue, after=0))
 
     # --- decisions ------------------------------------------------------------------------------
-    def _decide(self, decision: str, edited: str | None = None) -> None:
+    def _decide(self, decision: str, edited: str | None = None, reason: str | None = None) -> None:
         if self.item is None:
             return
-        review.decide(self.app.store, self.item.generation_id, decision, self.app.reviewer, edited)
+        review.decide(self.app.store, self.item.generation_id, decision, self.app.reviewer, edited, reason)
         self.app.note_decision(self.item.decision, decision)
         self._advance()
 
@@ -125,6 +126,21 @@ class ReviewScreen(Screen):
 
     def action_reject(self) -> None:
         self._decide("reject")
+
+    def action_reject_reason(self) -> None:
+        """Reject with a reason picked in a modal (the list is `[review] reject_reasons`)."""
+        if self.item is None:
+            return
+        from gristmill.app.tui.reasons import ReasonScreen
+
+        item = self.item
+
+        def chosen(reason: str | None) -> None:
+            if reason is not None and self.item is not None and self.item.generation_id == item.generation_id:
+                self._decide("reject", reason=reason)
+                self.notify(f"Rejected #{item.generation_id}: {reason}")
+
+        self.app.push_screen(ReasonScreen(self.app.reject_reasons, item.generation_id), chosen)
 
     def action_skip(self) -> None:
         self._decide("skip")
