@@ -174,9 +174,13 @@ def test_migration_derives_the_cache_from_the_log_with_old_undo_rows(tmp_path):
     """A database from before the triggers: m003's backfill ignored undo rows; m005 replays the log."""
     db = make_db(tmp_path, stop_before="m005_review_log_triggers")
     with open_store(db, stop_before="m005_review_log_triggers") as store:
-        engine = FakeEngine(replies=[" An answer."])
-        run, style, settings = open_run(store, engine, RunSettings(params=GenerationParams(max_tokens=20)))
-        run_generation(store, engine, run, style, settings)
+        # rows as an older gristmill wrote them: plain SQL on that schema, so newer pipeline code never runs on it
+        with store.write() as conn:
+            conn.execute("INSERT INTO runs (id, engine, model, model_fingerprint, style, seed, version, started_at) "
+                         "VALUES (1, 'fake', 'fake', 'f', 'completion', 0, '0.1.0', 't')")
+            conn.execute("INSERT INTO generations (instruction_id, run_id, status, prompt, completion, "
+                         "completion_tokens, finish_reason, created_at) "
+                         "SELECT id, 1, 'done', 'Q', ' An answer.', 3, 'eos', 't' FROM instructions ORDER BY id")
         assert not store.query("SELECT 1 FROM sqlite_master WHERE type = 'trigger'")
     review(db, 1, "accept")
     review(db, 1, "undo")  # an old-style undo row, without a target

@@ -257,7 +257,7 @@ def test_dpo_and_kto_drop_exact_duplicate_records_and_identical_pairs(tmp_path):
     assert records == [{"prompt": "Instruction: Say yes.\nResponse:", "chosen": " Yes.", "rejected": " No."},
                        {"prompt": "Instruction: Agree.\nResponse:", "chosen": " Sure.", "rejected": " Nope."}]
     assert manifest["skipped"] == {"pick: chosen and rejected are the same text": 1}
-    assert manifest["dedup"]["removed"] == 1 and manifest["dedup"]["pairs"][0]["field"] == "record"
+    assert manifest["dedup"]["removed"] == 1 and manifest["dedup"]["pairs"][0]["rule"] == "record"
     records, manifest = export(tmp_path, "kto")
     assert [(r["completion"], r["label"]) for r in records] == [
         (" Yes.", True), (" No.", False), (" Sure.", True), (" Sure.", False), (" Nope.", False)]
