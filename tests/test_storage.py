@@ -38,7 +38,7 @@ def test_pragmas_make_commits_durable(tmp_path):
 def test_older_database_upgrades_and_keeps_its_data(tmp_path):
     path = tmp_path / "old.db"
     with open_store(path, stop_before="m002_run_identity") as old:
-        assert pending_migrations(old) == ["m002_run_identity", "m003_review_state"]
+        assert pending_migrations(old)[:2] == ["m002_run_identity", "m003_review_state"]  # and any later ones
         assert "config_hash" not in columns(old.conn, "runs")
         with old.write() as conn:
             conn.execute("INSERT INTO instructions (instruction, content_hash, created_at) VALUES ('hi', 'h', 't')")
