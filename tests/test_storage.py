@@ -31,14 +31,15 @@ def test_pragmas_make_commits_durable(tmp_path):
     with open_store(tmp_path / "a.db") as store:
         assert store.conn.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
         assert store.conn.execute("PRAGMA synchronous").fetchone()[0] == 2  # FULL
-        assert store.conn.execute("PRAGMA busy_timeout").fetchone()[0] >= 5000
+        assert store.conn.execute("PRAGMA busy_timeout").fetchone()[0] >= 1000  # per attempt; writers retry
         assert store.conn.execute("PRAGMA foreign_keys").fetchone()[0] == 1
 
 
 def test_older_database_upgrades_and_keeps_its_data(tmp_path):
     path = tmp_path / "old.db"
     with open_store(path, stop_before="m002_run_identity") as old:
-        assert pending_migrations(old) == ["m002_run_identity", "m003_review_state"]
+        names = [m.name for m in MIGRATIONS._migrations]
+        assert pending_migrations(old) == names[names.index("m002_run_identity"):]
         assert "config_hash" not in columns(old.conn, "runs")
         with old.write() as conn:
             conn.execute("INSERT INTO instructions (instruction, content_hash, created_at) VALUES ('hi', 'h', 't')")
