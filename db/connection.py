@@ -21,6 +21,10 @@ RETRY_MAX_S = 1.0
 BUSY_CODES = (sqlite3.SQLITE_BUSY, sqlite3.SQLITE_LOCKED)
 
 
+class QueryTooSlow(Exception):
+    """A query ran past the step budget it was given (`Store.budget`); nothing was changed."""
+
+
 class DatabaseBusy(sqlite3.OperationalError):
     """Another process holds the write lock and the caller asked not to wait (`Store.write(wait=False)`)."""
 
@@ -103,6 +107,20 @@ class Store:
             if waited_since is not None and self.on_busy:
                 self.on_busy(None)
             return
+
+    @contextmanager
+    def budget(self, steps: int) -> Iterator[None]:
+        """Run reads that must stay quick (the review app's event loop): past `steps` SQLite VM steps the
+        query is interrupted and QueryTooSlow raised, so the caller can hand it to a worker thread."""
+        self.conn.set_progress_handler(lambda: 1, steps)
+        try:
+            yield
+        except sqlite3.OperationalError as error:
+            if "interrupted" in str(error):
+                raise QueryTooSlow(str(error)) from error
+            raise
+        finally:
+            self.conn.set_progress_handler(None, 0)
 
     def query(self, sql: str, params: dict | tuple = ()) -> list[sqlite3.Row]:
         return self.conn.execute(sql, params).fetchall()
