@@ -92,6 +92,8 @@ def generate(
         if run_record is not None:
             _summary(store, run_record.id)
         raise typer.Exit(130)
+    except typer.Exit:  # bad input found after the engine opened (typer.Exit is a RuntimeError)
+        raise
     except RuntimeError as error:
         err.print(f"generate stopped: {escape(str(error))}")
         raise typer.Exit(1)
@@ -190,7 +192,7 @@ def _summary(store, run_id: int, final=None) -> None:
     from gristmill.db import generations as generations_db
 
     counts = generations_db.status_counts(store, run_id)
-    rate = f", {final.tokens_per_s:.1f} tok/s" if final and final.processed else ""
+    rate = f", {final.processed} by this process, {final.tokens_per_s:.1f} tok/s" if final and final.processed else ""
     out.print(f"run {run_id}: {counts['done']} done, {counts['refused']} refused, {counts['failed']} failed, "
               f"{counts['pending']} pending{rate}")
     if counts["refused"]:

@@ -170,7 +170,7 @@ def m006_claims_and_run_identity(db: Database) -> None:
         ALTER TABLE runs ADD COLUMN identity TEXT;
         CREATE UNIQUE INDEX idx_runs_identity ON runs(identity);
         ALTER TABLE generations ADD COLUMN refusal TEXT;
-        UPDATE generations SET refusal = CASE WHEN error LIKE '%more than the context%' THEN 'length'
+        UPDATE generations SET refusal = CASE WHEN error LIKE '%the context of%' THEN 'length'
                                               ELSE 'control' END
             WHERE status = 'refused';
         CREATE INDEX idx_reviews_undoes ON reviews(undoes_review_id) WHERE undoes_review_id IS NOT NULL;
