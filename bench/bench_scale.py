@@ -2,7 +2,7 @@
 
 - undo: latency of `u` with 1M reviews in the log against 1k;
 - enqueue: time per instruction of a new run's first enqueue over 1M instructions against 1k (and its memory);
-- the review app with a filter that matches nothing: key-press latency while the empty view rechecks, 1M vs 1k;
+- the review app with a filter that matches nothing: the event loop's worst stall while it rechecks, 1M vs 1k;
 - `preview` and `doctor` on a 20 GB model (a sparse copy of the embedded one) against the embedded 253 MB model.
 
     python bench/bench_scale.py [--n 1000000]
@@ -33,7 +33,6 @@ from gristmill.db import reviews as reviews_db  # noqa: E402
 from gristmill.db.reviews import QueueFilter  # noqa: E402
 
 UNDOS = 30
-PRESSES = 25
 
 
 def undo_latency(db: Path) -> float:
@@ -59,21 +58,31 @@ def enqueue_cost(db: Path) -> tuple[float, int]:
             conn.execute("INSERT OR IGNORE INTO runs (id, engine, model, model_fingerprint, style, params, seed,"
                          " version, started_at) VALUES (2, 'bench', 'bench', 'x', 'completion', '{}', 0, 'b', 't')")
         n = store.query("SELECT count(*) FROM instructions")[0][0]
-        tracemalloc.start()
-        start = time.perf_counter()
-        added = generations_db.enqueue(store, 2, 1, lambda digest, k: item_seed(0, digest, k))
-        elapsed = time.perf_counter() - start
-        peak = tracemalloc.get_traced_memory()[1]
-        tracemalloc.stop()
-        assert added == n
-        with store.write() as conn:
-            conn.execute("DELETE FROM generations WHERE run_id = 2")
-    return elapsed / n, peak
+        measures = []
+        for traced in (False, True):  # time without tracemalloc (it slows every allocation), then memory
+            if traced:
+                tracemalloc.start()
+            start = time.perf_counter()
+            added = generations_db.enqueue(store, 2, 1, lambda digest, k: item_seed(0, digest, k))
+            measures.append(time.perf_counter() - start)
+            if traced:
+                measures.append(tracemalloc.get_traced_memory()[1])
+                tracemalloc.stop()
+            assert added == n
+            with store.write() as conn:
+                conn.execute("DELETE FROM generations WHERE run_id = 2")
+    return measures[0] / n, int(measures[2])
 
 
-async def empty_filter_latency(db: Path) -> float:
-    """Median key-press latency (`p` toggles the prompt panel) while a filter matching nothing is shown
-    and the empty view rechecks every 2 s."""
+async def empty_filter_stall(db: Path) -> float:
+    """The longest a 10 ms timer on the event loop takes to fire (its worst period) over 6 s of a filter matching
+    nothing, while the empty view rechecks for new work every 0.2 s and the counts refresh.
+
+    Not Pilot's key-press time: `pilot.press` waits until the whole process is idle, so it measures the
+    background threads too, which are meant to be busy on a million rows while the screen stays live.
+    """
+    import asyncio
+
     from gristmill.app.tui.app import make_app
 
     app = make_app(db, reviewer="bench")
@@ -83,15 +92,24 @@ async def empty_filter_latency(db: Path) -> float:
         await pilot.pause()
         screen = app.screen
         screen.queue = QueueFilter(state="all", instruction_type="nothing-like-this")
-        app.lookup(lambda store: None, screen.show)  # what applying the filter shows: the empty view
-        latencies = []
-        for _ in range(PRESSES):
-            await pilot.pause(0.2)  # spread the presses over several rechecks
-            t = time.perf_counter()
-            await pilot.press("p")
-            latencies.append(time.perf_counter() - t)
+        stalls: list[float] = []
+        running = True
+
+        async def ticker() -> None:
+            while running:
+                t = time.perf_counter()
+                await asyncio.sleep(0.01)
+                stalls.append(time.perf_counter() - t)
+
+        task = asyncio.create_task(ticker())
+        app.lookup(lambda store: reviews_db.neighbour(store, screen.queue), screen.show)  # apply the filter
+        for _ in range(30):
+            await asyncio.sleep(0.2)
             screen._recheck_when_empty()
-        return statistics.median(latencies)
+        running = False
+        await task
+        assert screen.item is None
+        return max(stalls)
 
 
 def cli_seconds(*args: str, env: dict) -> float:
@@ -136,12 +154,12 @@ def main() -> None:
     print(f"enqueue peak Python memory: {cost['large'][1] / 1e6:.1f} MB for {n:,}, {cost['small'][1] / 1e6:.1f} MB "
           f"for 1k (streamed in chunks: bounded, not proportional)")
 
-    latency: dict[str, list[float]] = {"small": [], "large": []}
-    for _ in range(2):
-        latency["small"].append(asyncio.run(empty_filter_latency(small)))
-        latency["large"].append(asyncio.run(empty_filter_latency(large)))
-    report(f"review app key latency, filter matching nothing, {n:,} vs 1k", statistics.median(latency["large"]) * 1000,
-           statistics.median(latency["small"]) * 1000, "ms", "<= 1.5", False)
+    stall: dict[str, list[float]] = {"small": [], "large": []}
+    for _ in range(3):  # alternate, so machine noise hits both alike
+        stall["small"].append(asyncio.run(empty_filter_stall(small)))
+        stall["large"].append(asyncio.run(empty_filter_stall(large)))
+    report(f"review app, filter matching nothing: worst 10 ms timer period, {n:,} vs 1k",
+           statistics.median(stall["large"]) * 1000, statistics.median(stall["small"]) * 1000, "ms", "<= 1.5", False)
 
     for command, (on_small, on_big) in model_commands(work).items():
         report(f"{command} on a 20 GB model vs the 253 MB embedded one", on_big, on_small, "s", "<= 1.5", False)

@@ -101,10 +101,19 @@ class GristmillApp(App):
 
     @work(thread=True, exit_on_error=False, group="write", description="save a decision")
     def _write_when_free(self, action: Callable[[Store], Any], then: Callable[[Any], None]) -> None:
-        with open_store(self.db_path, migrate=False) as store:
-            with store.write():  # waits, with backoff, for as long as the other writer holds the lock
-                result = action(store)
+        try:
+            with open_store(self.db_path, migrate=False) as store:
+                with store.write():  # waits, with backoff, for as long as the other writer holds the lock
+                    result = action(store)
+        except Exception as error:  # not saved: say so, and let the reviewer try again
+            self.call_from_thread(self._not_written, error)
+            raise
         self.call_from_thread(self._written, then, result)
+
+    def _not_written(self, error: Exception) -> None:
+        self.saving = False
+        self._show_counts()
+        self.notify(f"The decision was not saved: {error}", severity="error")
 
     def _written(self, then: Callable[[Any], None], result: Any) -> None:
         self.saving = False
@@ -125,8 +134,11 @@ class GristmillApp(App):
 
     @work(thread=True, exclusive=True, exit_on_error=False, group="lookup", description="search the queue")
     def _lookup_in_thread(self, query: Callable[[Store], Any], then: Callable[[Any], None]) -> None:
-        with open_store(self.db_path, migrate=False) as store:
-            result = query(store)
+        try:
+            with open_store(self.db_path, migrate=False) as store:
+                result = query(store)
+        finally:
+            self.looking_up = False  # a failed lookup must not stop the empty view's rechecks
         if not get_current_worker().is_cancelled:
             self.call_from_thread(self._looked_up, then, result)
 
