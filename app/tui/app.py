@@ -20,7 +20,7 @@ from gristmill.db.connection import DatabaseBusy, QueryTooSlow
 
 COUNTS_REFRESH_S = 3.0  # at least; a slow count (a million rows) waits proportionally longer
 FIRST_COUNT_DELAY_S = 0.5  # after the first screen is up
-LOOKUP_STEPS = 200_000  # SQLite steps a lookup may take on the event loop (a few ms); longer ones go to a thread
+LOOKUP_STEPS = 50_000  # SQLite steps a lookup may take on the event loop (about a millisecond); longer ones go to a thread
 
 
 @dataclass
@@ -120,9 +120,14 @@ class GristmillApp(App):
         self._show_counts()
         then(result)
 
-    def lookup(self, query: Callable[[Store], Any], then: Callable[[Any], None]) -> None:
+    def lookup(self, query: Callable[[Store], Any], then: Callable[[Any], None], *, background: bool = False) -> None:
         """Run a queue lookup on the event loop if it is quick; one that would scan (a filter matching
-        nothing in a million rows) is interrupted and redone in a thread, and `then` runs when it ends."""
+        nothing in a million rows) is interrupted and redone in a thread, and `then` runs when it ends.
+        `background` lookups (periodic rechecks) go to the thread at once: they are never urgent."""
+        if background:
+            self.looking_up = True
+            self._lookup_in_thread(query, then)
+            return
         try:
             with self.store.budget(LOOKUP_STEPS):
                 result = query(self.store)

@@ -109,7 +109,7 @@ class ReviewScreen(Screen):
                 if generation_id is not None and self.item is None and self.queue == queue:
                     self.show(generation_id)
 
-            self.app.lookup(lambda store: review.next_in_queue(store, queue, after=0), found)
+            self.app.lookup(lambda store: review.next_in_queue(store, queue, after=0), found, background=True)
 
     def _advance(self) -> None:
         """After a decision: the next item in the queue after this one, else the first from the start."""
