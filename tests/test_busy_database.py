@@ -93,8 +93,10 @@ async def test_a_30_second_write_lock_crashes_neither_generate_nor_the_review_ap
 def test_ctrl_c_stops_a_generate_that_waits_for_the_lock(tmp_path, gemma_path):
     db = seed(tmp_path, 2)
     holder = hold_write_lock(db)
+    # Ctrl-C's default action even when the test itself runs in the background (where SIGINT is ignored)
     process = subprocess.Popen([sys.executable, "-m", "gristmill", "generate", "--max-tokens", "4", "--quiet"],
-                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                               preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     waited = ""
     while "database busy" not in waited:
         waited += process.stderr.readline()
