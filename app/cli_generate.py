@@ -47,6 +47,7 @@ def generate(
     run: Annotated[Optional[int], typer.Option("--run", min=1, max=_high("seed"), help="Continue this run with its own settings.")] = None,
     new_run: Annotated[bool, typer.Option("--new-run", help="Start a new run even if one with these settings exists.")] = False,
     retry_failed: Annotated[bool, typer.Option("--retry-failed", help="Retry items that failed.")] = False,
+    retry_refused: Annotated[bool, typer.Option("--retry-refused", help="Retry items refused as too long for the context, with the context now given, in the same run.")] = False,
     quiet: Annotated[bool, typer.Option("--quiet", help="Log lines instead of a progress bar.")] = False,
 ) -> None:
     """Generate completions for every instruction the run lacks; safe to interrupt and re-run.
@@ -54,10 +55,12 @@ def generate(
     Failures are raised, never caught here: the command line's one boundary reports them.
     """
     from gristmill.app.engines import open_engine
-    from gristmill.app.generate import RunSettings, open_run
+    from gristmill.app.generate import RunSettings, open_run, style_file_drift
     from gristmill.app.prompts import StyleError, load_style
     from gristmill.models import GenerationParams
 
+    if run is not None:  # the run's own BOS rule and model, unless the user names them
+        model, add_bos = _stored_engine_options(run, model, add_bos)
     config = _merged_config(model=model, style=style, samples=samples, max_tokens=max_tokens,
                             temperature=temperature, top_p=top_p, seed=seed, stop=stop, threads=threads,
                             gpu_layers=gpu_layers, n_ctx=n_ctx, add_bos=add_bos, pool=pool)
@@ -70,25 +73,33 @@ def generate(
         raise BadInput(f"generate: {error}") from error
     if run is None:
         load_style(config.style)  # a bad style file is bad input: say so before loading a model
-    settings = RunSettings(style=config.style, samples=config.samples, params=params,
-                           types=tuple(t.strip().lower() for t in types.split(",") if t.strip()) if types else (),
+    type_list = sorted({t.strip().lower() for t in types.split(",") if t.strip()}) if types else []
+    settings = RunSettings(style=config.style, samples=config.samples, params=params, types=tuple(type_list),
                            pool=config.pool)
     store = open_db()  # an existing database only: `add` makes one; a typo in --db creates nothing
+    store.on_busy = _say_waiting
     run_record = None
     try:
         engine = open_engine(config)
         try:
+            _fingerprint_with_progress(engine, quiet)
             try:
-                run_record, style_obj, settings = open_run(store, engine, settings, run_id=run, new_run=new_run)
+                run_record, style_obj, settings = open_run(
+                    store, engine, settings, run_id=run, new_run=new_run,
+                    engine_settings={"n_ctx": engine.info().n_ctx, "threads": config.threads,
+                                     "gpu_layers": config.gpu_layers})
             except LookupError as error:
                 if type(error) is not LookupError:  # a KeyError or IndexError is a bug, not a missing run
                     raise
                 raise BadInput(f"generate: {error.args[0] if error.args else error}") from error
             except StyleError as error:
                 raise BadInput(f"generate: run {run}: its style no longer loads: {error}") from error
+            drift = style_file_drift(run_record) if run is not None else None
+            if drift:
+                err.print(f"[yellow]note:[/] {escape(drift)}")
             out.print(f"run {run_record.id}: style {escape(style_obj.name)}, model {escape(run_record.model)}, "
                       f"{settings.samples} sample(s) per instruction, seed {run_record.seed}")
-            final = _drive(store, engine, run_record, style_obj, settings, limit, retry_failed, quiet)
+            final = _drive(store, engine, run_record, style_obj, settings, limit, retry_failed, retry_refused, quiet)
         except KeyboardInterrupt:
             if run_record is not None:
                 _summary(store, run_record.id)
@@ -102,13 +113,64 @@ def generate(
         store.close()
 
 
-def _drive(store, engine, run_record, style_obj, settings, limit, retry_failed, quiet):
+def _stored_engine_options(run_id: int, model: str | None, add_bos: bool | None) -> tuple[str | None, bool | None]:
+    """`--run N` loads the run's model file and feeds BOS by the run's rule, unless told otherwise."""
+    from pathlib import Path
+
+    from gristmill.app.generate import run_add_bos
+    from gristmill.db import runs as runs_db
+
+    with open_db() as store:
+        record = runs_db.get(store, run_id)
+    if record is None:
+        raise BadInput(f"generate: no run {run_id}")
+    stored_path = record.settings.get("model_path")
+    if model is None and State.config.generate.model is None and stored_path and Path(stored_path).exists():
+        model = stored_path
+    return model, run_add_bos(record) if add_bos is None else add_bos
+
+
+_waiting_since: list[float] = []
+
+
+def _say_waiting(seconds: float | None) -> None:
+    """Store.on_busy: one line when a write starts waiting for another process's lock, one when it lands."""
+    if seconds is None:
+        if _waiting_since:
+            err.print("database free again: continuing")
+            _waiting_since.clear()
+    elif not _waiting_since and seconds >= 2:
+        _waiting_since.append(seconds)
+        err.print("database busy: another process holds the write lock; waiting (Ctrl-C stops, nothing is lost)")
+
+
+def _fingerprint_with_progress(engine, quiet: bool) -> None:
+    """A run is identified by the model's SHA-256: hash it once (cached), with a progress bar on a big file."""
+    from pathlib import Path
+
+    from gristmill.models.fingerprint import cached_fingerprint, fingerprint
+
+    path = getattr(engine, "path", None)
+    if path is None or cached_fingerprint(Path(path)) is not None:
+        return
+    if quiet:
+        out.print(f"hashing {escape(str(path))} once to identify the run (cached afterwards)")
+        fingerprint(Path(path))
+        return
+    with Progress(TextColumn("[bold]hashing model"), BarColumn(), TextColumn("{task.percentage:>3.0f}%"),
+                  TimeElapsedColumn(), console=err, transient=True) as bar:
+        task = bar.add_task("hash", total=None)
+        fingerprint(Path(path), on_progress=lambda done, total: bar.update(task, completed=done, total=total))
+
+
+def _drive(store, engine, run_record, style_obj, settings, limit, retry_failed, retry_refused, quiet):
     from gristmill.app.generate import run_generation
     from gristmill.db import generations as generations_db
 
     counts = generations_db.status_counts(store, run_record.id)
     total = sum(counts.values())
-    already = total - counts["pending"] - (counts["failed"] if retry_failed else 0)
+    retried_refused = generations_db.length_refused_count(store, run_record.id) if retry_refused else 0
+    already = total - counts["pending"] - (counts["failed"] if retry_failed else 0) - retried_refused
     if quiet:
         last_log = [0.0]
 
@@ -119,29 +181,33 @@ def _drive(store, engine, run_record, style_obj, settings, limit, retry_failed, 
                 out.print(f"{p.finished}/{p.total} done, {p.refused} refused, {p.failed} failed, "
                           f"{p.tokens_per_s:.1f} tok/s, ETA {eta}")
         return run_generation(store, engine, run_record, style_obj, settings, limit=limit,
-                              retry_failed=retry_failed, on_progress=log_progress)
+                              retry_failed=retry_failed, retry_refused=retry_refused, on_progress=log_progress)
 
     columns = (TextColumn("[bold]generating"), BarColumn(), MofNCompleteColumn(),
                TextColumn("{task.fields[rate]} tok/s"), TextColumn("ETA {task.fields[eta]}"),
                TextColumn("refused {task.fields[refused]} failed {task.fields[failed]}"), TimeElapsedColumn())
     with Progress(*columns, console=err, transient=False) as bar:
-        task = bar.add_task("generate", total=total, completed=already, rate="-", eta="-", refused=counts["refused"],
-                            failed=0 if retry_failed else counts["failed"])
+        task = bar.add_task("generate", total=total, completed=already, rate="-", eta="-",
+                            refused=counts["refused"] - retried_refused, failed=0 if retry_failed else counts["failed"])
 
         def show(p):
             eta = "-" if p.eta_s is None else f"{int(p.eta_s) // 60}:{int(p.eta_s) % 60:02d}"
             bar.update(task, completed=p.finished, rate=f"{p.tokens_per_s:.1f}", eta=eta,
                        refused=p.refused, failed=p.failed)
         return run_generation(store, engine, run_record, style_obj, settings, limit=limit,
-                              retry_failed=retry_failed, on_progress=show)
+                              retry_failed=retry_failed, retry_refused=retry_refused, on_progress=show)
 
 
 def _summary(store, run_id: int, final=None) -> None:
     from gristmill.db import generations as generations_db
 
     counts = generations_db.status_counts(store, run_id)
-    rate = f", {final.tokens_per_s:.1f} tok/s" if final and final.processed else ""
+    rate = f", {final.processed} by this process, {final.tokens_per_s:.1f} tok/s" if final and final.processed else ""
     out.print(f"run {run_id}: {counts['done']} done, {counts['refused']} refused, {counts['failed']} failed, "
               f"{counts['pending']} pending{rate}")
     if counts["refused"]:
+        too_long = generations_db.length_refused_count(store, run_id)
         out.print("refused items are in the database with the reason (generations.error)")
+        if too_long:
+            out.print(f"{too_long} refused as too long for the context: give a larger --n-ctx with --retry-refused "
+                      f"to retry them in this run (run {run_id}; nothing else is regenerated)")

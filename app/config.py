@@ -108,7 +108,15 @@ def _check_section(path: Path, name: str, cls: type, values: object):
         expected = hints[key]
         if not _matches(value, expected):
             raise ConfigError(f"{path}: key '{name}.{key}': expected {expected}, got {type(value).__name__}")
-    return cls(**values)
+    return cls(**{key: _canonical(value, hints[key]) for key, value in values.items()})
+
+
+def _canonical(value: object, expected) -> object:
+    """`temperature = 1` in TOML is the float 1.0, as `--temperature 1` is: one value, one run identity."""
+    text = str(expected)
+    if type(value) is int and "float" in text and "int" not in text:
+        return float(value)
+    return value
 
 
 def _matches(value: object, expected) -> bool:

@@ -70,28 +70,35 @@ def _model_section(report: DoctorReport, config: GenerateConfig) -> None:
     lines, warnings = report.lines, report.warnings
     from gristmill.models.llama_cpp_engine import LlamaCppEngine, chat_control_tokens
 
+    from gristmill.models.fingerprint import cached_fingerprint, total_size
+
     engine = open_engine(config, vocab_only=True)
     try:
         assert isinstance(engine, LlamaCppEngine)  # doctor reads GGUF metadata: llama.cpp's engine only
-        info = engine.info()
+        # not engine.info(): that hashes the whole file, minutes on a 20 GB model; the doctor shows the
+        # fingerprint only if a run already computed it
         description = describe_metadata(engine.metadata, chat_control_tokens(engine, CHAT_TOKENS))
         kind = "instruction-tuned" if description.looks_instruction_tuned else "base"
+        path = Path(engine.path)
+        known = cached_fingerprint(path)
+        bos_id = engine.bos_id if engine.bos_id >= 0 else None
+        eos_id = engine.eos_id if engine.eos_id >= 0 else None
         lines += [
             "model:",
-            f"  path: {info.path}",
+            f"  path: {path}",
             f"  name: {description.name}",
-            f"  architecture: {info.architecture}",
+            f"  architecture: {description.architecture}",
             f"  kind: {kind}",
             *[f"    because: {e}" for e in description.evidence],
             *[f"    not decisive: {note}" for note in description.notes],
-            f"  BOS: id {info.bos_id}{_text(engine, info.bos_id)}, added: {'yes' if info.add_bos else 'no'} "
-            f"({info.add_bos_source}: "
+            f"  BOS: id {bos_id}{_text(engine, bos_id)}, added: {'yes' if engine.add_bos else 'no'} "
+            f"({engine._add_bos_source}: "
             f"tokenizer.ggml.add_bos_token = {engine.metadata.get('tokenizer.ggml.add_bos_token', 'unset')})",
-            f"  EOS: id {info.eos_id}{_text(engine, info.eos_id)}",
-            f"  context length (training): {info.context_length}; n_ctx used: {info.n_ctx}",
+            f"  EOS: id {eos_id}{_text(engine, eos_id)}",
+            f"  context length (training): {engine.context_length}; n_ctx used: {engine.n_ctx}",
             f"  chat template: {'present, never used: ' + repr(description.chat_template_first_line) if description.has_chat_template else 'none'}",
-            f"  size: {info.size_bytes / 1e6:.1f} MB",
-            f"  fingerprint: {info.fingerprint}",
+            f"  size: {total_size(path) / 1e6:.1f} MB",
+            f"  fingerprint: {known or 'not computed yet (the first generate hashes the file once and caches it)'}",
         ]
         if description.looks_instruction_tuned:
             warnings.append("this model looks instruction-tuned: Stage-1 SFT data should come from a base model "

@@ -15,7 +15,17 @@ from typing import Any
 
 from gristmill import __version__
 from gristmill.app.flags import quality_flags, trim_leak
-from gristmill.app.prompts import Example, Style, item_seed, load_style, style_from_json, style_to_json
+from gristmill.app.prompts import (
+    BUILTIN_STYLES,
+    Example,
+    Style,
+    StyleError,
+    item_seed,
+    load_style,
+    style_digest,
+    style_from_json,
+    style_to_json,
+)
 from gristmill.db import Store
 from gristmill.db import generations as generations_db
 from gristmill.db import runs as runs_db
@@ -81,53 +91,117 @@ class Progress:
 
 
 def style_fingerprint(style: Style) -> str:
+    """The fingerprint runs made before m006 were identified by (it includes the style's source path)."""
     return hashlib.sha256(json.dumps(asdict(style), sort_keys=True, default=str).encode()).hexdigest()[:16]
 
 
-def config_hash(engine: Engine, style: Style, settings: RunSettings) -> str:
+def legacy_config_hash(engine: Engine, style: Style, settings: RunSettings) -> str:
+    """How runs made before m006 were identified; used only to find them once and give them an identity."""
     info = engine.info()
     identity = {"engine": info.engine, "model": info.fingerprint, "add_bos": info.add_bos, "n_ctx": info.n_ctx,
                 "style": style_fingerprint(style), "settings": settings.to_dict()}
     return hashlib.sha256(json.dumps(identity, sort_keys=True).encode()).hexdigest()
 
 
-def open_run(store: Store, engine: Engine, settings: RunSettings, *, run_id: int | None = None,
-             new_run: bool = False) -> tuple[RunRecord, Style, RunSettings]:
-    """Continue `run_id` with its own settings, else the run with these exact settings, else a new one.
+def canonical_settings(settings: RunSettings) -> dict:
+    """What can change an output, written one way: `temperature = 1` and `--temperature 1.0` are one value,
+    the order of stops and types does not count, and the style is its content, never its file name."""
+    params = settings.params.to_dict()
+    for name, value in GenerationParams().to_dict().items():
+        if isinstance(value, float) and isinstance(params.get(name), (int, float)):
+            params[name] = float(params[name])
+    params["stop"] = sorted(set(params["stop"]))
+    return {"samples": int(settings.samples), "params": params, "types": sorted(set(settings.types)),
+            "pool": settings.pool}
 
-    Then enqueue every (instruction, sample) the run lacks, so instructions added since are included.
+
+def config_hash(engine: Engine, style: Style, settings: RunSettings) -> str:
+    """A run's identity: engine, model weights, BOS rule, style content and canonical sampling settings.
+
+    Settings that cannot change an output (context size, threads, batch size, GPU layers) are not part
+    of it: they are recorded on the run (`runs.settings["engine"]`). A prompt too long for one context
+    is refused, never cut, so a larger context changes only which items are refused: --retry-refused.
     """
+    info = engine.info()
+    identity = {"engine": info.engine, "model": info.fingerprint, "add_bos": bool(info.add_bos),
+                "style": style_digest(style), "settings": canonical_settings(settings)}
+    return hashlib.sha256(json.dumps(identity, sort_keys=True).encode()).hexdigest()
+
+
+def open_run(store: Store, engine: Engine, settings: RunSettings, *, run_id: int | None = None,
+             new_run: bool = False, engine_settings: dict | None = None) -> tuple[RunRecord, Style, RunSettings]:
+    """Continue `run_id` with its own settings, else the run with this identity, else a new one.
+
+    A run from before m006 is found by its old config hash and given its identity. Then enqueue every
+    (instruction, sample) the run lacks, so instructions added since are included. `engine_settings`
+    (n_ctx, threads, GPU layers, batch) are recorded on the run as last used.
+    """
+    info = engine.info()
     if run_id is not None:
         run = runs_db.get(store, run_id)
         if run is None:
             raise LookupError(f"no run {run_id}")
         settings = RunSettings.from_run(run)
         style = run_style(run)
-        if run.model_fingerprint != engine.info().fingerprint:
+        if run.model_fingerprint != info.fingerprint:
             raise LookupError(f"run {run_id} used model {run.model} ({run.model_fingerprint}); "
                               f"load that model to continue it")
+        stored_bos = run_add_bos(run)
+        if stored_bos is not None and stored_bos != info.add_bos:
+            raise LookupError(f"run {run_id} was fed {'with' if stored_bos else 'without'} BOS; continue it with "
+                              f"{'--add-bos' if stored_bos else '--no-add-bos'} (or leave the option out)")
     else:
         style = load_style(settings.style)
         digest = config_hash(engine, style, settings)
-        run = None if new_run else runs_db.find_by_config(store, digest)
-        if run is not None:
-            style = run_style(run)
-        else:
-            info = engine.info()
+        run = None if new_run else runs_db.find_by_identity(store, digest)
+        if run is None and not new_run:
+            legacy = runs_db.find_by_config(store, legacy_config_hash(engine, style, settings))
+            if legacy is not None and legacy.identity is None:
+                run = runs_db.adopt(store, legacy.id, digest)
+        if run is None:
             run = runs_db.create(
                 store, engine=info.engine, model=info.name, model_fingerprint=info.fingerprint,
                 style=style.name, params={**settings.params.to_dict(), "add_bos": info.add_bos,
                                           "n_ctx": info.n_ctx, "samples": settings.samples},
                 seed=settings.params.seed, samples=settings.samples,
-                settings={**settings.to_dict(), "model_path": info.path, "style_fingerprint": style_fingerprint(style)},
+                settings={**settings.to_dict(), "model_path": info.path, "style_digest": style_digest(style)},
                 config_hash=digest, version=__version__, style_definition=style_to_json(style),
+                identity=digest, new_run=new_run,
             )
+        style = run_style(run)
+        settings = RunSettings.from_run(run)
+    if engine_settings is not None and run.settings.get("engine") != engine_settings:
+        runs_db.record_settings(store, run.id, engine=engine_settings)
     added = generations_db.enqueue(store, run.id, settings.samples,
                                    lambda content_hash, k: item_seed(run.seed, content_hash, k),
                                    list(settings.types) or None)
     if added and run.finished_at:
         runs_db.mark_finished(store, run.id, False)
     return run, style, settings
+
+
+def run_add_bos(run: RunRecord) -> bool | None:
+    """Whether the run's prompts were fed with BOS (None for a run that did not record it)."""
+    value = run.params.get("add_bos")
+    return None if value is None else bool(value)
+
+
+def style_file_drift(run: RunRecord) -> str | None:
+    """A warning when the run's style came from a file that now says something else (or is gone).
+
+    The run keeps generating with its stored style: one run never mixes two styles.
+    """
+    name = run.settings.get("style", run.style)
+    if not run.style_definition or name in BUILTIN_STYLES:
+        return None
+    try:
+        on_disk = load_style(name)
+    except (StyleError, OSError):
+        return (f"style file {name} no longer loads; run {run.id} continues with the style stored on it")
+    if style_digest(on_disk) != style_digest(run_style(run)):
+        return (f"style file {name} has changed since run {run.id} started; the run continues with the style "
+                f"stored on it (run `generate --style {name}` without --run for a run with the new file)")
+    return None
 
 
 def run_style(run: RunRecord) -> Style:
@@ -150,7 +224,9 @@ def generate_one(engine: Engine, style: Style, item: WorkItem, params: Generatio
     try:
         engine.check_prompt(ids, item_params.max_tokens)
     except PromptRefused as refusal:
-        return Outcome(status="refused", error=str(refusal), **prompt_fields)
+        too_long = len(ids) + item_params.max_tokens > engine.info().n_ctx
+        return Outcome(status="refused", error=str(refusal), refusal="length" if too_long else "control",
+                       **prompt_fields)
     result: GenerationResult | None = None
     for event in engine.stream(ids, item_params):
         if isinstance(event, TextPiece):
@@ -177,7 +253,7 @@ def _sampled_ids(result: GenerationResult) -> tuple[int, ...] | None:
 
 
 def run_generation(store: Store, engine: Engine, run: RunRecord, style: Style, settings: RunSettings, *,
-                   limit: int | None = None, retry_failed: bool = False,
+                   limit: int | None = None, retry_failed: bool = False, retry_refused: bool = False,
                    on_progress: Callable[[Progress], None] | None = None,
                    should_stop: Callable[[], bool] = lambda: False,
                    on_piece: Callable[[str], None] | None = None) -> Progress:
@@ -188,9 +264,15 @@ def run_generation(store: Store, engine: Engine, run: RunRecord, style: Style, s
     state = Progress(run.id, total, counts["done"], counts["refused"], counts["failed"], 0, 0.0)
     if retry_failed:
         state = replace(state, failed=0)
+    if retry_refused:
+        state = replace(state, refused=state.refused - generations_db.length_refused_count(store, run.id))
     examples_by_type: dict[str, list[tuple[int, Example]]] = {}
     consecutive_failures = 0
-    for item in generations_db.pending(store, run.id, retry_failed=retry_failed):
+    # claimed before generated: a second process on this run skips these items
+    work = generations_db.claimed(store, run.id, generations_db.new_owner(),
+                                  statuses=("pending", "failed") if retry_failed else ("pending",),
+                                  length_refused=retry_refused)
+    for item in work:
         if should_stop() or (limit is not None and state.processed >= limit):
             break
         extra = _accepted_pool(store, item, examples_by_type) if settings.pool == "accepted" else ()

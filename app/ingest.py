@@ -150,7 +150,11 @@ def _json_type(value: object) -> str:
 
 
 def import_file(store: Store, path: Path, keys: KeyMap = KeyMap(), forced_type: str | None = None) -> FileReport:
-    """Import one file in one transaction; any problem rolls the whole file back."""
+    """Import one file whole or not at all: any problem imports nothing.
+
+    Records are staged in a TEMP table (no lock on the database) and inserted in one short transaction
+    at the end, so importing a large file never holds the write lock while it reads and validates.
+    """
     report = FileReport(str(path))
 
     def problem(line: int, message: str) -> None:
@@ -171,8 +175,10 @@ def import_file(store: Store, path: Path, keys: KeyMap = KeyMap(), forced_type: 
         return report
 
     attempted = 0
+    # validate and stage the whole file without holding the write lock, then switch it in at once
+    instructions_db.stage_begin(store)
     try:
-        with handle, store.write():
+        with handle:
             batch: list[NewInstruction] = []
             records = 0
             for item in read_records(path, handle, instruction_key=keys.instruction):
@@ -184,26 +190,22 @@ def import_file(store: Store, path: Path, keys: KeyMap = KeyMap(), forced_type: 
                 parsed = _to_instruction(value, f"{path.name}:{line}", keys, forced_type)
                 if isinstance(parsed, str):
                     problem(line, parsed)
-                elif not report.problem_count:  # after a problem, validate on but insert nothing
+                elif not report.problem_count:  # after a problem, validate on but stage nothing
                     attempted += 1
                     batch.append(parsed)
                     if len(batch) >= BATCH:
-                        report.added += instructions_db.insert_batch(store, batch)
+                        instructions_db.stage_batch(store, batch)
                         batch = []
             if not records and not report.problem_count:
                 problem(0, "empty file: no instructions in it")
             if report.problem_count:
-                raise _RollBack
-            report.added += instructions_db.insert_batch(store, batch)
-    except _RollBack:
-        report.added = 0
-    else:
-        report.duplicates = attempted - report.added
+                return report
+            instructions_db.stage_batch(store, batch)
+        report.added = instructions_db.stage_commit(store)
+    finally:
+        instructions_db.stage_discard(store)
+    report.duplicates = attempted - report.added
     return report
-
-
-class _RollBack(Exception):
-    """Raised inside the file's transaction to undo it: a file imports whole or not at all."""
 
 
 def import_files(store: Store, paths: list[Path], keys: KeyMap = KeyMap(),

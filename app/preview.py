@@ -8,6 +8,7 @@ from gristmill.app.config import GenerateConfig
 from gristmill.app.engines import open_engine
 from gristmill.app.prompts import load_style
 from gristmill.models.base import token_ids_sha256
+from gristmill.models.gguf import describe_metadata
 
 
 def render_preview(config: GenerateConfig, instruction: str, input_text: str, instruction_type: str,
@@ -17,7 +18,9 @@ def render_preview(config: GenerateConfig, instruction: str, input_text: str, in
     engine = open_engine(config, vocab_only=True)
     try:
         ids = engine.tokenize(rendered.text)
-        info = engine.info()
+        # not engine.info(): that hashes the whole model file, which a preview never needs
+        model_name = describe_metadata(getattr(engine, "metadata", {})).name
+        add_bos = bool(getattr(engine, "add_bos", False))
     finally:
         engine.close()
     stops = tuple(dict.fromkeys((*rendered.stop, *config.stop)))
@@ -25,7 +28,7 @@ def render_preview(config: GenerateConfig, instruction: str, input_text: str, in
         f"--- prompt (style {style.name}, exactly as fed) ---\n",
         rendered.text,
         "\n--- end of prompt ---\n",
-        f"tokens: {len(ids)} (model {info.name}, BOS {'added' if info.add_bos else 'not added'})\n",
+        f"tokens: {len(ids)} (model {model_name}, BOS {'added' if add_bos else 'not added'})\n",
         f"sha256 of ids: {token_ids_sha256(ids)}\n",
         f"stop: {json.dumps(list(stops), ensure_ascii=False)}\n",
     ]

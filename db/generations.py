@@ -3,11 +3,18 @@
 from __future__ import annotations
 
 import json
+import os
+import socket
 import struct
+import time
+import uuid
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 
 from gristmill.db.connection import Store, utc_now
+
+ENQUEUE_CHUNK = 2_000  # instructions per write transaction: another writer gets in between chunks
+LEASE_S = 30 * 60.0  # a claim lapses after this, or at once when its process is gone (same host)
 
 
 @dataclass(frozen=True)
@@ -40,6 +47,7 @@ class Outcome:
     style_meta: dict | None = None
     timings: dict | None = None
     completion_token_ids: tuple[int, ...] | None = None  # the sampled ids, stop-string tokens included
+    refusal: str | None = None  # for status refused: "length" (a larger context fixes it) or "control"
 
 
 def pack_token_ids(ids: Sequence[int] | None) -> bytes | None:
@@ -54,35 +62,130 @@ def unpack_token_ids(blob: bytes | None) -> list[int] | None:
 
 
 def enqueue(store: Store, run_id: int, samples: int, seed_for: Callable[[str, int], int],
-            types: list[str] | None = None) -> int:
+            types: Sequence[str] | None = None, chunk: int = ENQUEUE_CHUNK) -> int:
     """Add a pending row for every (instruction, sample) this run lacks. Returns rows added.
 
     The queue is known up front, so progress and ETA are exact; the UNIQUE constraint makes
-    enqueueing idempotent, which is what makes resuming safe.
+    enqueueing idempotent, which is what makes resuming safe, and what lets it run in chunks:
+    instructions are read a page at a time by id (never all at once) and each page is its own
+    short transaction, so a million-instruction enqueue never holds the write lock for long.
     """
     where = ""
-    params: list[object] = [run_id]
+    type_params: list[object] = []
     if types:
         where = f" AND i.instruction_type IN ({','.join('?' * len(types))})"
-        params += types
-    rows = store.conn.execute(
-        f"""SELECT i.id, i.content_hash, COUNT(g.id) AS have FROM instructions i
-            LEFT JOIN generations g ON g.instruction_id = i.id AND g.run_id = ?
-            WHERE 1 {where} GROUP BY i.id HAVING have < {int(samples)} ORDER BY i.id""",
-        params,
-    ).fetchall()
-    now = utc_now()
-    added = 0
-    with store.write() as conn:
-        for row in rows:
+        type_params = list(types)
+    added, last_id = 0, 0
+    while True:
+        rows = store.conn.execute(
+            f"""SELECT i.id, i.content_hash FROM instructions i
+                WHERE i.id > ? {where}
+                  AND (SELECT count(*) FROM generations g WHERE g.run_id = ? AND g.instruction_id = i.id) < ?
+                ORDER BY i.id LIMIT ?""",
+            (last_id, *type_params, run_id, int(samples), chunk),
+        ).fetchall()
+        if not rows:
+            return added
+        last_id = rows[-1][0]
+        now = utc_now()
+        values = [(r[0], run_id, k, seed_for(r[1], k), now) for r in rows for k in range(samples)]
+        with store.write() as conn:
             cursor = conn.executemany(
-                """INSERT OR IGNORE INTO generations
-                   (instruction_id, run_id, sample_index, status, seed, created_at)
+                """INSERT OR IGNORE INTO generations (instruction_id, run_id, sample_index, status, seed, created_at)
                    VALUES (?, ?, ?, 'pending', ?, ?)""",
-                [(row["id"], run_id, k, seed_for(row["content_hash"], k), now) for k in range(samples)],
+                values,
             )
             added += cursor.rowcount
-    return added
+
+
+def new_owner() -> str:
+    """Who holds a claim: host and pid (so a dead process's claims lapse at once), and a nonce."""
+    return f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
+
+
+def _owner_alive(owner: str) -> bool:
+    host, _, rest = owner.partition(":")
+    pid_text = rest.partition(":")[0]
+    if host != socket.gethostname() or not pid_text.isdigit():
+        return True  # another machine's process: only its lease tells
+    try:
+        os.kill(int(pid_text), 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def claim(store: Store, run_id: int, owner: str, *, limit: int = 1, statuses: Sequence[str] = ("pending",),
+          length_refused: bool = False, after_id: int = 0, lease_s: float = LEASE_S) -> list[WorkItem]:
+    """Claim up to `limit` unclaimed items of the run, in id order after `after_id`, for `owner`.
+
+    Two processes on one run never generate the same item: an item is claimed in a write transaction
+    before it is generated, and released when its outcome is stored (`finish`). A claim lapses when its
+    lease ends or its process no longer exists, so a killed generator's items are picked up by the next.
+    `statuses` are the statuses to work on (pending; failed for --retry-failed); `length_refused` adds
+    items refused because prompt plus max tokens exceeded the context (--retry-refused).
+    """
+    now = time.time()
+    status_sql = f"g.status IN ({','.join('?' * len(statuses))})"
+    if length_refused:
+        status_sql = f"({status_sql} OR (g.status = 'refused' AND g.refusal = 'length'))"
+    with store.write() as conn:
+        for (other,) in conn.execute(
+                "SELECT DISTINCT owner FROM claims WHERE run_id = ? AND owner != ?", (run_id, owner)).fetchall():
+            if not _owner_alive(other):
+                conn.execute("DELETE FROM claims WHERE run_id = ? AND owner = ?", (run_id, other))
+        conn.execute("DELETE FROM claims WHERE run_id = ? AND expires_at < ?", (run_id, now))
+        conn.execute("UPDATE claims SET expires_at = ? WHERE run_id = ? AND owner = ?",
+                     (now + lease_s, run_id, owner))  # renew the claims this process still holds
+        rows = conn.execute(
+            f"""SELECT g.id, g.instruction_id, g.sample_index, g.seed, i.instruction, i.input,
+                       i.instruction_type, i.content_hash
+                FROM generations g JOIN instructions i ON i.id = g.instruction_id
+                WHERE g.run_id = ? AND {status_sql} AND g.id > ?
+                  AND NOT EXISTS (SELECT 1 FROM claims c WHERE c.generation_id = g.id)
+                ORDER BY g.id LIMIT ?""",
+            (run_id, *statuses, after_id, limit),
+        ).fetchall()
+        conn.executemany("INSERT INTO claims (generation_id, run_id, owner, expires_at) VALUES (?, ?, ?, ?)",
+                         [(r["id"], run_id, owner, now + lease_s) for r in rows])
+    return [WorkItem(r["id"], r["instruction_id"], r["sample_index"], r["seed"], r["instruction"], r["input"],
+                     r["instruction_type"], r["content_hash"]) for r in rows]
+
+
+def claimed(store: Store, run_id: int, owner: str, *, statuses: Sequence[str] = ("pending",),
+            length_refused: bool = False, batch: int = 1) -> Iterator[WorkItem]:
+    """Claim and yield work in id order, `batch` items per claim; an item another process holds is skipped.
+
+    Whatever the caller leaves unprocessed (stopped, interrupted) is released when the generator closes.
+    """
+    last_id = 0
+    held: list[int] = []  # claimed here and not yet known to be finished (releasing a finished one is a no-op)
+    try:
+        while True:
+            items = claim(store, run_id, owner, limit=batch, statuses=statuses, length_refused=length_refused,
+                          after_id=last_id)
+            if not items:
+                return
+            held = [i.generation_id for i in items]
+            for item in items:
+                last_id = item.generation_id
+                yield item
+    finally:
+        release(store, owner, held)
+
+
+def release(store: Store, owner: str, generation_ids: Sequence[int] | None = None) -> None:
+    """Give claims back without an outcome (None: every claim this owner holds)."""
+    if generation_ids is not None and not generation_ids:
+        return
+    with store.write() as conn:
+        if generation_ids is None:
+            conn.execute("DELETE FROM claims WHERE owner = ?", (owner,))
+        else:
+            conn.executemany("DELETE FROM claims WHERE generation_id = ? AND owner = ?",
+                             [(g, owner) for g in generation_ids])
 
 
 def pending(store: Store, run_id: int, *, retry_failed: bool = False, batch: int = 64) -> Iterator[WorkItem]:
@@ -107,21 +210,32 @@ def pending(store: Store, run_id: int, *, retry_failed: bool = False, batch: int
 
 
 def finish(store: Store, generation_id: int, outcome: Outcome) -> None:
-    """Commit one result in its own short transaction, the moment it exists."""
+    """Commit one result in its own short transaction, the moment it exists, and release its claim.
+
+    A done row is never overwritten (a lapsed claim's late result loses to the first one stored).
+    """
     with store.write() as conn:
         conn.execute(
             """UPDATE generations SET status = ?, prompt = ?, prompt_tokens = ?,
                    prompt_token_ids_sha256 = ?, completion = ?, completion_tokens = ?,
                    finish_reason = ?, flags = ?, error = ?, style_meta = ?, timings = ?,
-                   completion_token_ids = ?, finished_at = ?
-               WHERE id = ? AND status IN ('pending', 'failed')""",
+                   completion_token_ids = ?, finished_at = ?, refusal = ?
+               WHERE id = ? AND status != 'done'""",
             (outcome.status, outcome.prompt, outcome.prompt_tokens, outcome.prompt_token_ids_sha256,
              outcome.completion, outcome.completion_tokens, outcome.finish_reason,
              json.dumps(list(outcome.flags)), outcome.error,
              json.dumps(outcome.style_meta or {}, ensure_ascii=False),
              json.dumps(outcome.timings or {}), pack_token_ids(outcome.completion_token_ids), utc_now(),
-             generation_id),
+             outcome.refusal, generation_id),
         )
+        conn.execute("DELETE FROM claims WHERE generation_id = ?", (generation_id,))
+
+
+def length_refused_count(store: Store, run_id: int) -> int:
+    """Items refused because prompt plus max tokens exceeded the context: what --retry-refused retries."""
+    return store.conn.execute(
+        "SELECT count(*) FROM generations WHERE run_id = ? AND status = 'refused' AND refusal = 'length'",
+        (run_id,)).fetchone()[0]
 
 
 def status_counts(store: Store, run_id: int | None = None) -> dict[str, int]:

@@ -22,18 +22,65 @@ class NewInstruction:
 
 def insert_batch(store: Store, batch: Iterable[NewInstruction]) -> int:
     """Insert inside the caller's transaction; rows whose content hash exists are skipped. Returns rows added."""
-    now = utc_now()
     cursor = store.conn.executemany(
-        """INSERT OR IGNORE INTO instructions
-           (external_id, instruction, input, instruction_type, source, content_hash, metadata, created_at)
-           VALUES (?, ?, ?, ?, ?, ?, ?, ?)""",
-        [
-            (i.external_id, i.instruction, i.input, i.instruction_type, i.source, i.content_hash,
-             json.dumps(i.metadata, ensure_ascii=False) if i.metadata else "{}", now)
-            for i in batch
-        ],
+        f"INSERT OR IGNORE INTO instructions ({_STAGING_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+        _rows(batch, utc_now()),
     )
     return cursor.rowcount
+
+
+_STAGING_COLUMNS = "external_id, instruction, input, instruction_type, source, content_hash, metadata, created_at"
+
+
+def _rows(batch: Iterable[NewInstruction], now: str) -> list[tuple]:
+    return [(i.external_id, i.instruction, i.input, i.instruction_type, i.source, i.content_hash,
+             json.dumps(i.metadata, ensure_ascii=False) if i.metadata else "{}", now) for i in batch]
+
+
+def stage_begin(store: Store) -> None:
+    """An empty staging table for one file, in this connection's TEMP database.
+
+    Writing there takes no lock on the database file: a long import validates and stages its whole
+    file while other processes keep writing, then switches it in with one INSERT (`stage_commit`).
+    """
+    store.conn.execute(
+        """CREATE TEMP TABLE IF NOT EXISTS staging_instructions (
+               seq INTEGER PRIMARY KEY, external_id TEXT, instruction TEXT, input TEXT, instruction_type TEXT,
+               source TEXT, content_hash TEXT, metadata TEXT, created_at TEXT)""")
+    store.conn.execute("DELETE FROM temp.staging_instructions")
+
+
+def stage_batch(store: Store, batch: Iterable[NewInstruction]) -> int:
+    rows = _rows(batch, utc_now())
+    store.conn.execute("SAVEPOINT stage")  # one temp-only transaction per batch, not one per row
+    try:
+        store.conn.executemany(
+            f"INSERT INTO temp.staging_instructions ({_STAGING_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?, ?)", rows)
+    except BaseException:
+        store.conn.execute("ROLLBACK TO stage")
+        store.conn.execute("RELEASE stage")
+        raise
+    store.conn.execute("RELEASE stage")
+    return len(rows)
+
+
+def stage_commit(store: Store) -> int:
+    """Insert the staged file in file order, skipping content hashes that exist; returns rows added.
+
+    One short write transaction: a file imports whole or not at all.
+    """
+    try:
+        with store.write() as conn:
+            cursor = conn.execute(
+                f"""INSERT OR IGNORE INTO instructions ({_STAGING_COLUMNS})
+                    SELECT {_STAGING_COLUMNS} FROM temp.staging_instructions ORDER BY seq""")
+            return cursor.rowcount
+    finally:
+        stage_discard(store)
+
+
+def stage_discard(store: Store) -> None:
+    store.conn.execute("DROP TABLE IF EXISTS temp.staging_instructions")
 
 
 def get(store: Store, instruction_id: int) -> dict | None:

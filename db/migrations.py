@@ -259,6 +259,42 @@ def m008_token_ids_and_reject_reasons(db: Database) -> None:
     )
 
 
+@MIGRATIONS()
+def m006_claims_and_run_identity(db: Database) -> None:
+    """Claims on work items, one current run per identity, and the indexes that keep a million rows fast.
+
+    - `claims`: a generator claims the items it is about to generate, with a lease; a second process on the
+      same run skips them, and a killed process's claims lapse (its lease ends, or its pid is gone).
+    - `runs.identity`: the canonical digest of what can change an output. Unique, so two processes
+      starting the same new run create one; `--new-run` moves it to the new run. Runs from before this
+      migration have none: the first `generate` with the same settings finds them by their old
+      `config_hash` and gives them one (app.generate.open_run).
+    - `generations.refusal`: why an item was refused (`length` or `control`), so `--retry-refused` retries
+      exactly the items a larger context can fix. Backfilled from the refusal text of older rows.
+    - Indexes: undo looks up reviews by the review they cancel and by action.
+    """
+    _execute_script(
+        db,
+        """
+        CREATE TABLE claims (
+            generation_id INTEGER PRIMARY KEY REFERENCES generations(id),
+            run_id INTEGER NOT NULL REFERENCES runs(id),
+            owner TEXT NOT NULL,
+            expires_at REAL NOT NULL
+        );
+        CREATE INDEX idx_claims_run ON claims(run_id, owner);
+        ALTER TABLE runs ADD COLUMN identity TEXT;
+        CREATE UNIQUE INDEX idx_runs_identity ON runs(identity);
+        ALTER TABLE generations ADD COLUMN refusal TEXT;
+        UPDATE generations SET refusal = CASE WHEN error LIKE '%the context of%' THEN 'length'
+                                              ELSE 'control' END
+            WHERE status = 'refused';
+        CREATE INDEX idx_reviews_undoes ON reviews(undoes_review_id) WHERE undoes_review_id IS NOT NULL;
+        CREATE INDEX idx_reviews_action ON reviews(action_id)
+        """
+    )
+
+
 def migration_names() -> list[str]:
     """Every migration this version knows, in order (what a new database gets)."""
     return [m.name for m in MIGRATIONS.pending(Database(memory=True))]

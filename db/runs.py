@@ -24,6 +24,7 @@ class RunRecord:
     started_at: str
     finished_at: str | None
     style_definition: str | None = None  # the style's content as JSON (app.prompts.style_to_json)
+    identity: str | None = None  # canonical digest of what can change an output; NULL once superseded (m006)
 
 
 def _record(row) -> RunRecord:
@@ -34,24 +35,65 @@ def _record(row) -> RunRecord:
         settings=json.loads(row["settings"]), config_hash=row["config_hash"],
         version=row["version"], started_at=row["started_at"], finished_at=row["finished_at"],
         style_definition=row["style_definition"],
+        identity=row["identity"] if "identity" in row.keys() else None,
     )
 
 
 def create(store: Store, *, engine: str, model: str, model_fingerprint: str, style: str,
            params: dict, seed: int, samples: int, settings: dict, config_hash: str,
-           version: str, style_definition: str | None = None) -> RunRecord:
+           version: str, style_definition: str | None = None, identity: str | None = None,
+           new_run: bool = False) -> RunRecord:
+    """Insert a run, or (same `identity`, not `new_run`) return the one that exists: insert-or-select in one
+    write transaction, backed by a unique index, so two processes starting the same run create one.
+
+    `new_run` moves the identity from the current run to the new one: the next plain `generate` with
+    these settings continues the newest.
+    """
     with store.write() as conn:
+        if identity is not None:
+            if new_run:
+                conn.execute("UPDATE runs SET identity = NULL WHERE identity = ?", (identity,))
+            else:
+                row = conn.execute("SELECT id FROM runs WHERE identity = ?", (identity,)).fetchone()
+                if row is not None:
+                    run_id = row[0]
+                    return get(store, run_id)  # type: ignore[return-value]
         cursor = conn.execute(
             """INSERT INTO runs (engine, model, model_fingerprint, style, params, seed, samples,
-                                 settings, config_hash, version, started_at, style_definition)
-               VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)""",
+                                 settings, config_hash, version, started_at, style_definition, identity)
+               VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)""",
             (engine, model, model_fingerprint, style, json.dumps(params, sort_keys=True), seed,
              samples, json.dumps(settings, sort_keys=True), config_hash, version, utc_now(),
-             style_definition),
+             style_definition, identity),
         )
-    run = get(store, cursor.lastrowid or 0)
-    assert run is not None  # just inserted, in the same transaction
-    return run
+        run_id = cursor.lastrowid
+    return get(store, run_id)  # type: ignore[return-value]
+
+
+def find_by_identity(store: Store, identity: str) -> RunRecord | None:
+    row = store.conn.execute("SELECT * FROM runs WHERE identity = ?", (identity,)).fetchone()
+    return _record(row) if row else None
+
+
+def adopt(store: Store, run_id: int, identity: str) -> RunRecord:
+    """Give a run from before m006 (found by its old `config_hash`) the canonical identity; if another process
+    did that first, or gave it to another run, return the run that holds it."""
+    with store.write() as conn:
+        row = conn.execute("SELECT id FROM runs WHERE identity = ?", (identity,)).fetchone()
+        if row is None:
+            conn.execute("UPDATE runs SET identity = ? WHERE id = ? AND identity IS NULL", (identity, run_id))
+            holder = run_id
+        else:
+            holder = row[0]
+    return get(store, holder)  # type: ignore[return-value]
+
+
+def record_settings(store: Store, run_id: int, **values: object) -> None:
+    """Merge values into `runs.settings` (settings that cannot change an output, as last used)."""
+    with store.write() as conn:
+        row = conn.execute("SELECT settings FROM runs WHERE id = ?", (run_id,)).fetchone()
+        settings = {**json.loads(row[0] or "{}"), **values}
+        conn.execute("UPDATE runs SET settings = ? WHERE id = ?", (json.dumps(settings, sort_keys=True), run_id))
 
 
 def get(store: Store, run_id: int) -> RunRecord | None:
@@ -60,6 +102,7 @@ def get(store: Store, run_id: int) -> RunRecord | None:
 
 
 def find_by_config(store: Store, config_hash: str) -> RunRecord | None:
+    """The newest run with this `config_hash` (how runs from before m006 were found)."""
     row = store.conn.execute(
         "SELECT * FROM runs WHERE config_hash = ? ORDER BY id DESC LIMIT 1", (config_hash,)
     ).fetchone()

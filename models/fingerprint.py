@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 import re
+from collections.abc import Callable
 from pathlib import Path
 
 from gristmill.locations import cache_dir
@@ -25,40 +27,84 @@ def model_parts(path: Path) -> list[Path]:
     return parts
 
 
-def _file_sha256(path: Path) -> str:
+BLOCK = 8 << 20
+
+Progress = Callable[[int, int], None]  # (bytes hashed so far, bytes in all)
+
+
+def _file_sha256(path: Path, on_block: Callable[[int], None] | None = None) -> str:
     digest = hashlib.sha256()
     with path.open("rb") as handle:
-        while block := handle.read(8 << 20):
+        while block := handle.read(BLOCK):
             digest.update(block)
+            if on_block:
+                on_block(len(block))
     return digest.hexdigest()
 
 
-def fingerprint(path: Path) -> str:
-    """`sha256:<hex>` of the file, or of the parts' digests joined for a split model.
+def _cache_file() -> Path:
+    return cache_dir() / "fingerprints.json"
 
-    Cached by resolved path, size and mtime, so a 20 GB model is hashed once.
-    """
-    parts = model_parts(path)
-    cache_file = cache_dir() / "fingerprints.json"
+
+def _load_cache() -> dict[str, str]:
     try:
-        cache = json.loads(cache_file.read_text())
+        cache = json.loads(_cache_file().read_text())
     except (OSError, ValueError):
-        cache = {}
-    digests, changed = [], False
-    for part in parts:
-        stat = part.stat()
-        key = f"{part.resolve()}|{stat.st_size}|{stat.st_mtime_ns}"
-        if key not in cache:
-            cache[key] = _file_sha256(part)
-            changed = True
-        digests.append(cache[key])
-    if changed:
-        tmp = cache_file.with_suffix(".tmp")
-        tmp.write_text(json.dumps(cache, indent=0))
-        tmp.replace(cache_file)
+        return {}
+    return cache if isinstance(cache, dict) else {}
+
+
+def _key(part: Path) -> str:
+    stat = part.stat()
+    return f"{part.resolve()}|{stat.st_size}|{stat.st_mtime_ns}"
+
+
+def _combine(digests: list[str]) -> str:
     if len(digests) == 1:
         return f"sha256:{digests[0]}"
     return "sha256:" + hashlib.sha256(",".join(digests).encode()).hexdigest()
+
+
+def cached_fingerprint(path: Path) -> str | None:
+    """The fingerprint if every part is already hashed at its current size and mtime, else None (never hashes).
+
+    `doctor` and `preview` show this and nothing more: hashing 20 GB is only worth it where a run needs it.
+    """
+    cache = _load_cache()
+    digests = [cache.get(_key(part)) for part in model_parts(path)]
+    return None if any(d is None for d in digests) else _combine(digests)  # type: ignore[arg-type]
+
+
+def fingerprint(path: Path, on_progress: Progress | None = None) -> str:
+    """`sha256:<hex>` of the file, or of the parts' digests joined for a split model.
+
+    Cached by resolved path, size and mtime, so a 20 GB model is hashed once; `on_progress` hears about
+    every 8 MiB block while a part is being hashed.
+    """
+    parts = model_parts(path)
+    cache = _load_cache()
+    keys = [_key(part) for part in parts]
+    todo = sum(part.stat().st_size for part, key in zip(parts, keys) if key not in cache)
+    done = 0
+
+    def advance(n: int) -> None:
+        nonlocal done
+        done += n
+        if on_progress:
+            on_progress(done, todo)
+
+    digests, changed = [], False
+    for part, key in zip(parts, keys):
+        if key not in cache:
+            cache[key] = _file_sha256(part, advance)
+            changed = True
+        digests.append(cache[key])
+    if changed:
+        cache_file = _cache_file()
+        tmp = cache_file.with_suffix(f".{os.getpid()}.tmp")
+        tmp.write_text(json.dumps(cache, indent=0))
+        tmp.replace(cache_file)
+    return _combine(digests)
 
 
 def total_size(path: Path) -> int:

@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 from textual import work
 from textual.app import App
@@ -16,9 +18,11 @@ from textual.worker import get_current_worker
 from gristmill.app.config import DEFAULT_REJECT_REASONS
 from gristmill.db import Store, open_store
 from gristmill.db import reviews as reviews_db
+from gristmill.db.connection import DatabaseBusy, QueryTooSlow
 
 COUNTS_REFRESH_S = 3.0  # at least; a slow count (a million rows) waits proportionally longer
 FIRST_COUNT_DELAY_S = 0.5  # after the first screen is up
+LOOKUP_STEPS = 50_000  # SQLite steps a lookup may take on the event loop (about a millisecond); longer ones go to a thread
 
 
 @dataclass
@@ -48,6 +52,8 @@ class GristmillApp(App):
         self.keymap_overrides = keymap or {}
         self.counts: dict[str, int] = {}
         self._next_count = None
+        self.saving = False  # a decision is waiting for another process's write lock
+        self.looking_up = False  # a queue lookup too slow for the event loop runs in a thread
 
     def on_mount(self) -> None:
         from gristmill.app.tui.review_screen import ReviewScreen
@@ -78,6 +84,76 @@ class GristmillApp(App):
             self._next_count.stop()
         self._next_count = self.set_timer(max(COUNTS_REFRESH_S, 20 * message.seconds), self.refresh_counts)
 
+    # --- the database without blocking the event loop -------------------------------------------
+    def write(self, action: Callable[[Store], Any], then: Callable[[Any], None]) -> bool:
+        """Commit `action` now if the write lock is free, else in a thread that waits for it (the header says
+        so); `then(result)` runs on the event loop once committed. False if a write is already waiting."""
+        if self.saving:
+            self.notify("Still saving the last decision: the database is busy", severity="warning")
+            return False
+        try:
+            with self.store.write(wait=False):
+                result = action(self.store)
+        except DatabaseBusy:
+            self.saving = True
+            self._show_counts()
+            self._write_when_free(action, then)
+            return True
+        then(result)
+        return True
+
+    @work(thread=True, exit_on_error=False, group="write", description="save a decision")
+    def _write_when_free(self, action: Callable[[Store], Any], then: Callable[[Any], None]) -> None:
+        try:
+            with open_store(self.db_path, migrate=False) as store:
+                with store.write():  # waits, with backoff, for as long as the other writer holds the lock
+                    result = action(store)
+        except Exception as error:  # not saved: say so, and let the reviewer try again
+            self.call_from_thread(self._not_written, error)
+            raise
+        self.call_from_thread(self._written, then, result)
+
+    def _not_written(self, error: Exception) -> None:
+        self.saving = False
+        self._show_counts()
+        self.notify(f"The decision was not saved: {error}", severity="error")
+
+    def _written(self, then: Callable[[Any], None], result: Any) -> None:
+        self.saving = False
+        self._show_counts()
+        then(result)
+
+    def lookup(self, query: Callable[[Store], Any], then: Callable[[Any], None], *, background: bool = False) -> None:
+        """Run a queue lookup on the event loop if it is quick; one that would scan (a filter matching
+        nothing in a million rows) is interrupted and redone in a thread, and `then` runs when it ends.
+        `background` lookups (periodic rechecks) go to the thread at once: they are never urgent."""
+        if background:
+            self.looking_up = True
+            self._lookup_in_thread(query, then)
+            return
+        try:
+            with self.store.budget(LOOKUP_STEPS):
+                result = query(self.store)
+        except QueryTooSlow:
+            self.looking_up = True
+            self._lookup_in_thread(query, then)
+            return
+        then(result)
+
+    @work(thread=True, exclusive=True, exit_on_error=False, group="lookup", description="search the queue")
+    def _lookup_in_thread(self, query: Callable[[Store], Any], then: Callable[[Any], None]) -> None:
+        try:
+            with open_store(self.db_path, migrate=False) as store:
+                result = query(store)
+        finally:
+            self.looking_up = False  # a failed lookup must not stop the empty view's rechecks
+        if not get_current_worker().is_cancelled:
+            self.call_from_thread(self._looked_up, then, result)
+
+    def _looked_up(self, then: Callable[[Any], None], result: Any) -> None:
+        self.looking_up = False
+        then(result)
+
     def note_decision(self, before: str | None, after: str | None) -> None:
         """Adjust the counts for a decision this app just made, without recounting the table."""
         if self.counts:
@@ -87,9 +163,13 @@ class GristmillApp(App):
 
     def _show_counts(self) -> None:
         c = self.counts
-        # short enough for an 80-column header
-        self.sub_title = (f"{self.db_path.name} · {c['unreviewed']} to review · {c['accept']} acc · "
-                          f"{c['reject']} rej · {c['skip']} skip · {self.reviewer}")
+        if self.saving:
+            self.sub_title = f"{self.db_path.name} · waiting for the database (another process is writing)…"
+        elif c:  # short enough for an 80-column header
+            self.sub_title = (f"{self.db_path.name} · {c['unreviewed']} to review · {c['accept']} acc · "
+                              f"{c['reject']} rej · {c['skip']} skip · {self.reviewer}")
+        else:
+            self.sub_title = f"{self.db_path.name} · reviewer {self.reviewer}"
 
     def action_help(self) -> None:
         from gristmill.app.tui.modals import HelpScreen

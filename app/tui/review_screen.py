@@ -56,7 +56,8 @@ class ReviewScreen(Screen):
         yield Footer()
 
     def on_mount(self) -> None:
-        self.show(review.next_in_queue(self.app.store, self.queue))
+        queue = self.queue
+        self.app.lookup(lambda store: review.next_in_queue(store, queue), self.show)
         self.set_interval(EMPTY_RECHECK_S, self._recheck_when_empty)
 
     # --- showing -------------------------------------------------------------------------------
@@ -101,25 +102,34 @@ class ReviewScreen(Screen):
         return ", ".join(parts)
 
     def _recheck_when_empty(self) -> None:
-        if self.item is None:
-            found = review.next_in_queue(self.app.store, self.queue, after=0)
-            if found is not None:
-                self.show(found)
+        """An empty view looks again for new work; a scan too long for the event loop runs in a thread."""
+        if self.item is None and not self.app.looking_up:
+            queue = self.queue
+
+            def found(generation_id: int | None) -> None:
+                if generation_id is not None and self.item is None and self.queue == queue:
+                    self.show(generation_id)
+
+            self.app.lookup(lambda store: review.next_in_queue(store, queue, after=0), found, background=True)
 
     def _advance(self) -> None:
         """After a decision: the next item in the queue after this one, else the first from the start."""
         current = self.item.generation_id if self.item else 0
-        store = self.app.store
-        self.show(review.next_in_queue(store, self.queue, after=current)
-                  or review.next_in_queue(store, self.queue, after=0))
+        queue = self.queue
+        self.app.lookup(lambda store: review.next_in_queue(store, queue, after=current)
+                        or review.next_in_queue(store, queue, after=0), self.show)
 
     # --- decisions ------------------------------------------------------------------------------
     def _decide(self, decision: str, edited: str | None = None, reason: str | None = None) -> None:
         if self.item is None:
             return
-        review.decide(self.app.store, self.item.generation_id, decision, self.app.reviewer, edited, reason)
-        self.app.note_decision(self.item.decision, decision)
-        self._advance()
+        item, reviewer = self.item, self.app.reviewer
+
+        def committed(_: object) -> None:
+            self.app.note_decision(item.decision, decision)
+            self._advance()
+
+        self.app.write(lambda store: review.decide(store, item.generation_id, decision, reviewer, edited, reason), committed)
 
     def action_accept(self) -> None:
         self._decide("accept")
@@ -146,7 +156,10 @@ class ReviewScreen(Screen):
         self._decide("skip")
 
     def action_undo(self) -> None:
-        touched = review.undo(self.app.store, self.app.reviewer)
+        reviewer = self.app.reviewer
+        self.app.write(lambda store: review.undo(store, reviewer), self._undone)
+
+    def _undone(self, touched: list[int]) -> None:
         if not touched:
             self.notify("Nothing to undo", severity="warning")
             return
@@ -157,7 +170,11 @@ class ReviewScreen(Screen):
     def action_best(self, k: int) -> None:
         if self.item is None:
             return
-        chosen = review.pick_best(self.app.store, self.item.generation_id, k, self.app.reviewer)
+        generation_id, reviewer = self.item.generation_id, self.app.reviewer
+        self.app.write(lambda store: review.pick_best(store, generation_id, k, reviewer),
+                       lambda chosen: self._picked(k, chosen))
+
+    def _picked(self, k: int, chosen: int | None) -> None:
         if chosen is None:
             self.notify(f"This instruction has no sample {k}", severity="warning")
             return
@@ -192,24 +209,24 @@ class ReviewScreen(Screen):
         def chosen(queue: QueueFilter | None) -> None:
             if queue is not None:
                 self.queue = queue
-                self.show(review.next_in_queue(self.app.store, queue))
+                self.app.lookup(lambda store: review.next_in_queue(store, queue), self.show)
 
         self.app.push_screen(FilterScreen(self.queue), chosen)
 
     # --- moving ---------------------------------------------------------------------------------
     def action_next(self) -> None:
-        after = self.item.generation_id if self.item else self.last_seen_id
-        found = review.next_in_queue(self.app.store, self.queue, after=after)
-        if found is None:
-            self.notify("End of the queue", severity="information")
-            return
-        self.show(found)
+        after, queue = (self.item.generation_id if self.item else self.last_seen_id), self.queue
+        self.app.lookup(lambda store: review.next_in_queue(store, queue, after=after),
+                        lambda found: self._moved(found, "End of the queue"))
 
     def action_previous(self) -> None:
-        before = self.item.generation_id if self.item else self.last_seen_id + 1
-        found = review.previous_in_queue(self.app.store, self.queue, before=before)
+        before, queue = (self.item.generation_id if self.item else self.last_seen_id + 1), self.queue
+        self.app.lookup(lambda store: review.previous_in_queue(store, queue, before=before),
+                        lambda found: self._moved(found, "Start of the queue"))
+
+    def _moved(self, found: int | None, at_the_end: str) -> None:
         if found is None:
-            self.notify("Start of the queue", severity="information")
+            self.notify(at_the_end, severity="information")
             return
         self.show(found)
 

@@ -1,0 +1,141 @@
+"""A busy database never crashes anyone: another connection holds the write lock for 30 s while `generate`
+(a subprocess) and the review app (Pilot) both work; afterwards every result and decision is committed."""
+
+from __future__ import annotations
+
+import json
+import signal
+import sqlite3
+import subprocess
+import sys
+import time
+
+from gristmill.app.generate import RunSettings, open_run, run_generation
+from gristmill.app.ingest import import_file
+from gristmill.app.tui.app import make_app
+from gristmill.db import open_store
+from gristmill.db.connection import DatabaseBusy
+from gristmill.models import GenerationParams
+from gristmill.models.fake import FakeEngine
+from tests.conftest import write
+
+HOLD_S = 30
+
+
+def seed(tmp_path, n: int = 6):
+    lines = [json.dumps({"instruction": f"Name a fruit, number {i}."}) for i in range(n)]
+    db = tmp_path / "test.db"
+    with open_store(db) as store:
+        assert import_file(store, write(tmp_path / "a.jsonl", "\n".join(lines) + "\n")).ok
+        engine = FakeEngine(replies=["apple"])
+        run, style, settings = open_run(store, engine, RunSettings(params=GenerationParams(max_tokens=20)))
+        run_generation(store, engine, run, style, settings)  # n generations for the app to review
+    return db
+
+
+def hold_write_lock(db) -> sqlite3.Connection:
+    holder = sqlite3.connect(db, isolation_level=None)
+    holder.execute("BEGIN IMMEDIATE")
+    holder.execute("UPDATE runs SET finished_at = finished_at")  # a real pending write
+    return holder
+
+
+async def test_a_30_second_write_lock_crashes_neither_generate_nor_the_review_app(tmp_path, gemma_path):
+    db = seed(tmp_path)
+    holder = hold_write_lock(db)
+    locked_at = time.monotonic()
+    process = subprocess.Popen([sys.executable, "-m", "gristmill", "generate", "--max-tokens", "4", "--quiet",
+                                "--threads", "1"], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    taken = 0  # decisions the app accepted to make
+    async with make_app(db, reviewer="ann").run_test() as pilot:
+        app = pilot.app
+        await pilot.pause()
+        first = app.screen.item.generation_id
+        await pilot.press("a")  # the lock is held: the app hands the write to a thread and says it waits
+        taken += 1
+        assert app.saving and "waiting for the database" in app.sub_title
+        await pilot.press("a")  # a second decision while one waits is declined, not queued, not lost
+        assert app.screen.item.generation_id == first
+        await pilot.press("j", "k")  # reading and moving still work while the lock is held
+        while time.monotonic() - locked_at < HOLD_S:
+            await pilot.pause(0.5)
+            assert process.poll() is None  # generate waits: it neither crashes nor gives up
+        holder.execute("COMMIT")
+        holder.close()
+        while app.saving:
+            await pilot.pause(0.05)
+        assert app.screen.item is None or app.screen.item.generation_id != first
+        while True:  # review everything, including what generate writes now
+            if app.screen.item is not None:
+                await pilot.press("a")
+                taken += 1
+                while app.saving:
+                    await pilot.pause(0.05)
+            elif process.poll() is not None:
+                app.screen._recheck_when_empty()
+                await pilot.pause(0.3)
+                if app.screen.item is None:
+                    break
+            else:
+                await pilot.pause(0.2)
+    out, err = process.communicate(timeout=600)
+    assert process.returncode == 0, err
+    assert "Traceback" not in err and "locked" not in err
+    assert "database busy" in err and "6 done" in out
+    conn = sqlite3.connect(db)
+    assert conn.execute("PRAGMA integrity_check").fetchone()[0] == "ok"
+    assert conn.execute("SELECT count(*) FROM generations WHERE status != 'done'").fetchone()[0] == 0
+    assert conn.execute("SELECT count(*) FROM generations").fetchone()[0] == 12
+    assert conn.execute("SELECT count(*) FROM reviews").fetchone()[0] == taken == 12
+    assert conn.execute("SELECT count(*) FROM generations WHERE decision = 'accept'").fetchone()[0] == 12
+
+
+def test_ctrl_c_stops_a_generate_that_waits_for_the_lock(tmp_path, gemma_path):
+    db = seed(tmp_path, 2)
+    holder = hold_write_lock(db)
+    # Ctrl-C's default action even when the test itself runs in the background (where SIGINT is ignored)
+    process = subprocess.Popen([sys.executable, "-m", "gristmill", "generate", "--max-tokens", "4", "--quiet"],
+                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                               preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
+    waited = ""
+    while "database busy" not in waited:
+        waited += process.stderr.readline()
+        assert process.poll() is None, waited
+    process.send_signal(signal.SIGINT)
+    out, err = process.communicate(timeout=120)
+    holder.execute("ROLLBACK")
+    assert process.returncode == 130 and "Traceback" not in err
+    assert sqlite3.connect(db).execute("PRAGMA integrity_check").fetchone()[0] == "ok"
+
+
+def test_write_without_waiting_raises_busy_and_changes_nothing(tmp_path):
+    db = seed(tmp_path, 1)
+    holder = hold_write_lock(db)
+    with open_store(db) as store:
+        try:
+            with store.write(wait=False) as conn:
+                conn.execute("DELETE FROM generations")
+        except DatabaseBusy:
+            pass
+        else:
+            raise AssertionError("expected DatabaseBusy")
+        assert not store.conn.in_transaction
+        holder.execute("COMMIT")
+        assert store.query("SELECT count(*) FROM generations")[0][0] == 1
+
+
+def test_an_import_stages_while_another_process_writes_and_lands_whole(tmp_path):
+    db = seed(tmp_path, 1)
+    source = write(tmp_path / "b.jsonl", "".join(json.dumps({"instruction": f"b {i}"}) + "\n" for i in range(3000)))
+    holder = hold_write_lock(db)
+    with open_store(db) as store:
+        from gristmill.db import instructions as instructions_db
+        instructions_db.stage_begin(store)
+        from gristmill.app.ingest import _to_instruction, KeyMap
+        batch = [_to_instruction({"instruction": f"s {i}"}, f"x:{i}", KeyMap(), None) for i in range(10)]
+        instructions_db.stage_batch(store, batch)  # staging takes no lock on the database file
+        instructions_db.stage_discard(store)
+        holder.execute("COMMIT")
+        report = import_file(store, source)
+        assert report.added == 3000
+        assert store.query("SELECT count(*) FROM instructions")[0][0] == 3001
