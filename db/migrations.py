@@ -271,7 +271,7 @@ def m006_claims_and_run_identity(db: Database) -> None:
       `config_hash` and gives them one (app.generate.open_run).
     - `generations.refusal`: why an item was refused (`length` or `control`), so `--retry-refused` retries
       exactly the items a larger context can fix. Backfilled from the refusal text of older rows.
-    - Indexes: undo looks up reviews by the review they cancel and by action.
+    - Indexes: undo looks up reviews by the review they cancel (m005 made that one) and by action.
     """
     _execute_script(
         db,
@@ -289,7 +289,8 @@ def m006_claims_and_run_identity(db: Database) -> None:
         UPDATE generations SET refusal = CASE WHEN error LIKE '%the context of%' THEN 'length'
                                               ELSE 'control' END
             WHERE status = 'refused';
-        CREATE INDEX idx_reviews_undoes ON reviews(undoes_review_id) WHERE undoes_review_id IS NOT NULL;
+        CREATE INDEX IF NOT EXISTS idx_reviews_undoes ON reviews(undoes_review_id)
+            WHERE undoes_review_id IS NOT NULL;
         CREATE INDEX idx_reviews_action ON reviews(action_id)
         """
     )

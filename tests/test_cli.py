@@ -12,13 +12,17 @@ from tests.conftest import write
 runner = CliRunner()
 
 
-def test_doctor_tells_a_base_model_from_an_instruct_one(gemma_path, smollm_path, tmp_path):
+def test_doctor_tells_a_base_model_from_an_instruct_one(gemma_path, smollm_path, tmp_path, monkeypatch):
+    monkeypatch.setenv("GRISTMILL_CACHE_DIR", str(tmp_path / "fresh-cache"))  # no fingerprint cached yet
     base = runner.invoke(app, ["doctor", "--model", str(gemma_path)])
     assert base.exit_code == 0, base.output
     assert "kind: base" in base.output and "chat template: none" in base.output
     assert "added: yes (gguf: tokenizer.ggml.add_bos_token = true)" in base.output
     assert "<start_of_turn>" in base.output  # control tokens noted as evidence, not as a verdict
-    assert "fingerprint: sha256:" in base.output and "instruction-tuned" not in base.output
+    assert "fingerprint: not computed yet" in base.output and "instruction-tuned" not in base.output
+    from gristmill.models.fingerprint import fingerprint
+    fingerprint(gemma_path)  # what the first generate does; the doctor then shows the cached value
+    assert "fingerprint: sha256:" in runner.invoke(app, ["doctor", "--model", str(gemma_path)]).output
     instruct = runner.invoke(app, ["doctor", "--model", str(smollm_path)])
     assert instruct.exit_code == 0
     assert "kind: instruction-tuned" in instruct.output and "general.finetune" in instruct.output

@@ -31,7 +31,7 @@ def test_pragmas_make_commits_durable(tmp_path):
     with open_store(tmp_path / "a.db") as store:
         assert store.conn.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
         assert store.conn.execute("PRAGMA synchronous").fetchone()[0] == 2  # FULL
-        assert store.conn.execute("PRAGMA busy_timeout").fetchone()[0] >= 5000
+        assert store.conn.execute("PRAGMA busy_timeout").fetchone()[0] >= 1000  # per attempt; writers retry
         assert store.conn.execute("PRAGMA foreign_keys").fetchone()[0] == 1
 
 
