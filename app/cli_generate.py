@@ -31,6 +31,7 @@ def generate(
     limit: Annotated[Optional[int], typer.Option(min=1, help="Generate at most this many items now.")] = None,
     types: Annotated[Optional[str], typer.Option(help="Only these instruction types (comma-separated).")] = None,
     threads: Annotated[Optional[int], typer.Option(min=1)] = None,
+    batch: Annotated[Optional[int], typer.Option(min=1, help="Sequences decoded together in-process (1: one at a time).")] = None,
     gpu_layers: Annotated[Optional[int], typer.Option(help="Layers to offload to the GPU (-1: all).")] = None,
     n_ctx: Annotated[Optional[int], typer.Option(min=16, help="Context size (default: the model's, capped).")] = None,
     add_bos: Annotated[Optional[bool], typer.Option("--add-bos/--no-add-bos", help="Override the GGUF's BOS rule.")] = None,
@@ -41,14 +42,16 @@ def generate(
     quiet: Annotated[bool, typer.Option("--quiet", help="Log lines instead of a progress bar.")] = False,
 ) -> None:
     """Generate completions for every instruction the run lacks; safe to interrupt and re-run."""
-    from gristmill.app.engines import open_engine
+    from gristmill.app.engines import open_concurrent, open_engine
     from gristmill.app.generate import RunSettings, open_run
     from gristmill.app.prompts import StyleError, load_style
     from gristmill.models import EngineError, GenerationParams
 
     config = _merged_config(model=model, style=style, samples=samples, max_tokens=max_tokens,
                             temperature=temperature, top_p=top_p, seed=seed, stop=stop, threads=threads,
-                            gpu_layers=gpu_layers, n_ctx=n_ctx, add_bos=add_bos, pool=pool)
+                            gpu_layers=gpu_layers, n_ctx=n_ctx, add_bos=add_bos, pool=pool, batch=batch)
+    if config.batch < 1:
+        raise bad_input(f"generate: batch must be at least 1, not {config.batch}")
     if config.pool not in ("builtin", "accepted"):
         raise bad_input(f"generate: --pool must be builtin or accepted, not {config.pool!r}")
     try:
@@ -66,6 +69,11 @@ def generate(
         engine = open_engine(config)
     except (EngineError, FileNotFoundError) as error:
         raise bad_input(f"generate: {error}")
+    try:
+        concurrent = open_concurrent(engine, config.batch)
+    except EngineError as error:
+        engine.close()
+        raise bad_input(f"generate: {error}")
     store = open_db()
     run_record = None
     try:
@@ -74,8 +82,8 @@ def generate(
         except LookupError as error:
             raise bad_input(f"generate: {error}")
         out.print(f"run {run_record.id}: style {style_obj.name}, model {escape(run_record.model)}, "
-                  f"{settings.samples} sample(s) per instruction, seed {run_record.seed}")
-        final = _drive(store, engine, run_record, style_obj, settings, limit, retry_failed, quiet)
+                  f"{settings.samples} sample(s) per instruction, seed {run_record.seed}, batch {concurrent.capacity}")
+        final = _drive(store, engine, concurrent, run_record, style_obj, settings, limit, retry_failed, quiet)
     except KeyboardInterrupt:
         err.print("interrupted: every finished item is saved; run the same command to resume")
         if run_record is not None:
@@ -85,12 +93,13 @@ def generate(
         err.print(f"generate stopped: {escape(str(error))}")
         raise typer.Exit(1)
     finally:
+        concurrent.close()
         engine.close()
     _summary(store, run_record.id, final)
     store.close()
 
 
-def _drive(store, engine, run_record, style_obj, settings, limit, retry_failed, quiet):
+def _drive(store, engine, concurrent, run_record, style_obj, settings, limit, retry_failed, quiet):
     from gristmill.app.generate import run_generation
     from gristmill.db import generations as generations_db
 
@@ -107,7 +116,7 @@ def _drive(store, engine, run_record, style_obj, settings, limit, retry_failed, 
                 out.print(f"{p.finished}/{p.total} done, {p.refused} refused, {p.failed} failed, "
                           f"{p.tokens_per_s:.1f} tok/s, ETA {eta}")
         return run_generation(store, engine, run_record, style_obj, settings, limit=limit,
-                              retry_failed=retry_failed, on_progress=log_progress)
+                              retry_failed=retry_failed, on_progress=log_progress, concurrent=concurrent)
 
     columns = (TextColumn("[bold]generating"), BarColumn(), MofNCompleteColumn(),
                TextColumn("{task.fields[rate]} tok/s"), TextColumn("ETA {task.fields[eta]}"),
@@ -121,7 +130,7 @@ def _drive(store, engine, run_record, style_obj, settings, limit, retry_failed, 
             bar.update(task, completed=p.finished, rate=f"{p.tokens_per_s:.1f}", eta=eta,
                        refused=p.refused, failed=p.failed)
         return run_generation(store, engine, run_record, style_obj, settings, limit=limit,
-                              retry_failed=retry_failed, on_progress=show)
+                              retry_failed=retry_failed, on_progress=show, concurrent=concurrent)
 
 
 def _summary(store, run_id: int, final=None) -> None:
