@@ -161,3 +161,25 @@ def test_a_sampled_control_token_ends_a_single_completion_after_the_text_kept(tm
     assert "<start_of_turn>" not in row["completion"]
     assert "control_token" in json.loads(row["flags"])
     assert json.loads(row["style_meta"])["control_token"] == "<start_of_turn>"
+
+
+def test_batch_comes_from_the_config_and_is_recorded_on_each_generation(tmp_path, gemma_path):
+    write(tmp_path / "gristmill.toml", "[generate]\nbatch = 3\nmax_tokens = 3\n")
+    runner.invoke(app, ["add", str(write(tmp_path / "a.txt", "Say hi.\nSay bye.\n"))])
+    result = runner.invoke(app, ["generate", "--quiet"])
+    assert result.exit_code == 0, result.output
+    assert "batch 3" in result.output and "2 done" in result.output
+    from gristmill.db import open_store
+    with open_store(tmp_path / "test.db") as store:
+        timings = [json.loads(r[0]) for r in store.query("SELECT timings FROM generations")]
+        run_settings = store.query("SELECT settings FROM runs")[0][0]
+    assert [t["batch"] for t in timings] == [3, 3]
+    assert "batch" not in json.loads(run_settings)  # not part of the run's identity: resumable at another N
+    again = runner.invoke(app, ["generate", "--quiet", "--batch", "1"])
+    assert "run 1" in again.output
+
+
+def test_a_batch_below_one_in_the_config_is_bad_input(tmp_path):
+    write(tmp_path / "gristmill.toml", "[generate]\nbatch = 0\n")
+    result = runner.invoke(app, ["generate", "--quiet"])
+    assert result.exit_code == 2 and "batch" in result.output
