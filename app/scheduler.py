@@ -12,6 +12,7 @@ rendered from the item's own seed. Samples of one prompt go to the engine as one
 from __future__ import annotations
 
 import time
+from collections import deque
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING
@@ -169,7 +170,7 @@ class Scheduler:
         self.window: list[Prepared] = []
         self.in_flight: dict[int, Prepared] = {}
         self.taken = 0
-        self.last_ids: tuple[int, ...] = ()
+        self.recent: deque[tuple[int, ...]] = deque(maxlen=concurrent.capacity)  # what the engine likely caches
         self.consecutive_failures = 0
         self._source: Iterator[WorkItem] | None = None
         self._exhausted = False
@@ -216,7 +217,7 @@ class Scheduler:
             for p in job_items:
                 self.in_flight[p.item.generation_id] = p
                 self.relay.start(p.item.generation_id)
-            self.last_ids = first.ids
+            self.recent.append(first.ids)
             self.concurrent.submit(job)
 
     def _top_up_window(self) -> None:
@@ -247,13 +248,14 @@ class Scheduler:
         return self.limit is None or self.taken < self.limit
 
     def _next_job(self, free: int) -> list[Prepared]:
-        """The window item sharing the longest prefix with the last submitted prompt (ties: oldest first), with
-        the window's other items that have the very same prompt, as many as there are free slots."""
+        """The window item sharing the longest prefix with a recently submitted prompt (whose evaluation the engine
+        may still hold; ties: oldest first), with the window's other items that have the very same prompt, as
+        many as there are free slots."""
         best = 0
-        if self.prefix_order and self.last_ids:
+        if self.prefix_order and self.recent:
             best_len = -1
             for index, candidate in enumerate(self.window):
-                length = _common_prefix(candidate.ids, self.last_ids)
+                length = max(_common_prefix(candidate.ids, ids) for ids in self.recent)
                 if length > best_len:
                     best, best_len = index, length
         chosen = self.window[best]

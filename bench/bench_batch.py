@@ -7,10 +7,10 @@ in the same run on the same loaded model (the goal is relative: a faster single 
    (1 = the plain engine, one sequence at a time, as `generate --batch 1`). Goal: gain(N) >= 90% of the loop's.
 3. The whole default pipeline against a bare single-sequence llama-cpp-python loop (Llama.generate).
 4. Prompt tokens evaluated for --samples 4 / (4 x prompt tokens) (goal <= 0.30).
-5. A few-shot run's prompt tokens evaluated: prefix-aware order with cache reuse / the same prompts each evaluated
-   in full, and / naive (id) order with the same cache.
+5. Few-shot and URIAL runs' prompt tokens evaluated: prefix-aware order with cache reuse / the same prompts each
+   evaluated in full, and / naive (id) order with the same cache.
 
-Usage: python bench/bench_batch.py [--quick]
+Usage: python bench/bench_batch.py [--quick] [--counts-only] [--threads T] [--items K] [--tokens M]
 """
 
 from __future__ import annotations
@@ -32,10 +32,18 @@ from gristmill.db import open_store  # noqa: E402
 from gristmill.models import GenerationParams, create_engine  # noqa: E402
 from gristmill.models.default_model import default_model_path  # noqa: E402
 
+
+
+def _option(name: str, default: int | None) -> int | None:
+    return int(sys.argv[sys.argv.index(name) + 1]) if name in sys.argv else default
+
+
 QUICK = "--quick" in sys.argv
 BATCHES = (1, 2, 4) if QUICK else (1, 2, 4, 8, 16)
-MAX_TOKENS = 16 if QUICK else 32
-N_ITEMS = 8 if QUICK else 32
+MAX_TOKENS = _option("--tokens", 16 if QUICK else 32)
+N_ITEMS = _option("--items", 8 if QUICK else 32)
+THREADS = _option("--threads", None)
+COUNTS_ONLY = "--counts-only" in sys.argv  # only the prompt-token counts (deterministic), no timings
 PARAMS = GenerationParams(max_tokens=MAX_TOKENS, temperature=0.8, seed=11)
 
 
@@ -140,7 +148,7 @@ def main() -> None:
     source = work / "items.jsonl"
     source.write_text("".join(json.dumps({"instruction": f"Describe item number {i} in one sentence.",
                                           "instruction_type": "question"}) + "\n" for i in range(N_ITEMS)))
-    engine = create_engine("llama_cpp", model_path=model, n_ctx=1024)
+    engine = create_engine("llama_cpp", model_path=model, n_ctx=1024, n_threads=THREADS)
     prompts = [engine.tokenize(f"Describe item number {i} in one sentence.") for i in range(16)]
     import llama_cpp
 
@@ -148,12 +156,14 @@ def main() -> None:
           f"{llama_cpp.__version__}; {llama_cpp.llama_print_system_info().decode().strip()}")
     print(f"{N_ITEMS} items x {MAX_TOKENS} max tokens; loop: {MAX_TOKENS} decode steps per sequence")
     loop, pipe = {}, {}
-    for n in BATCHES:  # alternate the two so machine noise hits both alike
+    for n in () if COUNTS_ONLY else BATCHES:  # alternate the two so machine noise hits both alike
         loop[n] = minimal_loop(engine, n, prompts, MAX_TOKENS)
         pipe[n] = pipeline(engine, work, source, n)[0]
         print(f"N={n:2d}  minimal loop {loop[n]:7.1f} tok/s (x{loop[n] / loop[1]:.2f})   "
               f"pipeline --batch {n} {pipe[n]:7.1f} tok/s (x{pipe[n] / pipe[1]:.2f})   "
               f"pipeline gain / loop gain {(pipe[n] / pipe[1]) / (loop[n] / loop[1]):.2f} (goal >= 0.90)")
+    if COUNTS_ONLY:
+        return _counts(engine, work, source)
     bare = bare_single(engine, [engine.tokenize(f"Describe item number {i} in one sentence.")
                                 for i in range(N_ITEMS)])
     default = pipe.get(DEFAULT_BATCH) or pipeline(engine, work, source, DEFAULT_BATCH)[0]
@@ -161,15 +171,21 @@ def main() -> None:
     print(f"default pipeline (--batch {DEFAULT_BATCH}) {default:.1f} tok/s / bare Llama.generate loop {bare:.1f} "
           f"tok/s = x{default / bare:.2f}; minimal loop gain at that N x{loop_gain:.2f}; "
           f"share {(default / bare) / loop_gain:.2f} (goal >= 0.90)")
+    _counts(engine, work, source)
 
+
+def _counts(engine, work: Path, source: Path) -> None:
+    """Prompt tokens evaluated: exact counts, not timings, so they hold on a busy machine too."""
     _, evaluated, stored = pipeline(engine, work, source, DEFAULT_BATCH, samples=4, max_tokens=4)
     print(f"--samples 4: prompt tokens evaluated {evaluated} / (4 x prompt tokens) {stored} = "
           f"{evaluated / stored:.3f} (goal <= 0.30)")
 
-    _, aware, stored = pipeline(engine, work, source, DEFAULT_BATCH, style="few-shot", max_tokens=4)
-    _, naive, _ = pipeline(engine, work, source, DEFAULT_BATCH, style="few-shot", max_tokens=4, prefix_order=False)
-    print(f"few-shot run: prompt tokens evaluated, prefix-aware order {aware}, naive order {naive}, every prompt "
-          f"in full {stored}: aware/full {aware / stored:.3f}, aware/naive {aware / naive:.3f} (goal <= 0.5)")
+    for style in ("few-shot", "urial"):
+        _, aware, stored = pipeline(engine, work, source, DEFAULT_BATCH, style=style, max_tokens=4)
+        _, naive, _ = pipeline(engine, work, source, DEFAULT_BATCH, style=style, max_tokens=4, prefix_order=False)
+        print(f"{style} run: prompt tokens evaluated, prefix-aware order {aware}, naive order with the same cache "
+              f"{naive}, every prompt in full {stored}: aware/full {aware / stored:.3f} (goal <= 0.5), "
+              f"aware/naive {aware / naive:.3f}")
     engine.close()
 
 
