@@ -40,6 +40,7 @@ def generate(
     limit: Annotated[Optional[int], typer.Option(min=1, max=_high("seed"), help="Generate at most this many items now.")] = None,
     types: Annotated[Optional[str], typer.Option(help="Only these instruction types (comma-separated).")] = None,
     threads: Annotated[Optional[int], typer.Option(min=_low("threads"), max=_high("threads"))] = None,
+    batch: Annotated[Optional[int], typer.Option(min=_low("batch"), max=_high("batch"), help="Sequences decoded together in-process (1: one at a time).")] = None,
     gpu_layers: Annotated[Optional[int], typer.Option(min=_low("gpu_layers"), max=_high("gpu_layers"), help="Layers to offload to the GPU (-1: all).")] = None,
     n_ctx: Annotated[Optional[int], typer.Option(min=_low("n_ctx"), max=_high("n_ctx"), help="Context size (default: the model's, capped).")] = None,
     add_bos: Annotated[Optional[bool], typer.Option("--add-bos/--no-add-bos", help="Override the GGUF's BOS rule.")] = None,
@@ -54,16 +55,16 @@ def generate(
 
     Failures are raised, never caught here: the command line's one boundary reports them.
     """
-    from gristmill.app.engines import open_engine
+    from gristmill.app.engines import open_concurrent, open_engine
     from gristmill.app.generate import RunSettings, open_run, style_file_drift
     from gristmill.app.prompts import StyleError, load_style
-    from gristmill.models import GenerationParams
+    from gristmill.models import EngineError, GenerationParams
 
     if run is not None:  # the run's own BOS rule and model, unless the user names them
         model, add_bos = _stored_engine_options(run, model, add_bos)
     config = _merged_config(model=model, style=style, samples=samples, max_tokens=max_tokens,
                             temperature=temperature, top_p=top_p, seed=seed, stop=stop, threads=threads,
-                            gpu_layers=gpu_layers, n_ctx=n_ctx, add_bos=add_bos, pool=pool)
+                            gpu_layers=gpu_layers, n_ctx=n_ctx, add_bos=add_bos, pool=pool, batch=batch)
     check_generate(config, lambda key: f"generate: --{key.replace('_', '-')} (or generate.{key} in the config)")
     try:
         params = GenerationParams(max_tokens=config.max_tokens, temperature=config.temperature, top_p=config.top_p,
@@ -81,13 +82,18 @@ def generate(
     run_record = None
     try:
         engine = open_engine(config)
+        concurrent = None
         try:
+            try:
+                concurrent = open_concurrent(engine, config.batch)
+            except EngineError as error:
+                raise BadInput(f"generate: {error}") from error
             _fingerprint_with_progress(engine, quiet)
             try:
                 run_record, style_obj, settings = open_run(
                     store, engine, settings, run_id=run, new_run=new_run,
                     engine_settings={"n_ctx": engine.info().n_ctx, "threads": config.threads,
-                                     "gpu_layers": config.gpu_layers})
+                                     "gpu_layers": config.gpu_layers, "batch": concurrent.capacity})
             except LookupError as error:
                 if type(error) is not LookupError:  # a KeyError or IndexError is a bug, not a missing run
                     raise
@@ -98,8 +104,10 @@ def generate(
             if drift:
                 err.print(f"[yellow]note:[/] {escape(drift)}")
             out.print(f"run {run_record.id}: style {escape(style_obj.name)}, model {escape(run_record.model)}, "
-                      f"{settings.samples} sample(s) per instruction, seed {run_record.seed}")
-            final = _drive(store, engine, run_record, style_obj, settings, limit, retry_failed, retry_refused, quiet)
+                      f"{settings.samples} sample(s) per instruction, seed {run_record.seed}, "
+                      f"batch {concurrent.capacity}")
+            final = _drive(store, engine, concurrent, run_record, style_obj, settings, limit, retry_failed,
+                           retry_refused, quiet)
         except KeyboardInterrupt:
             if run_record is not None:
                 _summary(store, run_record.id)
@@ -107,6 +115,8 @@ def generate(
         except RuntimeError as error:  # too many failures in a row, a server gone
             raise RuntimeFailure(f"generate stopped: {error}") from error
         finally:
+            if concurrent is not None:
+                concurrent.close()
             engine.close()
         _summary(store, run_record.id, final)
     finally:
@@ -163,7 +173,7 @@ def _fingerprint_with_progress(engine, quiet: bool) -> None:
         fingerprint(Path(path), on_progress=lambda done, total: bar.update(task, completed=done, total=total))
 
 
-def _drive(store, engine, run_record, style_obj, settings, limit, retry_failed, retry_refused, quiet):
+def _drive(store, engine, concurrent, run_record, style_obj, settings, limit, retry_failed, retry_refused, quiet):
     from gristmill.app.generate import run_generation
     from gristmill.db import generations as generations_db
 
@@ -181,7 +191,8 @@ def _drive(store, engine, run_record, style_obj, settings, limit, retry_failed, 
                 out.print(f"{p.finished}/{p.total} done, {p.refused} refused, {p.failed} failed, "
                           f"{p.tokens_per_s:.1f} tok/s, ETA {eta}")
         return run_generation(store, engine, run_record, style_obj, settings, limit=limit,
-                              retry_failed=retry_failed, retry_refused=retry_refused, on_progress=log_progress)
+                              retry_failed=retry_failed, retry_refused=retry_refused, on_progress=log_progress,
+                              concurrent=concurrent)
 
     columns = (TextColumn("[bold]generating"), BarColumn(), MofNCompleteColumn(),
                TextColumn("{task.fields[rate]} tok/s"), TextColumn("ETA {task.fields[eta]}"),
@@ -195,7 +206,8 @@ def _drive(store, engine, run_record, style_obj, settings, limit, retry_failed, 
             bar.update(task, completed=p.finished, rate=f"{p.tokens_per_s:.1f}", eta=eta,
                        refused=p.refused, failed=p.failed)
         return run_generation(store, engine, run_record, style_obj, settings, limit=limit,
-                              retry_failed=retry_failed, retry_refused=retry_refused, on_progress=show)
+                              retry_failed=retry_failed, retry_refused=retry_refused, on_progress=show,
+                              concurrent=concurrent)
 
 
 def _summary(store, run_id: int, final=None) -> None:

@@ -8,6 +8,7 @@ from pathlib import Path
 from gristmill.app.config import GenerateConfig
 from gristmill.app.errors import BadInput
 from gristmill.models import Engine, EngineError, create_engine
+from gristmill.models.batch import ConcurrentEngine, SerialSequences
 from gristmill.models.default_model import default_model_path
 
 GGUF_MAGIC = b"GGUF"
@@ -54,3 +55,15 @@ def _cause(error: EngineError) -> str:
     if "context" in text.lower():
         return f"{text} (too large a context for this machine's memory? try a smaller --n-ctx)"
     return f"{text} (a truncated or corrupt GGUF? its size, the download, the llama.cpp version)"
+
+
+def open_concurrent(engine: Engine, batch: int) -> ConcurrentEngine:
+    """The engine behind the scheduler: `batch` sequences decoded together in-process, or one at a time."""
+    if batch <= 1:
+        return SerialSequences(engine)
+    from gristmill.models.llama_batch import LlamaBatchEngine
+    from gristmill.models.llama_cpp_engine import LlamaCppEngine
+
+    if not isinstance(engine, LlamaCppEngine):
+        raise EngineError(f"--batch {batch} needs the in-process llama.cpp engine, not {engine.name}")
+    return LlamaBatchEngine(engine, batch)

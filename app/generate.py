@@ -8,13 +8,10 @@ from __future__ import annotations
 
 import hashlib
 import json
-import time
 from collections.abc import Callable, Sequence
-from dataclasses import asdict, dataclass, field, replace
-from typing import Any
+from dataclasses import asdict, dataclass, field
 
 from gristmill import __version__
-from gristmill.app.flags import quality_flags, trim_leak
 from gristmill.app.prompts import (
     BUILTIN_STYLES,
     Example,
@@ -26,15 +23,14 @@ from gristmill.app.prompts import (
     style_from_json,
     style_to_json,
 )
+from gristmill.app.scheduler import MAX_CONSECUTIVE_FAILURES, Progress, Scheduler  # noqa: F401 (re-exported)
 from gristmill.db import Store
 from gristmill.db import generations as generations_db
 from gristmill.db import runs as runs_db
-from gristmill.db.generations import Outcome, WorkItem
+from gristmill.db.generations import WorkItem
 from gristmill.db.runs import RunRecord
-from gristmill.models import Engine, GenerationParams, GenerationResult, PromptRefused, TextPiece
-from gristmill.models.base import token_ids_sha256
-
-MAX_CONSECUTIVE_FAILURES = 5
+from gristmill.models import Engine, GenerationParams
+from gristmill.models.batch import ConcurrentEngine, SerialSequences
 
 
 @dataclass(frozen=True)
@@ -59,35 +55,6 @@ class RunSettings:
         return cls(style=settings["style"], samples=settings["samples"],
                    params=GenerationParams.from_dict(settings["params"]), types=tuple(settings.get("types", ())),
                    pool=settings.get("pool", "builtin"))
-
-
-@dataclass(frozen=True)
-class Progress:
-    """Posted after every item; a UI may drop all but the latest."""
-
-    run_id: int
-    total: int
-    done: int
-    refused: int
-    failed: int
-    completion_tokens: int
-    elapsed_s: float
-    last_generation_id: int | None = None
-    last_status: str | None = None
-    processed: int = 0  # items finished by this call: the denominator of the rate and the ETA
-
-    @property
-    def finished(self) -> int:
-        return self.done + self.refused + self.failed
-
-    @property
-    def tokens_per_s(self) -> float:
-        return self.completion_tokens / self.elapsed_s if self.elapsed_s > 0 else 0.0
-
-    @property
-    def eta_s(self) -> float | None:
-        remaining = self.total - self.finished
-        return None if self.elapsed_s <= 0 or self.processed == 0 else remaining * self.elapsed_s / self.processed
 
 
 def style_fingerprint(style: Style) -> str:
@@ -211,92 +178,27 @@ def run_style(run: RunRecord) -> Style:
     return load_style(run.settings.get("style", run.style))
 
 
-def generate_one(engine: Engine, style: Style, item: WorkItem, params: GenerationParams,
-                 extra_examples: Sequence[Example] = (),
-                 on_piece: Callable[[str], None] | None = None) -> Outcome:
-    """Render, tokenize, check and generate one item. The prompt stored is the text that was tokenized."""
-    rendered = style.render(item.instruction, item.input, item.instruction_type, seed=item.seed,
-                            extra_examples=extra_examples)
-    ids = engine.tokenize(rendered.text)
-    item_params = replace(params, seed=item.seed, stop=tuple(dict.fromkeys((*rendered.stop, *params.stop))))
-    prompt_fields: dict[str, Any] = dict(prompt=rendered.text, prompt_tokens=len(ids), prompt_token_ids_sha256=token_ids_sha256(ids),
-                         style_meta=rendered.meta)
-    try:
-        engine.check_prompt(ids, item_params.max_tokens)
-    except PromptRefused as refusal:
-        too_long = len(ids) + item_params.max_tokens > engine.info().n_ctx
-        return Outcome(status="refused", error=str(refusal), refusal="length" if too_long else "control",
-                       **prompt_fields)
-    result: GenerationResult | None = None
-    for event in engine.stream(ids, item_params):
-        if isinstance(event, TextPiece):
-            if on_piece:
-                on_piece(event.text)
-        else:
-            result = event
-    assert result is not None
-    text, leaked = trim_leak(result.text, item_params.stop)
-    meta = dict(rendered.meta)
-    if leaked:
-        meta["untrimmed_completion"] = result.text
-    return Outcome(
-        status="done", completion=text, completion_tokens=result.completion_tokens,
-        finish_reason=result.finish_reason, flags=tuple(quality_flags(text, result.finish_reason, leaked)),
-        timings=result.timings, completion_token_ids=_sampled_ids(result),
-        **{**prompt_fields, "style_meta": meta},
-    )
-
-
-def _sampled_ids(result: GenerationResult) -> tuple[int, ...] | None:
-    """The ids to store; None where the engine does not report them (its count and its ids disagree)."""
-    return result.token_ids if len(result.token_ids) == result.completion_tokens else None
-
-
 def run_generation(store: Store, engine: Engine, run: RunRecord, style: Style, settings: RunSettings, *,
                    limit: int | None = None, retry_failed: bool = False, retry_refused: bool = False,
                    on_progress: Callable[[Progress], None] | None = None,
                    should_stop: Callable[[], bool] = lambda: False,
-                   on_piece: Callable[[str], None] | None = None) -> Progress:
-    """Work through the run's queue; every outcome is committed before the next item starts."""
-    counts = generations_db.status_counts(store, run.id)
-    total = sum(counts.values())
-    started = time.perf_counter()
-    state = Progress(run.id, total, counts["done"], counts["refused"], counts["failed"], 0, 0.0)
-    if retry_failed:
-        state = replace(state, failed=0)
-    if retry_refused:
-        state = replace(state, refused=state.refused - generations_db.length_refused_count(store, run.id))
+                   on_piece: Callable[[str], None] | None = None,
+                   concurrent: ConcurrentEngine | None = None, prefix_order: bool = True) -> Progress:
+    """Work through the run's queue; every outcome is committed the moment it exists.
+
+    `concurrent` advances several sequences at once (`--batch N`, remote servers); without it the plain
+    engine runs one sequence at a time behind the same scheduler.
+    """
     examples_by_type: dict[str, list[tuple[int, Example]]] = {}
-    consecutive_failures = 0
-    # claimed before generated: a second process on this run skips these items
-    work = generations_db.claimed(store, run.id, generations_db.new_owner(),
-                                  statuses=("pending", "failed") if retry_failed else ("pending",),
-                                  length_refused=retry_refused)
-    for item in work:
-        if should_stop() or (limit is not None and state.processed >= limit):
-            break
-        extra = _accepted_pool(store, item, examples_by_type) if settings.pool == "accepted" else ()
-        try:
-            outcome = generate_one(engine, style, item, settings.params, extra, on_piece)
-            consecutive_failures = 0
-        except (KeyboardInterrupt, SystemExit):
-            raise
-        except Exception as error:  # an engine error fails this item; the run goes on
-            consecutive_failures += 1
-            outcome = Outcome(status="failed", error=f"{type(error).__name__}: {error}")
-        generations_db.finish(store, item.generation_id, outcome)
-        state = replace(
-            state,
-            done=state.done + (outcome.status == "done"), refused=state.refused + (outcome.status == "refused"),
-            failed=state.failed + (outcome.status == "failed"),
-            completion_tokens=state.completion_tokens + (outcome.completion_tokens or 0),
-            elapsed_s=time.perf_counter() - started, processed=state.processed + 1,
-            last_generation_id=item.generation_id, last_status=outcome.status,
-        )
-        if on_progress:
-            on_progress(state)
-        if consecutive_failures >= MAX_CONSECUTIVE_FAILURES:
-            raise RuntimeError(f"{consecutive_failures} items failed in a row; last error: {outcome.error}")
+
+    def extra(item: WorkItem) -> Sequence[Example]:
+        return _accepted_pool(store, item, examples_by_type) if settings.pool == "accepted" else ()
+
+    scheduler = Scheduler(store, engine, concurrent or SerialSequences(engine), run, style, settings, limit=limit,
+                          retry_failed=retry_failed, retry_refused=retry_refused,
+                          on_progress=on_progress, should_stop=should_stop,
+                          on_piece=on_piece, prefix_order=prefix_order, extra_examples=extra)
+    state = scheduler.run()
     if generations_db.status_counts(store, run.id)["pending"] == 0:
         runs_db.mark_finished(store, run.id, True)
     return state

@@ -76,6 +76,9 @@ class GenerationResult:
     finish_reason: str  # stop | length | eos
     timings: dict = field(default_factory=dict)  # prompt_ms, generate_ms, prompt_tokens_evaluated
     token_ids: tuple[int, ...] = ()  # the sampled ids that `text` came from (an end-of-generation token excluded)
+    # a sampled control token (not end-of-generation) that ended the completion, e.g. "<start_of_turn>": the model
+    # left the data format; it is in neither `text`, `completion_tokens` nor `token_ids`
+    control_token: str | None = None
 
 
 @dataclass(frozen=True)

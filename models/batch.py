@@ -68,6 +68,10 @@ class ConcurrentEngine(ABC):
     def free_slots(self) -> int:
         return self.capacity - self.in_flight()
 
+    def check_prompt(self, ids: tuple[int, ...], max_tokens: int) -> None:
+        """Raise PromptRefused if this engine cannot run the prompt (e.g. a per-sequence context smaller than the
+        model's). The plain engine's own `check_prompt` runs first; this adds only what batching changes."""
+
     @abstractmethod
     def submit(self, job: PromptJob) -> None:
         """Start every sample of `job`; the caller never submits more samples than `free_slots()`."""
@@ -123,6 +127,9 @@ class SerialSequences(ConcurrentEngine):
         except EngineError as error:
             self._current = None
             return [SequenceEvent(key, error)]
+        except Exception as error:  # any failure of one sequence fails that item only; the run goes on
+            self._current = None
+            return [SequenceEvent(key, EngineError(f"{type(error).__name__}: {error}"))]
         if isinstance(event, GenerationResult):
             self._current = None
         return [SequenceEvent(key, event)]

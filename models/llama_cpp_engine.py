@@ -60,6 +60,10 @@ class LlamaCppEngine(Engine):
         self.bos_id = llama_cpp.llama_vocab_bos(self._vocab)
         self.eos_id = llama_cpp.llama_vocab_eos(self._vocab)
         self._info: ModelInfo | None = None
+        self.n_threads = n_threads or os.cpu_count() or 2
+        self.n_batch = n_batch
+        self.n_gpu_layers = n_gpu_layers
+        self.logits_processor = None  # tests force a token through this (llama-cpp-python's LogitsProcessorList)
 
     # --- what the model is -------------------------------------------------------------------
     def info(self) -> ModelInfo:
@@ -123,57 +127,96 @@ class LlamaCppEngine(Engine):
                 f"--max-tokens or raise --n-ctx)")
 
     # --- generation --------------------------------------------------------------------------
+    def is_end(self, token_id: int) -> bool:
+        return bool(self._lib.llama_vocab_is_eog(self._vocab, token_id))
+
     def stream(self, ids: Sequence[int], params: GenerationParams) -> Iterator[TextPiece | GenerationResult]:
         self.check_prompt(ids, params.max_tokens)
         self._llm.set_seed(params.seed)
-        decoder, matcher = Utf8Stream(), StopMatcher(params.stop)
+        completion = Completion(self, params)
         started = time.perf_counter()
         first_token_at = None
-        count, finish = 0, "length"
-        sampled: list[int] = []
         tokens = self._llm.generate(
             list(ids), top_k=params.top_k, top_p=params.top_p, min_p=params.min_p,
             temp=params.temperature, repeat_penalty=params.repeat_penalty, reset=True,
+            logits_processor=self.logits_processor,
         )
         try:
             for token in tokens:
                 if first_token_at is None:
                     first_token_at = time.perf_counter()
-                if self._lib.llama_vocab_is_eog(self._vocab, token):
-                    finish = "eos"
-                    break
-                count += 1
-                sampled.append(token)
-                emit = matcher.feed(decoder.feed(self._piece(token)))
+                emit = completion.feed(token)
                 if emit:
                     yield TextPiece(emit)
-                if matcher.stopped:
-                    finish = "stop"
-                    break
-                if count >= params.max_tokens:
+                if completion.finish:
                     break
         finally:
             tokens.close()
-        if not matcher.stopped:
-            tail = matcher.feed(decoder.flush())
-            tail += matcher.flush() if not matcher.stopped else ""
-            if matcher.stopped:
-                finish = "stop"
-            if tail:
-                yield TextPiece(tail)
+        tail = completion.close()
+        if tail:
+            yield TextPiece(tail)
         ended = time.perf_counter()
         first = first_token_at or ended
-        yield GenerationResult(
-            text=matcher.text, completion_tokens=count, finish_reason=finish, token_ids=tuple(sampled),
-            timings={"prompt_ms": round((first - started) * 1000, 2),
-                     "generate_ms": round((ended - first) * 1000, 2)},
-        )
+        yield completion.result({"prompt_ms": round((first - started) * 1000, 2),
+                                 "generate_ms": round((ended - first) * 1000, 2)})
 
     def close(self) -> None:
         llm = getattr(self, "_llm", None)
         if llm is not None:
             llm.close()
             del self._llm  # closed: a second close() finds nothing to close
+
+
+class Completion:
+    """One sequence's completion as its tokens arrive: bytes joined into UTF-8, stop strings matched, and the end.
+
+    It ends at an end-of-generation token (`eos`), a stop string (`stop`), `max_tokens` (`length`), or a sampled
+    control token that is not end-of-generation (`stop`, with `control_token` naming it): pieces render with special
+    tokens hidden, so such a token would otherwise vanish from the text, and it means the model left the data format.
+    Shared by the single-sequence engine and the batched one, so both end a completion the same way.
+    """
+
+    def __init__(self, engine: LlamaCppEngine, params: GenerationParams):
+        self.engine = engine
+        self.max_tokens = params.max_tokens
+        self.decoder, self.matcher = Utf8Stream(), StopMatcher(params.stop)
+        self.sampled: list[int] = []
+        self.finish: str | None = None
+        self.control_token: str | None = None
+
+    def feed(self, token: int) -> str:
+        """Take one sampled token; returns the text now safe to emit. `finish` is set once the completion ends."""
+        if self.engine.is_end(token):
+            self.finish = "eos"
+            return ""
+        if self.engine.is_control(token):
+            self.finish, self.control_token = "stop", self.engine.token_text(token)
+            return ""
+        self.sampled.append(token)
+        emit = self.matcher.feed(self.decoder.feed(self.engine._piece(token)))
+        if self.matcher.stopped:
+            self.finish = "stop"
+        elif len(self.sampled) >= self.max_tokens:
+            self.finish = "length"
+        return emit
+
+    def close(self) -> str:
+        """The held-back tail once no more tokens come (a stop string may still complete in it)."""
+        if self.finish is None:
+            self.finish = "length"
+        if self.matcher.stopped:
+            return ""
+        tail = self.matcher.feed(self.decoder.flush())
+        if self.matcher.stopped:
+            self.finish = "stop"
+        else:
+            tail += self.matcher.flush()
+        return tail
+
+    def result(self, timings: dict) -> GenerationResult:
+        return GenerationResult(text=self.matcher.text, completion_tokens=len(self.sampled),
+                                finish_reason=self.finish or "length", token_ids=tuple(self.sampled),
+                                timings=timings, control_token=self.control_token)
 
 
 def chat_control_tokens(engine: LlamaCppEngine, candidates: tuple[str, ...]) -> list[str]:

@@ -36,14 +36,23 @@ def gristmill(*args: str, **kwargs) -> subprocess.Popen:
                             stderr=subprocess.PIPE, text=True, **kwargs)
 
 
-def test_stored_prompts_are_the_fed_text_on_the_real_model(tmp_path, gemma, store):
+BATCHES = pytest.mark.parametrize("batch", ["1", "4"])  # every contract holds one at a time and batched
+
+
+@BATCHES
+def test_stored_prompts_are_the_fed_text_on_the_real_model(tmp_path, gemma, store, batch):
+    from gristmill.app.engines import open_concurrent
     runner.invoke(app, ["add", str(write(tmp_path / "a.jsonl",
                         '{"instruction": "Say <|im_start|> and {examples} literally", "input": "<start_of_turn>"}\n'
                         '{"instruction": "What is 2+2?", "instruction_type": "math"}\n'))])
     for style in ("completion", "few-shot", "urial"):
         settings = RunSettings(style=style, params=GenerationParams(max_tokens=8, temperature=0.7, seed=3))
         run, style_obj, settings = open_run(store, gemma, settings)
-        final = run_generation(store, gemma, run, style_obj, settings)
+        concurrent = open_concurrent(gemma, int(batch))
+        try:
+            final = run_generation(store, gemma, run, style_obj, settings, concurrent=concurrent)
+        finally:
+            concurrent.close()
         assert final.done == 2
     rows = store.query("SELECT g.*, i.instruction FROM generations g JOIN instructions i ON i.id = g.instruction_id")
     assert len(rows) == 6
@@ -53,19 +62,22 @@ def test_stored_prompts_are_the_fed_text_on_the_real_model(tmp_path, gemma, stor
         assert row["instruction"] in row["prompt"]
         assert not any(gemma.is_control(i) for i in ids[1:])
         assert row["status"] == "done" and row["finish_reason"] in ("stop", "length", "eos")
+        assert json.loads(row["timings"])["batch"] == int(batch)
     few_shot = [json.loads(r["style_meta"]) for r in rows if "examples" in json.loads(r["style_meta"])]
     assert len(few_shot) == 4 and all(len(m["examples"]) in (3, 4) for m in few_shot)
 
 
-def test_cli_generate_resumes_and_never_duplicates(tmp_path, gemma_path):
+@BATCHES
+def test_cli_generate_resumes_and_never_duplicates(tmp_path, gemma_path, batch):
     add_instructions(tmp_path, 4)
-    first = runner.invoke(app, ["generate", "--max-tokens", "4", "--samples", "2", "--limit", "3", "--quiet"])
+    first = runner.invoke(app, ["generate", "--max-tokens", "4", "--samples", "2", "--limit", "3", "--quiet",
+                                "--batch", batch])
     assert first.exit_code == 0, first.output
     assert "3 done" in first.output and "5 pending" in first.output
-    second = runner.invoke(app, ["generate", "--max-tokens", "4", "--samples", "2", "--quiet"])
+    second = runner.invoke(app, ["generate", "--max-tokens", "4", "--samples", "2", "--quiet", "--batch", batch])
     assert second.exit_code == 0 and "8 done" in second.output and "run 1" in second.output
     add_instructions(tmp_path, 5, "more.jsonl")  # one new instruction joins the same run
-    third = runner.invoke(app, ["generate", "--max-tokens", "4", "--samples", "2", "--quiet"])
+    third = runner.invoke(app, ["generate", "--max-tokens", "4", "--samples", "2", "--quiet", "--batch", "2"])
     assert "10 done" in third.output and "0 pending" in third.output
     other = runner.invoke(app, ["generate", "--max-tokens", "4", "--temperature", "0.1", "--limit", "1", "--quiet"])
     assert "run 2" in other.output
@@ -76,18 +88,20 @@ def test_cli_generate_resumes_and_never_duplicates(tmp_path, gemma_path):
         assert dupes == []
 
 
-def test_too_long_prompt_is_refused_with_the_numbers(tmp_path, gemma_path):
+@BATCHES
+def test_too_long_prompt_is_refused_with_the_numbers(tmp_path, gemma_path, batch):
     runner.invoke(app, ["add", str(write(tmp_path / "a.txt", "word " * 400 + "\nshort one\n"))])
-    result = runner.invoke(app, ["generate", "--n-ctx", "256", "--max-tokens", "8", "--quiet"])
+    result = runner.invoke(app, ["generate", "--n-ctx", "256", "--max-tokens", "8", "--quiet", "--batch", batch])
     assert result.exit_code == 0 and "1 refused" in result.output
     with open_store(tmp_path / "test.db") as store:
         row = store.query("SELECT * FROM generations WHERE status = 'refused'")[0]
     assert "256" in row["error"] and str(row["prompt_tokens"]) in row["error"] and row["completion"] is None
 
 
-def test_kill_9_at_random_moments_then_resume_finishes_exactly_once(tmp_path, gemma_path):
+@BATCHES
+def test_kill_9_at_random_moments_then_resume_finishes_exactly_once(tmp_path, gemma_path, batch):
     add_instructions(tmp_path, 20)
-    args = ("generate", "--max-tokens", "6", "--samples", "2", "--quiet", "--threads", "1")
+    args = ("generate", "--max-tokens", "6", "--samples", "2", "--quiet", "--threads", "1", "--batch", batch)
     rng = random.Random(1)
     for _ in range(10):
         process = gristmill(*args)
@@ -105,9 +119,10 @@ def test_kill_9_at_random_moments_then_resume_finishes_exactly_once(tmp_path, ge
     assert conn.execute("SELECT count(*) FROM runs").fetchone()[0] == 1
 
 
-def test_ctrl_c_stops_cleanly_with_exit_130(tmp_path, gemma_path):
+@BATCHES
+def test_ctrl_c_stops_cleanly_with_exit_130(tmp_path, gemma_path, batch):
     add_instructions(tmp_path, 30)
-    process = gristmill("generate", "--max-tokens", "16", "--quiet")
+    process = gristmill("generate", "--max-tokens", "16", "--quiet", "--batch", batch)
     deadline = time.time() + 60
     while time.time() < deadline:
         time.sleep(0.3)
@@ -121,9 +136,10 @@ def test_ctrl_c_stops_cleanly_with_exit_130(tmp_path, gemma_path):
     assert "interrupted" in err and "pending" in out
 
 
-def test_review_and_generation_write_at_once_without_lock_errors(tmp_path, gemma_path):
+@BATCHES
+def test_review_and_generation_write_at_once_without_lock_errors(tmp_path, gemma_path, batch):
     add_instructions(tmp_path, 25)
-    process = gristmill("generate", "--max-tokens", "6", "--quiet")
+    process = gristmill("generate", "--max-tokens", "6", "--quiet", "--batch", batch)
     decided, errors = set(), []
     with open_store(tmp_path / "test.db") as store:
         while process.poll() is None:

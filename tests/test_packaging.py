@@ -13,8 +13,8 @@ import pytest
 ROOT = Path(__file__).resolve().parents[1]
 HEADLESS = ["gristmill.db", "gristmill.db.reviews", "gristmill.db.exports", "gristmill.models",
             "gristmill.models.llama_cpp_engine", "gristmill.app.ingest", "gristmill.app.prompts",
-            "gristmill.app.generate", "gristmill.app.review", "gristmill.app.export", "gristmill.app.cli",
-            "gristmill.app.export_formats", "gristmill.db.training"]
+            "gristmill.app.generate", "gristmill.app.scheduler", "gristmill.app.review", "gristmill.app.export",
+            "gristmill.app.cli", "gristmill.app.export_formats", "gristmill.db.training"]
 
 
 @pytest.mark.parametrize("module", HEADLESS)

@@ -1,0 +1,193 @@
+"""Batched generation: the pipeline's gain at `--batch N` against a minimal low-level batched loop's gain, measured
+in the same run on the same loaded model (the goal is relative: a faster single stream leaves less to win).
+
+1. Minimal loop: N distinct prompts evaluated (untimed), then fixed-length decoding of all N together, one
+   sampler chain per sequence: the most batching can give on this machine. Aggregate tokens/s at N = 1..16.
+2. Pipeline: `run_generation` (render, tokenize, check, schedule, commit every item to SQLite) at --batch N
+   (1 = the plain engine, one sequence at a time, as `generate --batch 1`). Goal: gain(N) >= 90% of the loop's.
+3. The whole default pipeline against a bare single-sequence llama-cpp-python loop (Llama.generate).
+4. Prompt tokens evaluated for --samples 4 / (4 x prompt tokens) (goal <= 0.30).
+5. Few-shot and URIAL runs' prompt tokens evaluated: prefix-aware order with cache reuse / the same prompts each
+   evaluated in full, and / naive (id) order with the same cache.
+
+Usage: python bench/bench_batch.py [--quick] [--counts-only] [--threads T] [--items K] [--tokens M]
+"""
+
+from __future__ import annotations
+
+import json
+import platform
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).parent))
+
+from gristmill.app.config import DEFAULT_BATCH  # noqa: E402
+from gristmill.app.engines import open_concurrent  # noqa: E402
+from gristmill.app.generate import RunSettings, open_run, run_generation  # noqa: E402
+from gristmill.app.ingest import import_file  # noqa: E402
+from gristmill.db import open_store  # noqa: E402
+from gristmill.models import GenerationParams, create_engine  # noqa: E402
+from gristmill.models.default_model import default_model_path  # noqa: E402
+
+
+
+def _option(name: str, default: int | None) -> int | None:
+    return int(sys.argv[sys.argv.index(name) + 1]) if name in sys.argv else default
+
+
+QUICK = "--quick" in sys.argv
+BATCHES = (1, 2, 4) if QUICK else (1, 2, 4, 8, 16)
+MAX_TOKENS = _option("--tokens", 16 if QUICK else 32)
+N_ITEMS = _option("--items", 8 if QUICK else 32)
+THREADS = _option("--threads", None)
+COUNTS_ONLY = "--counts-only" in sys.argv  # only the prompt-token counts (deterministic), no timings
+PARAMS = GenerationParams(max_tokens=MAX_TOKENS, temperature=0.8, seed=11)
+
+
+def cpu_model() -> str:
+    for line in Path("/proc/cpuinfo").read_text().splitlines():
+        if line.startswith("model name"):
+            return line.split(":", 1)[1].strip()
+    return platform.processor() or "unknown"
+
+
+def minimal_loop(engine, n: int, prompts: list[list[int]], steps: int) -> float:
+    """Decode-only aggregate tokens/s of n sequences: batch init, one decode per step, a sampler per sequence."""
+    import llama_cpp as lib
+
+    params = lib.llama_context_default_params()
+    params.n_ctx, params.n_batch, params.n_seq_max = 512 * n, 512, n
+    params.n_threads = params.n_threads_batch = engine.n_threads
+    params.flash_attn_type = engine._llm.context_params.flash_attn_type
+    ctx = lib.llama_init_from_model(engine._llm._model.model, params)
+    batch = lib.llama_batch_init(512, 0, 1)
+    chains = []
+    for seq in range(n):
+        chain = lib.llama_sampler_chain_init(lib.llama_sampler_chain_default_params())
+        for sampler in (lib.llama_sampler_init_top_k(PARAMS.top_k), lib.llama_sampler_init_top_p(PARAMS.top_p, 1),
+                        lib.llama_sampler_init_min_p(PARAMS.min_p, 1), lib.llama_sampler_init_temp(PARAMS.temperature),
+                        lib.llama_sampler_init_dist(seq + 1)):
+            lib.llama_sampler_chain_add(chain, sampler)
+        chains.append(chain)
+
+    def put(i, token, pos, seq, logits):
+        batch.token[i], batch.pos[i], batch.n_seq_id[i], batch.logits[i] = token, pos, 1, logits
+        batch.seq_id[i][0] = seq
+
+    positions, last = [], []
+    for seq in range(n):
+        ids = prompts[seq % len(prompts)]
+        for i, token in enumerate(ids):
+            put(i, token, i, seq, i == len(ids) - 1)
+        batch.n_tokens = len(ids)
+        assert lib.llama_decode(ctx, batch) == 0
+        last.append(lib.llama_sampler_sample(chains[seq], ctx, len(ids) - 1))
+        positions.append(len(ids))
+    start = time.perf_counter()
+    for _ in range(steps):
+        for seq in range(n):
+            put(seq, last[seq], positions[seq], seq, True)
+            positions[seq] += 1
+        batch.n_tokens = n
+        assert lib.llama_decode(ctx, batch) == 0
+        last = [lib.llama_sampler_sample(chains[seq], ctx, seq) for seq in range(n)]
+    elapsed = time.perf_counter() - start
+    for chain in chains:
+        lib.llama_sampler_free(chain)
+    lib.llama_batch_free(batch)
+    lib.llama_free(ctx)
+    return n * steps / elapsed
+
+
+def bare_single(engine, prompts: list[list[int]]) -> float:
+    """The way most people write it: Llama.generate per prompt, EOS check, max_tokens."""
+    import llama_cpp as lib
+
+    llm, tokens, start = engine._llm, 0, time.perf_counter()
+    for k, ids in enumerate(prompts):
+        llm.set_seed(k)
+        count = 0
+        for token in llm.generate(ids, top_k=PARAMS.top_k, top_p=PARAMS.top_p, min_p=PARAMS.min_p,
+                                  temp=PARAMS.temperature, repeat_penalty=PARAMS.repeat_penalty):
+            if lib.llama_vocab_is_eog(engine._vocab, token) or count >= MAX_TOKENS:
+                break
+            count += 1
+        tokens += count
+    return tokens / (time.perf_counter() - start)
+
+
+def pipeline(engine, work: Path, source: Path, batch: int, *, samples: int = 1, style: str = "completion",
+             prefix_order: bool = True, max_tokens: int = MAX_TOKENS) -> tuple[float, int, int]:
+    """Aggregate completion tokens/s of run_generation; also prompt tokens evaluated and prompt tokens stored."""
+    concurrent = open_concurrent(engine, batch)
+    db = work / f"run-{time.monotonic_ns()}.db"
+    try:
+        with open_store(db) as store:
+            import_file(store, source)
+            settings = RunSettings(style=style, samples=samples, params=GenerationParams(
+                max_tokens=max_tokens, temperature=PARAMS.temperature, seed=PARAMS.seed))
+            run, style_obj, settings = open_run(store, engine, settings)
+            start = time.perf_counter()
+            final = run_generation(store, engine, run, style_obj, settings, concurrent=concurrent,
+                                   prefix_order=prefix_order)
+            elapsed = time.perf_counter() - start
+            stored = store.conn.execute("SELECT sum(prompt_tokens) FROM generations").fetchone()[0]
+        evaluated = getattr(concurrent, "prompt_tokens_evaluated", stored)
+        return final.completion_tokens / elapsed, evaluated, stored
+    finally:
+        concurrent.close()
+        db.unlink(missing_ok=True)
+
+
+def main() -> None:
+    model = default_model_path()
+    work = Path(tempfile.mkdtemp())
+    source = work / "items.jsonl"
+    source.write_text("".join(json.dumps({"instruction": f"Describe item number {i} in one sentence.",
+                                          "instruction_type": "question"}) + "\n" for i in range(N_ITEMS)))
+    engine = create_engine("llama_cpp", model_path=model, n_ctx=1024, n_threads=THREADS)
+    prompts = [engine.tokenize(f"Describe item number {i} in one sentence.") for i in range(16)]
+    import llama_cpp
+
+    print(f"model {model.name}; CPU {cpu_model()}, {engine.n_threads} threads; llama-cpp-python "
+          f"{llama_cpp.__version__}; {llama_cpp.llama_print_system_info().decode().strip()}")
+    print(f"{N_ITEMS} items x {MAX_TOKENS} max tokens; loop: {MAX_TOKENS} decode steps per sequence")
+    loop, pipe = {}, {}
+    for n in () if COUNTS_ONLY else BATCHES:  # alternate the two so machine noise hits both alike
+        loop[n] = minimal_loop(engine, n, prompts, MAX_TOKENS)
+        pipe[n] = pipeline(engine, work, source, n)[0]
+        print(f"N={n:2d}  minimal loop {loop[n]:7.1f} tok/s (x{loop[n] / loop[1]:.2f})   "
+              f"pipeline --batch {n} {pipe[n]:7.1f} tok/s (x{pipe[n] / pipe[1]:.2f})   "
+              f"pipeline gain / loop gain {(pipe[n] / pipe[1]) / (loop[n] / loop[1]):.2f} (goal >= 0.90)")
+    if COUNTS_ONLY:
+        return _counts(engine, work, source)
+    bare = bare_single(engine, [engine.tokenize(f"Describe item number {i} in one sentence.")
+                                for i in range(N_ITEMS)])
+    default = pipe.get(DEFAULT_BATCH) or pipeline(engine, work, source, DEFAULT_BATCH)[0]
+    loop_gain = loop.get(DEFAULT_BATCH, loop[max(loop)]) / loop[1]
+    print(f"default pipeline (--batch {DEFAULT_BATCH}) {default:.1f} tok/s / bare Llama.generate loop {bare:.1f} "
+          f"tok/s = x{default / bare:.2f}; minimal loop gain at that N x{loop_gain:.2f}; "
+          f"share {(default / bare) / loop_gain:.2f} (goal >= 0.90)")
+    _counts(engine, work, source)
+
+
+def _counts(engine, work: Path, source: Path) -> None:
+    """Prompt tokens evaluated: exact counts, not timings, so they hold on a busy machine too."""
+    _, evaluated, stored = pipeline(engine, work, source, DEFAULT_BATCH, samples=4, max_tokens=4)
+    print(f"--samples 4: prompt tokens evaluated {evaluated} / (4 x prompt tokens) {stored} = "
+          f"{evaluated / stored:.3f} (goal <= 0.30)")
+
+    for style in ("few-shot", "urial"):
+        _, aware, stored = pipeline(engine, work, source, DEFAULT_BATCH, style=style, max_tokens=4)
+        _, naive, _ = pipeline(engine, work, source, DEFAULT_BATCH, style=style, max_tokens=4, prefix_order=False)
+        print(f"{style} run: prompt tokens evaluated, prefix-aware order {aware}, naive order with the same cache "
+              f"{naive}, every prompt in full {stored}: aware/full {aware / stored:.3f} (goal <= 0.5), "
+              f"aware/naive {aware / naive:.3f}")
+    engine.close()
+
+
+if __name__ == "__main__":
+    main()
