@@ -4,11 +4,18 @@ from __future__ import annotations
 
 import importlib.util
 import os
+import signal
 from pathlib import Path
 
 import pytest
 
 from gristmill.db import open_store
+
+
+# A test run started from a background job inherits SIGINT ignored, and an ignored signal stays ignored across
+# exec: the Ctrl-C tests' children would never see their SIGINT. A handled one is reset to the default on exec.
+if signal.getsignal(signal.SIGINT) == signal.SIG_IGN:
+    signal.signal(signal.SIGINT, signal.default_int_handler)
 
 
 @pytest.fixture(scope="session")
