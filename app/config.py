@@ -34,6 +34,14 @@ class GenerateConfig:
     n_ctx_cap: int = 4096
     add_bos: bool | None = None  # default: the GGUF's tokenizer.ggml.add_bos_token
     pool: str = "builtin"  # few-shot pool: builtin, or accepted (adds accepted records of the same type)
+    # remote generation (llama-server, vLLM): base URLs, the served model's tokenizer, requests in flight per URL
+    server: list[str] = field(default_factory=list)
+    tokenizer: str | None = None  # the served model's GGUF or tokenizer.json; default: --model
+    concurrency: int = 4
+    server_kind: str | None = None  # llama-server or vllm; default: detected from GET /v1/models
+    api_key_env: str = "GRISTMILL_API_KEY"  # the NAME of the variable holding the key, never the key
+    request_timeout: float = 600.0  # seconds for one whole completion
+    retries: int = 6  # tries per request before the item fails
 
 
 @dataclass(frozen=True)
