@@ -27,7 +27,7 @@ from pathlib import Path
 from gristmill.models.base import Engine, EngineError, GenerationParams, GenerationResult, ModelInfo, TextPiece
 from gristmill.models.batch import ConcurrentEngine, PromptJob, SampleRequest, SequenceEvent
 from gristmill.models.remote_http import (
-    Endpoint, EndpointPool, Fault, Rejected, RetryPolicy, Secret, log, make_client, normalize_url, request_json,
+    ClientPool, Endpoint, EndpointPool, Fault, Rejected, RetryPolicy, Secret, fetch, log, normalize_url,
     unreachable,
 )
 from gristmill.models.remote_protocol import (
@@ -79,7 +79,7 @@ class RemoteEngine(Engine, ConcurrentEngine):
         self._loop = asyncio.new_event_loop()
         self._thread = threading.Thread(target=self._loop.run_forever, name="gristmill-remote", daemon=True)
         self._thread.start()
-        self._client = self._call(self._make_client())
+        self._clients = ClientPool(self._key, self.policy)
         try:
             self._call(self._discover(server_kind))
         except BaseException:
@@ -91,16 +91,13 @@ class RemoteEngine(Engine, ConcurrentEngine):
     def _call(self, coroutine):
         return asyncio.run_coroutine_threadsafe(coroutine, self._loop).result()
 
-    async def _make_client(self):
-        return make_client(self._key, self.policy, max_connections=self.capacity + len(self.pool.endpoints))
-
     async def _discover(self, forced_kind: str | None) -> None:
         """GET /v1/models on every endpoint (a few tries each): the kind, the model id, the context."""
         for endpoint in self.pool.endpoints:
             reason = None
             for attempt in range(min(3, self.policy.attempts)):
                 try:
-                    raw = await request_json(self._client, "GET", endpoint.url + MODELS_PATH)
+                    raw = await fetch(self._clients, "GET", endpoint.url + MODELS_PATH)
                     endpoint.served = detect_models(json.loads(raw), forced_kind)
                     break
                 except ValueError as error:  # ProtocolFault or bad JSON: this is not a server we can use
@@ -221,9 +218,9 @@ class RemoteEngine(Engine, ConcurrentEngine):
         if getattr(self, "_loop", None) is None or self._loop.is_closed():
             return
         self.cancel()
-        client = getattr(self, "_client", None)
-        if client is not None:
-            asyncio.run_coroutine_threadsafe(client.aclose(), self._loop).result(timeout=10)
+        clients = getattr(self, "_clients", None)
+        if clients is not None:
+            asyncio.run_coroutine_threadsafe(clients.aclose(), self._loop).result(timeout=10)
         self._loop.call_soon_threadsafe(self._loop.stop)
         self._thread.join(timeout=10)
         self._loop.close()
@@ -259,7 +256,7 @@ class RemoteEngine(Engine, ConcurrentEngine):
             endpoint.in_flight += n
             endpoint.requests += 1
             try:
-                raw = await request_json(self._client, "POST", endpoint.url + COMPLETIONS_PATH, payload)
+                raw = await fetch(self._clients, "POST", endpoint.url + COMPLETIONS_PATH, payload)
                 answer = parse_answer(endpoint.served.kind, raw, n)
                 self.pool.succeeded(endpoint)
                 return [self._result(answer, choice, ids, params, endpoint) for choice in answer.choices]

@@ -16,9 +16,15 @@ completion request first takes the next entry of `faults` (until the list is emp
 from __future__ import annotations
 
 import json
+import socket
 import threading
 import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+
+class _Server(ThreadingHTTPServer):
+    daemon_threads = True
+    request_queue_size = 512  # the listen backlog: 64 clients connecting at once must not wait on SYN retries
 
 
 class StubServer:
@@ -39,6 +45,11 @@ class StubServer:
 
             def log_message(self, *args):  # keep test output clean
                 pass
+
+            def setup(self):
+                super().setup()
+                # headers and body are two writes: without this, Nagle + delayed ACK add ~40 ms a response
+                self.connection.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
 
             def do_GET(self):
                 if self.path != "/v1/models":
@@ -101,9 +112,7 @@ class StubServer:
                 self.end_headers()
                 self.wfile.write(data)
 
-        self.httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.httpd.daemon_threads = True
-        self.httpd.request_queue_size = 256
+        self.httpd = _Server(("127.0.0.1", 0), Handler)
         self.url = f"http://127.0.0.1:{self.httpd.server_address[1]}"
         self.thread = threading.Thread(target=self.httpd.serve_forever, daemon=True)
 
@@ -146,3 +155,18 @@ def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
+
+
+def main() -> None:
+    """`python remote_stub.py KIND DELAY_S REPLY_IDS` serves until killed, printing its URL: a stub in its own
+    process, so its threads do not share the benchmark client's interpreter lock."""
+    import sys
+
+    kind, delay, reply = sys.argv[1], float(sys.argv[2]), [int(i) for i in sys.argv[3].split(",") if i]
+    with StubServer(kind, reply_ids=reply, delay_s=delay) as stub:
+        print(stub.url, flush=True)
+        stub.thread.join()
+
+
+if __name__ == "__main__":
+    main()
