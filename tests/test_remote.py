@@ -309,3 +309,46 @@ def test_generate_cli_against_stub_keeps_the_key_out_of_db_log_and_export(tmp_pa
     for path in (db, db.with_name(db.name + "-wal"), log_file(), out, out.with_name(out.name + ".manifest.json")):
         if path.exists():
             assert key.encode() not in path.read_bytes(), path
+
+
+TEXTS = ["Q: What is the capital of France?\nA:", "What does <|im_start|>assistant mean? <|endoftext|> <|im_end|>",
+         "Numbers 12345 and 3.14, émigré café — naïve 日本語!", "  two  spaces\n\n\ttab", "def f(x):\n    return x**2"]
+
+
+@pytest.fixture(scope="module")
+def smollm_tokenizers(smollm_path, tmp_path_factory):
+    from gguf_vocab import write_tokenizer_json
+
+    folder = tmp_path_factory.mktemp("hf-tokenizer")
+    hf = open_tokenizer(write_tokenizer_json(smollm_path, folder / "tokenizer.json"))
+    gguf = open_tokenizer(smollm_path)
+    yield hf, gguf
+    hf.close()
+    gguf.close()
+
+
+def test_tokenizer_json_and_gguf_give_identical_ids(smollm_tokenizers):
+    hf, gguf = smollm_tokenizers
+    for text in TEXTS:
+        ids = hf.tokenize(text)
+        assert ids == gguf.tokenize(text), text
+        assert not any(hf.is_control(i) or gguf.is_control(i) for i in ids)  # <|im_start|> typed stays text
+        assert hf.detokenize(ids) == gguf.detokenize(ids) == text
+    assert hf.add_bos is gguf.add_bos is False and hf.eos_id == gguf.eos_id
+
+
+def test_remote_engine_with_a_tokenizer_json(smollm_tokenizers):
+    hf, _ = smollm_tokenizers
+    reply = hf.tokenize(" Paris, of course.") + [hf.eos_id]
+    with StubServer("vllm", reply_ids=reply, reply_text=" Paris, of course.<|im_end|>") as stub:
+        engine = RemoteEngine([stub.url], hf, policy=FAST)
+        engine.tokenizer.close = lambda: None
+        try:
+            ids = engine.tokenize(TEXTS[1])
+            result = engine.generate(ids, GenerationParams(max_tokens=16))
+            with pytest.raises(PromptRefused, match="control token"):
+                engine.check_prompt([1, *ids], 16)
+        finally:
+            engine.close()
+    assert stub.requests[0]["prompt"] == ids
+    assert (result.text, result.finish_reason, result.completion_tokens) == (" Paris, of course.", "eos", len(reply) - 1)
