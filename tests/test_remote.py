@@ -352,3 +352,16 @@ def test_remote_engine_with_a_tokenizer_json(smollm_tokenizers):
             engine.close()
     assert stub.requests[0]["prompt"] == ids
     assert (result.text, result.finish_reason, result.completion_tokens) == (" Paris, of course.", "eos", len(reply) - 1)
+
+
+def test_generate_server_without_tokenizer_or_with_unknown_kind_is_bad_input(tmp_path):
+    from typer.testing import CliRunner
+
+    from gristmill.app.cli import app
+
+    runner = CliRunner()
+    result = runner.invoke(app, ["--db", str(tmp_path / "x.db"), "generate", "--server", "http://127.0.0.1:9"])
+    assert result.exit_code == 2 and "--server needs --tokenizer" in result.output
+    result = runner.invoke(app, ["--db", str(tmp_path / "x.db"), "generate", "--server", "http://127.0.0.1:9",
+                                 "--tokenizer", "missing.gguf"])
+    assert result.exit_code == 2 and "tokenizer file not found" in result.output
