@@ -241,7 +241,11 @@ class RemoteEngine(Engine, ConcurrentEngine):
         return [_Group(tuple(g)) for g in groups]
 
     async def _send(self, job: PromptJob, group: _Group) -> None:
-        outcomes = await self._run_group(job.ids, job.params, group)
+        try:
+            outcomes = await self._run_group(job.ids, job.params, group)
+        except Exception as error:  # a bug must end the samples, not leave the scheduler waiting for them
+            log.exception("remote request failed unexpectedly")
+            outcomes = [EngineError(f"{type(error).__name__}: {error}")] * len(group.samples)
         for sample, outcome in zip(group.samples, outcomes):
             self._events.put(SequenceEvent(sample.key, outcome))
 
