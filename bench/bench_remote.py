@@ -30,7 +30,7 @@ from gristmill.models.remote import RemoteEngine  # noqa: E402
 from gristmill.models.remote_http import RetryPolicy  # noqa: E402
 from gristmill.models.remote_tokenizer import open_tokenizer  # noqa: E402
 
-N_PROMPTS, MAX_TOKENS, ROUNDS = 8, 48, 3
+N_PROMPTS, MAX_TOKENS, ROUNDS = 4, 32, 3
 STUB_DELAY_S, STUB_ROUNDS = 0.5, 6  # each level sends concurrency × STUB_ROUNDS requests
 LEVELS = (1, 8, 64)
 
