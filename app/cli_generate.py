@@ -49,6 +49,11 @@ def generate(
     new_run: Annotated[bool, typer.Option("--new-run", help="Start a new run even if one with these settings exists.")] = False,
     retry_failed: Annotated[bool, typer.Option("--retry-failed", help="Retry items that failed.")] = False,
     retry_refused: Annotated[bool, typer.Option("--retry-refused", help="Retry items refused as too long for the context, with the context now given, in the same run.")] = False,
+    server: Annotated[Optional[list[str]], typer.Option("--server", help="llama-server or vLLM base URL (repeatable): generate there through raw /v1/completions.")] = None,
+    tokenizer: Annotated[Optional[str], typer.Option(help="With --server: the served model's GGUF (vocab only) or tokenizer.json. Default: --model.")] = None,
+    concurrency: Annotated[Optional[int], typer.Option(min=1, help="With --server: requests in flight per server.")] = None,
+    server_kind: Annotated[Optional[str], typer.Option(help="llama-server or vllm (default: detected from GET /v1/models).")] = None,
+    api_key_env: Annotated[Optional[str], typer.Option(help="Name of the environment variable holding the API key (default GRISTMILL_API_KEY); sent as Authorization: Bearer.")] = None,
     quiet: Annotated[bool, typer.Option("--quiet", help="Log lines instead of a progress bar.")] = False,
 ) -> None:
     """Generate completions for every instruction the run lacks; safe to interrupt and re-run.
@@ -64,7 +69,9 @@ def generate(
         model, add_bos = _stored_engine_options(run, model, add_bos)
     config = _merged_config(model=model, style=style, samples=samples, max_tokens=max_tokens,
                             temperature=temperature, top_p=top_p, seed=seed, stop=stop, threads=threads,
-                            gpu_layers=gpu_layers, n_ctx=n_ctx, add_bos=add_bos, pool=pool, batch=batch)
+                            gpu_layers=gpu_layers, n_ctx=n_ctx, add_bos=add_bos, pool=pool, batch=batch, server=server,
+                            tokenizer=tokenizer, concurrency=concurrency, server_kind=server_kind,
+                            api_key_env=api_key_env)
     check_generate(config, lambda key: f"generate: --{key.replace('_', '-')} (or generate.{key} in the config)")
     try:
         params = GenerationParams(max_tokens=config.max_tokens, temperature=config.temperature, top_p=config.top_p,
@@ -105,7 +112,8 @@ def generate(
                 err.print(f"[yellow]note:[/] {escape(drift)}")
             out.print(f"run {run_record.id}: style {escape(style_obj.name)}, model {escape(run_record.model)}, "
                       f"{settings.samples} sample(s) per instruction, seed {run_record.seed}, "
-                      f"batch {concurrent.capacity}")
+                      f"{'in flight' if config.server else 'batch'} {concurrent.capacity}")
+            _record_servers(store, engine, run_record.id)
             final = _drive(store, engine, concurrent, run_record, style_obj, settings, limit, retry_failed,
                            retry_refused, quiet)
         except KeyboardInterrupt:
@@ -115,7 +123,7 @@ def generate(
         except RuntimeError as error:  # too many failures in a row, a server gone
             raise RuntimeFailure(f"generate stopped: {error}") from error
         finally:
-            if concurrent is not None:
+            if concurrent is not None and concurrent is not engine:
                 concurrent.close()
             engine.close()
         _summary(store, run_record.id, final)
@@ -173,6 +181,26 @@ def _fingerprint_with_progress(engine, quiet: bool) -> None:
         fingerprint(Path(path), on_progress=lambda done, total: bar.update(task, completed=done, total=total))
 
 
+def _record_servers(store, engine, run_id: int) -> None:
+    """A remote run records its endpoints and their GET /v1/models answers (never the key: it is not in them)."""
+    servers = getattr(engine, "servers", None)
+    if servers is None:
+        return
+    from gristmill.db import runs as runs_db
+
+    runs_db.record_servers(store, run_id, servers())
+    for endpoint in servers():
+        out.print(f"server {escape(endpoint['url'])}: {endpoint['kind']}, model {escape(str(endpoint['model']))}, "
+                  f"context {endpoint['n_ctx'] or '?'}, concurrency {endpoint['concurrency']}")
+
+
+def _rotation_note(engine) -> str:
+    """Endpoints out of the rotation, for the progress line (empty when all serve)."""
+    pool = getattr(engine, "pool", None)
+    out_of_rotation = pool.out_of_rotation() if pool is not None else []
+    return f", out of rotation: {' '.join(out_of_rotation)}" if out_of_rotation else ""
+
+
 def _drive(store, engine, concurrent, run_record, style_obj, settings, limit, retry_failed, retry_refused, quiet):
     from gristmill.app.generate import run_generation
     from gristmill.db import generations as generations_db
@@ -189,22 +217,24 @@ def _drive(store, engine, concurrent, run_record, style_obj, settings, limit, re
                 last_log[0] = time.monotonic()
                 eta = f"{p.eta_s:.0f}s" if p.eta_s is not None else "?"
                 out.print(f"{p.finished}/{p.total} done, {p.refused} refused, {p.failed} failed, "
-                          f"{p.tokens_per_s:.1f} tok/s, ETA {eta}")
+                          f"{p.tokens_per_s:.1f} tok/s, ETA {eta}{escape(_rotation_note(engine))}")
         return run_generation(store, engine, run_record, style_obj, settings, limit=limit,
                               retry_failed=retry_failed, retry_refused=retry_refused, on_progress=log_progress,
                               concurrent=concurrent)
 
     columns = (TextColumn("[bold]generating"), BarColumn(), MofNCompleteColumn(),
                TextColumn("{task.fields[rate]} tok/s"), TextColumn("ETA {task.fields[eta]}"),
-               TextColumn("refused {task.fields[refused]} failed {task.fields[failed]}"), TimeElapsedColumn())
+               TextColumn("refused {task.fields[refused]} failed {task.fields[failed]}{task.fields[rotation]}"),
+               TimeElapsedColumn())
     with Progress(*columns, console=err, transient=False) as bar:
         task = bar.add_task("generate", total=total, completed=already, rate="-", eta="-",
-                            refused=counts["refused"] - retried_refused, failed=0 if retry_failed else counts["failed"])
+                            refused=counts["refused"] - retried_refused, failed=0 if retry_failed else counts["failed"],
+                            rotation="")
 
         def show(p):
             eta = "-" if p.eta_s is None else f"{int(p.eta_s) // 60}:{int(p.eta_s) % 60:02d}"
             bar.update(task, completed=p.finished, rate=f"{p.tokens_per_s:.1f}", eta=eta,
-                       refused=p.refused, failed=p.failed)
+                       refused=p.refused, failed=p.failed, rotation=_rotation_note(engine))
         return run_generation(store, engine, run_record, style_obj, settings, limit=limit,
                               retry_failed=retry_failed, retry_refused=retry_refused, on_progress=show,
                               concurrent=concurrent)

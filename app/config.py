@@ -33,6 +33,7 @@ BOUNDS: dict[str, tuple[float | None, float | None]] = {
     "seed": (0, INT64_MAX),
     "threads": (1, 1024),
     "batch": (1, 256),
+    "concurrency": (1, 1024),
     "gpu_layers": (-1, 100_000),
     "n_ctx": (16, 2**31 - 1),
     "n_ctx_cap": (16, 2**31 - 1),
@@ -82,6 +83,14 @@ class GenerateConfig:
     add_bos: bool | None = None  # default: the GGUF's tokenizer.ggml.add_bos_token
     pool: str = "builtin"  # few-shot pool: builtin, or accepted (adds accepted records of the same type)
     batch: int = DEFAULT_BATCH  # sequences in flight in-process (1: one at a time); README "Batched generation"
+    # remote generation (llama-server, vLLM): base URLs, the served model's tokenizer, requests in flight per URL
+    server: list[str] = field(default_factory=list)
+    tokenizer: str | None = None  # the served model's GGUF or tokenizer.json; default: --model
+    concurrency: int = 4
+    server_kind: str | None = None  # llama-server or vllm; default: detected from GET /v1/models
+    api_key_env: str = "GRISTMILL_API_KEY"  # the NAME of the variable holding the key, never the key
+    request_timeout: float = 600.0  # seconds for one whole completion
+    retries: int = 6  # tries per request before the item fails
 
 
 DEFAULT_REJECT_REASONS = ("wrong", "incomplete", "unsafe", "off-format", "leaked-example")

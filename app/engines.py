@@ -35,7 +35,12 @@ def check_model_file(path: Path) -> None:
 
 def open_engine(config: GenerateConfig, *, vocab_only: bool = False) -> Engine:
     """The configured engine; a model file that is missing, not GGUF, truncated or corrupt is bad input."""
-    path = resolve_model(config.model)
+    if config.server and not vocab_only:
+        return open_remote_engine(config)
+    model = config.model
+    if config.server and not model and (config.tokenizer or "").lower().endswith(".gguf"):
+        model = config.tokenizer  # preview and doctor tokenize with the served model's vocabulary
+    path = resolve_model(model)
     check_model_file(path)
     try:
         return create_engine(
@@ -59,6 +64,8 @@ def _cause(error: EngineError) -> str:
 
 def open_concurrent(engine: Engine, batch: int) -> ConcurrentEngine:
     """The engine behind the scheduler: `batch` sequences decoded together in-process, or one at a time."""
+    if isinstance(engine, ConcurrentEngine):  # a remote engine: concurrency x endpoints requests in flight
+        return engine
     if batch <= 1:
         return SerialSequences(engine)
     from gristmill.models.llama_batch import LlamaBatchEngine
@@ -67,3 +74,26 @@ def open_concurrent(engine: Engine, batch: int) -> ConcurrentEngine:
     if not isinstance(engine, LlamaCppEngine):
         raise EngineError(f"--batch {batch} needs the in-process llama.cpp engine, not {engine.name}")
     return LlamaBatchEngine(engine, batch)
+
+
+def open_remote_engine(config: GenerateConfig) -> Engine:
+    """`--server URL...`: the key is read from the environment here and travels only in an HTTP header."""
+    from gristmill.models.remote_http import RetryPolicy
+
+    tokenizer = config.tokenizer or config.model
+    if not tokenizer:
+        raise EngineError("--server needs --tokenizer PATH: the served model's GGUF (read vocab-only) or its "
+                          "tokenizer.json; gristmill tokenizes every prompt itself and sends ids")
+    policy = RetryPolicy(attempts=max(1, config.retries), timeout_s=config.request_timeout)
+    return create_engine(
+        "remote", servers=config.server, tokenizer=Path(tokenizer).expanduser(), concurrency=config.concurrency,
+        api_key=_key_from_env(config.api_key_env), server_kind=config.server_kind, add_bos=config.add_bos,
+        policy=policy,
+    )
+
+
+def _key_from_env(name: str):
+    """Wrapped at once: no frame keeps the key as a plain string (a crash report shows frames' locals)."""
+    from gristmill.models.remote_http import Secret
+
+    return Secret(os.environ[name]) if os.environ.get(name) else None

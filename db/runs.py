@@ -117,3 +117,10 @@ def mark_finished(store: Store, run_id: int, finished: bool) -> None:
     with store.write() as conn:
         conn.execute("UPDATE runs SET finished_at = ? WHERE id = ?",
                      (utc_now() if finished else None, run_id))
+
+
+def record_servers(store: Store, run_id: int, servers: list[dict]) -> None:
+    """Remote runs keep the endpoints that served them and what each `GET /v1/models` said (latest session)."""
+    with store.write() as conn:
+        conn.execute("UPDATE runs SET settings = json_set(settings, '$.servers', json(?)) WHERE id = ?",
+                     (json.dumps(servers, sort_keys=True), run_id))

@@ -32,3 +32,4 @@ def create_engine(name: str, **options) -> Engine:
 
 register_engine("llama_cpp", "gristmill.models.llama_cpp_engine:LlamaCppEngine")
 register_engine("fake", "gristmill.models.fake:FakeEngine")
+register_engine("remote", "gristmill.models.remote:RemoteEngine")

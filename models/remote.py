@@ -1,0 +1,342 @@
+"""Remote generation: llama-server or vLLM through raw `/v1/completions`, fed token ids we tokenized.
+
+`RemoteEngine` is both surfaces at once:
+- a `ConcurrentEngine` (capacity = concurrency × endpoints): `submit` hands a prompt job to an asyncio loop
+  running in a background thread, which sends its requests (httpx) and queues each finished sample; `poll`
+  returns what finished. The scheduler drives it like in-process batching.
+- a plain `Engine`: `stream` is one request, so the serial pipeline works against a server too.
+
+Every answer is checked before it becomes a result: the server's prompt token count (and, from vLLM, the
+prompt ids themselves) must equal ours, else the sample fails "server tokenized differently"; the returned
+ids are rendered by our tokenizer exactly as the in-process engine renders sampled ids (control tokens as
+nothing, stop strings matched on the decoded text), so a remote run stores what a local run would.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import json
+import queue
+import threading
+from collections.abc import Iterator, Sequence
+from concurrent.futures import Future
+from dataclasses import dataclass
+from pathlib import Path
+
+from gristmill.models.base import Engine, EngineError, GenerationParams, GenerationResult, ModelInfo, TextPiece
+from gristmill.models.batch import ConcurrentEngine, PromptJob, SampleRequest, SequenceEvent
+from gristmill.models.remote_http import (
+    ClientPool, Endpoint, EndpointPool, Fault, Rejected, RetryPolicy, Secret, fetch, log, normalize_url,
+    unreachable,
+)
+from gristmill.models.remote_protocol import (
+    COMPLETIONS_PATH, LLAMA_SERVER, MODELS_PATH, SERVER_KINDS, VLLM, Answer, Choice, ProtocolFault,
+    build_request, detect_models, parse_answer,
+)
+from gristmill.models.remote_tokenizer import RemoteTokenizer, open_tokenizer
+from gristmill.models.stops import StopMatcher, Utf8Stream
+
+TOKENIZED_DIFFERENTLY = "server tokenized differently"
+
+
+class Mismatch(Exception):
+    """The server's view of the prompt differs from ours: the sample fails, never retried."""
+
+
+@dataclass(frozen=True)
+class _Group:
+    """Samples sent as one request: one sample, or (vLLM) consecutive seeds as one request with `n`."""
+
+    samples: tuple[SampleRequest, ...]
+
+
+class RemoteEngine(Engine, ConcurrentEngine):
+    name = "remote"
+
+    def __init__(self, servers: Sequence[str], tokenizer: str | Path | RemoteTokenizer, *, concurrency: int = 4,
+                 api_key: Secret | str | None = None, server_kind: str | None = None, add_bos: bool | None = None,
+                 policy: RetryPolicy | None = None, **_ignored):
+        if not servers:
+            raise EngineError("no --server given")
+        if concurrency < 1:
+            raise EngineError("--concurrency must be at least 1")
+        if server_kind is not None and server_kind not in SERVER_KINDS:
+            raise EngineError(f"--server-kind must be one of {', '.join(SERVER_KINDS)}, not {server_kind!r}")
+        try:
+            urls = list(dict.fromkeys(normalize_url(url) for url in servers))
+        except ValueError as error:
+            raise EngineError(str(error)) from None
+        self.policy = policy or RetryPolicy()
+        self.concurrency = concurrency
+        self._key = api_key if isinstance(api_key, Secret) or api_key is None else Secret(api_key)
+        self.pool = EndpointPool([Endpoint(url, concurrency) for url in urls], self.policy)
+        self.tokenizer = tokenizer if isinstance(tokenizer, RemoteTokenizer) else open_tokenizer(tokenizer, add_bos)
+        self._events: queue.Queue[SequenceEvent] = queue.Queue()
+        self._live: set[int] = set()
+        self._futures: dict[int, Future] = {}
+        self._job_ids = 0
+        self._loop = asyncio.new_event_loop()
+        self._thread = threading.Thread(target=self._loop.run_forever, name="gristmill-remote", daemon=True)
+        self._thread.start()
+        self._clients = ClientPool(self._key, self.policy)
+        try:
+            self._call(self._discover(server_kind))
+        except BaseException:
+            self.close()
+            raise
+        self._info: ModelInfo | None = None
+
+    # --- the loop thread ---------------------------------------------------------------------
+    def _call(self, coroutine):
+        return asyncio.run_coroutine_threadsafe(coroutine, self._loop).result()
+
+    async def _discover(self, forced_kind: str | None) -> None:
+        """GET /v1/models on every endpoint (a few tries each): the kind, the model id, the context."""
+        for endpoint in self.pool.endpoints:
+            reason = None
+            for attempt in range(min(3, self.policy.attempts)):
+                try:
+                    raw = await fetch(self._clients, "GET", endpoint.url + MODELS_PATH)
+                    endpoint.served = detect_models(json.loads(raw), forced_kind)
+                    break
+                except ValueError as error:  # ProtocolFault or bad JSON: this is not a server we can use
+                    raise EngineError(f"server {endpoint.url}: {error}") from None
+                except Rejected as error:
+                    raise unreachable(endpoint.url, str(error)) from None
+                except Fault as fault:
+                    reason = fault.reason
+                    await asyncio.sleep(self.policy.backoff(attempt, fault.retry_after))
+            if endpoint.served is None:
+                raise unreachable(endpoint.url, reason or "no answer")
+        served = [e.served for e in self.pool.endpoints]
+        if len({s.model_id for s in served}) > 1 or len({s.kind for s in served}) > 1:
+            listing = ", ".join(f"{e.url}: {e.served.kind} {e.served.model_id!r}" for e in self.pool.endpoints)
+            raise EngineError(f"the servers do not serve the same model ({listing}); give them one name "
+                              f"(llama-server --alias, vllm --served-model-name)")
+
+    # --- what is served ----------------------------------------------------------------------
+    @property
+    def kind(self) -> str:
+        return self.pool.endpoints[0].served.kind
+
+    @property
+    def model_id(self) -> str:
+        return self.pool.endpoints[0].served.model_id
+
+    @property
+    def n_ctx(self) -> int | None:
+        contexts = [e.served.n_ctx for e in self.pool.endpoints if e.served.n_ctx]
+        return min(contexts) if contexts else (self.tokenizer.context_length or None)
+
+    def info(self) -> ModelInfo:
+        if self._info is None:
+            tok = self.tokenizer
+            identity = f"{self.kind}|{self.model_id}|{tok.fingerprint()}"
+            self._info = ModelInfo(
+                engine=self.name, path=" ".join(e.url for e in self.pool.endpoints), name=self.model_id,
+                fingerprint="remote:sha256:" + hashlib.sha256(identity.encode()).hexdigest(), size_bytes=0,
+                architecture=tok.architecture, context_length=tok.context_length, n_ctx=self.n_ctx or 0,
+                bos_id=tok.bos_id, eos_id=tok.eos_id, add_bos=tok.add_bos, add_bos_source=tok.add_bos_source,
+                has_chat_template=tok.has_chat_template,
+                metadata={"tokenizer": str(tok.path), "tokenizer_fingerprint": tok.fingerprint(),
+                          "server_kind": self.kind, "servers": self.servers()},
+            )
+        return self._info
+
+    def servers(self) -> list[dict]:
+        """Each endpoint and what its `GET /v1/models` answered: recorded on the run."""
+        return [{**e.describe(), "models": e.served.raw if e.served else None} for e in self.pool.endpoints]
+
+    def describe(self) -> dict:
+        return {"capacity": self.capacity, "mode": "remote", "server_kind": self.kind,
+                "concurrency": self.concurrency, "endpoints": [e.describe() for e in self.pool.endpoints],
+                "out_of_rotation": self.pool.out_of_rotation()}
+
+    # --- Engine ------------------------------------------------------------------------------
+    def tokenize(self, text: str) -> list[int]:
+        return self.tokenizer.tokenize(text)
+
+    def detokenize(self, ids: Sequence[int]) -> str:
+        return self.tokenizer.detokenize(ids)
+
+    def check_prompt(self, ids: Sequence[int], max_tokens: int) -> None:
+        self.tokenizer.check_prompt(ids, max_tokens, self.n_ctx)
+
+    def stream(self, ids: Sequence[int], params: GenerationParams) -> Iterator[TextPiece | GenerationResult]:
+        self.check_prompt(ids, params.max_tokens)
+        sample = SampleRequest(key=-1, seed=params.seed)
+        [outcome] = self._call(self._run_group(tuple(ids), params, _Group((sample,))))
+        if isinstance(outcome, EngineError):
+            raise outcome
+        if outcome.text:
+            yield TextPiece(outcome.text)
+        yield outcome
+
+    # --- ConcurrentEngine --------------------------------------------------------------------
+    @property
+    def capacity(self) -> int:
+        return self.concurrency * len(self.pool.endpoints)
+
+    def in_flight(self) -> int:
+        return len(self._live)
+
+    def submit(self, job: PromptJob) -> None:
+        for group in self._groups(job):
+            keys = [s.key for s in group.samples]
+            self._live.update(keys)
+            future = asyncio.run_coroutine_threadsafe(self._send(job, group), self._loop)
+            for key in keys:
+                self._futures[key] = future
+
+    def poll(self, timeout: float | None = None) -> list[SequenceEvent]:
+        if not self._live and self._events.empty():
+            return []
+        events = []
+        try:
+            events.append(self._events.get(timeout=timeout) if timeout != 0 else self._events.get_nowait())
+            while True:
+                events.append(self._events.get_nowait())
+        except queue.Empty:
+            pass
+        kept = [e for e in events if e.key in self._live]
+        for event in kept:
+            if event.final:
+                self._live.discard(event.key)
+                self._futures.pop(event.key, None)
+        return kept
+
+    def cancel(self) -> list[int]:
+        keys = sorted(self._live)
+        for future in {id(f): f for f in self._futures.values()}.values():
+            future.cancel()
+        self._live.clear()
+        self._futures.clear()
+        return keys
+
+    def close(self) -> None:
+        if getattr(self, "_loop", None) is None or self._loop.is_closed():
+            return
+        self.cancel()
+        clients = getattr(self, "_clients", None)
+        if clients is not None:
+            asyncio.run_coroutine_threadsafe(clients.aclose(), self._loop).result(timeout=10)
+        self._loop.call_soon_threadsafe(self._loop.stop)
+        self._thread.join(timeout=10)
+        self._loop.close()
+        self.tokenizer.close()
+
+    # --- requests ----------------------------------------------------------------------------
+    def _groups(self, job: PromptJob) -> list[_Group]:
+        """vLLM gives child k the seed `seed + k`: consecutive seeds go as one request with `n`."""
+        if self.kind != VLLM:
+            return [_Group((s,)) for s in job.samples]
+        groups: list[list[SampleRequest]] = []
+        for sample in job.samples:
+            last = groups[-1] if groups else None
+            if last and sample.seed == last[0].seed + len(last) and len(last) < self.concurrency:
+                last.append(sample)
+            else:
+                groups.append([sample])
+        return [_Group(tuple(g)) for g in groups]
+
+    async def _send(self, job: PromptJob, group: _Group) -> None:
+        try:
+            outcomes = await self._run_group(job.ids, job.params, group)
+        except Exception as error:  # a bug must end the samples, not leave the scheduler waiting for them
+            log.exception("remote request failed unexpectedly")
+            outcomes = [EngineError(f"{type(error).__name__}: {error}")] * len(group.samples)
+        for sample, outcome in zip(group.samples, outcomes):
+            self._events.put(SequenceEvent(sample.key, outcome))
+
+    async def _run_group(self, ids: tuple[int, ...], params: GenerationParams,
+                         group: _Group) -> list[GenerationResult | EngineError]:
+        n = len(group.samples)
+        reason, endpoint = "no attempt", None
+        for attempt in range(self.policy.attempts):
+            endpoint = self.pool.pick(avoid=endpoint)
+            payload = build_request(endpoint.served.kind, endpoint.served.model_id, list(ids), params,
+                                    group.samples[0].seed, n)
+            endpoint.in_flight += n
+            endpoint.requests += 1
+            try:
+                raw = await fetch(self._clients, "POST", endpoint.url + COMPLETIONS_PATH, payload)
+                answer = parse_answer(endpoint.served.kind, raw, n)
+                self.pool.succeeded(endpoint)
+                return [self._result(answer, choice, ids, params, endpoint) for choice in answer.choices]
+            except ProtocolFault as fault:
+                reason = str(fault)
+                self.pool.failed(endpoint, reason)
+                retry_after = None
+            except Fault as fault:
+                reason = fault.reason
+                self.pool.failed(endpoint, reason)
+                retry_after = fault.retry_after
+            except Rejected as rejected:
+                self.pool.succeeded(endpoint)  # it answered: the endpoint is fine, the request is not
+                return [EngineError(f"{endpoint.url} refused the request: {rejected}")] * n
+            except Mismatch as mismatch:
+                return [EngineError(f"{TOKENIZED_DIFFERENTLY}: {mismatch} ({endpoint.url})")] * n
+            finally:
+                endpoint.in_flight -= n
+            log.info("request to %s failed (%s); try %d of %d", endpoint.url, reason, attempt + 1,
+                     self.policy.attempts)
+            if attempt + 1 < self.policy.attempts:
+                await asyncio.sleep(self.policy.backoff(attempt, retry_after))
+        return [EngineError(f"gave up after {self.policy.attempts} tries; last error: {reason}")] * n
+
+    def _result(self, answer: Answer, choice: Choice, ids: tuple[int, ...], params: GenerationParams,
+                endpoint: Endpoint) -> GenerationResult | EngineError:
+        if answer.prompt_tokens != len(ids):
+            raise Mismatch(f"it counted {answer.prompt_tokens} prompt tokens, we fed {len(ids)}")
+        if answer.prompt_token_ids is not None and answer.prompt_token_ids != ids:
+            raise Mismatch("its prompt ids differ from the ids we sent")
+        timings = {**answer.timings, "endpoint": endpoint.url, "server_kind": endpoint.served.kind}
+        if choice.token_ids is None:  # an older server: keep its text, say the ids were not checked
+            finish = _server_finish(choice)
+            return GenerationResult(text=choice.text, completion_tokens=choice.completion_tokens or 0,
+                                    finish_reason=finish, timings={**timings, "ids_checked": False})
+        return self._render(choice, params, timings)
+
+    def _render(self, choice: Choice, params: GenerationParams, timings: dict) -> GenerationResult:
+        """The sampled ids rendered as the in-process engine renders them; the server's text is only compared."""
+        tok = self.tokenizer
+        sampled = list(choice.token_ids)
+        eos = bool(sampled) and tok.is_eog(sampled[-1])
+        if eos:
+            sampled.pop()
+        decoder, matcher = Utf8Stream(), StopMatcher(params.stop)
+        kept, control = [], 0
+        for token in sampled:
+            if tok.is_eog(token):  # anything after an end-of-generation token was not ours to keep
+                eos = True
+                break
+            control += tok.is_control(token)
+            kept.append(token)
+            matcher.feed(decoder.feed(tok.piece(token)))
+            if matcher.stopped:
+                break
+        if not matcher.stopped:
+            matcher.feed(decoder.flush())
+            if not matcher.stopped:
+                matcher.flush()
+        finish = "stop" if matcher.stopped else "eos" if eos else _server_finish(choice)
+        extra = {"ids_checked": True}
+        if control:
+            extra["control_tokens"] = control
+        if matcher.text != choice.text:
+            extra["server_text_differs"] = True
+        return GenerationResult(text=matcher.text, completion_tokens=len(kept), finish_reason=finish,
+                                token_ids=tuple(kept), timings={**timings, **extra})
+
+
+def _server_finish(choice: Choice) -> str:
+    """stop | length | eos from the server's own words (used where we have no ids to tell by)."""
+    if choice.finish_reason == "length" or choice.stop_detail == "limit":
+        return "length"
+    if choice.finish_reason == "eos" or choice.stop_detail == "eos":
+        return "eos"
+    return "stop"
+
+
+__all__ = ["RemoteEngine", "RetryPolicy", "Secret", "LLAMA_SERVER", "VLLM", "TOKENIZED_DIFFERENTLY"]

@@ -1,0 +1,239 @@
+"""Endpoints, retries and the API key: the fault handling of remote generation, apart from the protocol.
+
+Transient faults (connection refused, timeout, 5xx, 429, a connection cut mid-body, malformed JSON) are retried
+with exponential backoff and jitter, honouring `Retry-After`, on the least-loaded endpoint still in the
+rotation; after `attempts` tries the item fails with the last reason. A 4xx other than 408/429 is the
+server refusing this request (e.g. a prompt over its context): retrying would not help, the item fails at once.
+An endpoint that fails `bench_after` times in a row leaves the rotation for `bench_s` seconds (doubling while it
+keeps failing) and is then tried again.
+"""
+
+from __future__ import annotations
+
+import email.utils
+import logging
+import random
+import ssl
+import time
+from dataclasses import dataclass, field
+from urllib.parse import urlsplit
+
+import httpx
+
+from gristmill.models.base import EngineError
+from gristmill.models.remote_protocol import ServedModel, error_message
+
+log = logging.getLogger("gristmill.remote")
+
+
+class Secret:
+    """The API key: its repr never shows it, so a traceback with locals or a log line cannot leak it."""
+
+    __slots__ = ("_value",)
+
+    def __init__(self, value: str):
+        self._value = value
+
+    def reveal(self) -> str:
+        return self._value
+
+    def __repr__(self) -> str:
+        return "Secret('***')"
+
+    __str__ = __repr__
+
+
+class Fault(Exception):
+    """A transient failure: retry, maybe elsewhere. `retry_after` is the server's Retry-After in seconds."""
+
+    def __init__(self, reason: str, retry_after: float | None = None):
+        super().__init__(reason)
+        self.reason = reason
+        self.retry_after = retry_after
+
+
+class Rejected(Exception):
+    """The server refused this request (4xx): retrying the same request cannot succeed."""
+
+
+@dataclass(frozen=True)
+class RetryPolicy:
+    attempts: int = 6  # tries per request, across endpoints
+    base_s: float = 0.5  # first backoff; doubles per try
+    max_s: float = 30.0
+    max_retry_after_s: float = 120.0  # a server asking for longer is asked again after this
+    bench_after: int = 3  # consecutive failures that take an endpoint out of the rotation
+    bench_s: float = 30.0  # first time out of the rotation; doubles while it keeps failing
+    max_bench_s: float = 600.0
+    connect_timeout_s: float = 10.0
+    timeout_s: float = 600.0  # a whole completion: long generations on a busy server take minutes
+
+    def backoff(self, attempt: int, retry_after: float | None = None) -> float:
+        """Exponential with equal jitter (half fixed, half random), never shorter than Retry-After."""
+        delay = min(self.max_s, self.base_s * (2 ** attempt))
+        delay = delay / 2 + random.uniform(0, delay / 2)
+        if retry_after is not None:
+            delay = max(delay, min(retry_after, self.max_retry_after_s))
+        return delay
+
+
+def normalize_url(url: str) -> str:
+    """`http://host:8080`, `http://host:8080/` and `http://host:8080/v1` all name the same server."""
+    parts = urlsplit(url.strip())
+    if parts.scheme not in ("http", "https") or not parts.hostname:
+        raise ValueError(f"--server {url!r}: expected http://HOST:PORT or https://HOST:PORT")
+    if parts.username or parts.password:
+        raise ValueError("--server: credentials in the URL are not accepted (they would be stored with the "
+                         "run); put the key in the environment variable named by --api-key-env")
+    path = parts.path.rstrip("/")
+    if path.endswith("/v1"):
+        path = path[:-3]
+    return f"{parts.scheme}://{parts.netloc}{path}"
+
+
+def parse_retry_after(value: str | None) -> float | None:
+    if not value:
+        return None
+    value = value.strip()
+    try:
+        return max(0.0, float(value))
+    except ValueError:
+        pass
+    try:
+        when = email.utils.parsedate_to_datetime(value)
+    except (TypeError, ValueError):
+        return None
+    return max(0.0, when.timestamp() - time.time())
+
+
+@dataclass
+class Endpoint:
+    url: str
+    concurrency: int
+    served: ServedModel | None = None
+    in_flight: int = 0  # samples
+    consecutive_failures: int = 0
+    benched_until: float = 0.0
+    bench_s: float = 0.0
+    requests: int = 0
+    failures: int = 0
+    last_error: str | None = None
+
+    def describe(self) -> dict:
+        return {"url": self.url, "kind": self.served.kind if self.served else None,
+                "model": self.served.model_id if self.served else None,
+                "n_ctx": self.served.n_ctx if self.served else None, "concurrency": self.concurrency,
+                "requests": self.requests, "failures": self.failures,
+                "in_rotation": self.benched_until <= time.monotonic()}
+
+
+@dataclass
+class EndpointPool:
+    """Spreads requests by load over the endpoints in the rotation. Used from the event loop thread only."""
+
+    endpoints: list[Endpoint]
+    policy: RetryPolicy = field(default_factory=RetryPolicy)
+
+    def pick(self, avoid: Endpoint | None = None) -> Endpoint:
+        now = time.monotonic()
+        healthy = [e for e in self.endpoints if e.benched_until <= now]
+        if not healthy:  # every endpoint is out: probe the one due back first
+            return min(self.endpoints, key=lambda e: e.benched_until)
+        if avoid is not None and len(healthy) > 1:
+            healthy = [e for e in healthy if e is not avoid] or healthy
+        return min(healthy, key=lambda e: (e.in_flight / e.concurrency, e.requests))
+
+    def succeeded(self, endpoint: Endpoint) -> None:
+        if endpoint.bench_s:
+            log.warning("endpoint %s is back in the rotation", endpoint.url)
+        endpoint.consecutive_failures = 0
+        endpoint.bench_s = 0.0
+        endpoint.benched_until = 0.0
+
+    def failed(self, endpoint: Endpoint, reason: str) -> None:
+        endpoint.failures += 1
+        endpoint.consecutive_failures += 1
+        endpoint.last_error = reason
+        if endpoint.consecutive_failures >= self.policy.bench_after and endpoint.benched_until <= time.monotonic():
+            endpoint.bench_s = min(self.policy.max_bench_s, endpoint.bench_s * 2 or self.policy.bench_s)
+            endpoint.benched_until = time.monotonic() + endpoint.bench_s
+            log.warning("endpoint %s left the rotation after %d failures in a row (%s); tried again in %.0f s",
+                        endpoint.url, endpoint.consecutive_failures, reason, endpoint.bench_s)
+
+    def out_of_rotation(self) -> list[str]:
+        now = time.monotonic()
+        return [e.url for e in self.endpoints if e.benched_until > now]
+
+
+class ClientPool:
+    """One httpx client per connection, handed out per request.
+
+    Measured here: 64 concurrent requests through one AsyncClient's shared pool took 1.9-3.7 s against a
+    stub answering in 0.25 s (httpcore's pool does work per waiting request on every change), and 0.5 s through
+    64 single-connection clients. Idle clients are kept, so connections are reused.
+    """
+
+    def __init__(self, api_key: Secret | None, policy: RetryPolicy):
+        self._headers = {"Authorization": f"Bearer {api_key.reveal()}"} if api_key else {}
+        self._timeout = httpx.Timeout(policy.timeout_s, connect=policy.connect_timeout_s)
+        # one TLS context for all: building one reads the CA bundle (~90 ms each, measured here)
+        self._tls = ssl.create_default_context()
+        self._idle: list[httpx.AsyncClient] = []
+        self._all: list[httpx.AsyncClient] = []
+
+    def acquire(self) -> httpx.AsyncClient:
+        if self._idle:
+            return self._idle.pop()
+        client = httpx.AsyncClient(headers=self._headers, trust_env=False, timeout=self._timeout, verify=self._tls,
+                                   limits=httpx.Limits(max_connections=1, max_keepalive_connections=1))
+        self._all.append(client)
+        return client
+
+    def release(self, client: httpx.AsyncClient) -> None:
+        self._idle.append(client)
+
+    async def aclose(self) -> None:
+        for client in self._all:
+            await client.aclose()
+        self._all.clear()
+        self._idle.clear()
+
+
+async def fetch(clients: ClientPool, method: str, url: str, payload: dict | None = None) -> bytes:
+    client = clients.acquire()
+    try:
+        return await request_json(client, method, url, payload)
+    finally:
+        clients.release(client)
+
+
+async def request_json(client: httpx.AsyncClient, method: str, url: str, payload: dict | None = None) -> bytes:
+    """One HTTP exchange; every failure becomes a Fault (retry) or Rejected (do not). Returns the 2xx body."""
+    try:
+        response = await client.request(method, url, json=payload)
+    except httpx.TimeoutException as error:
+        raise Fault(f"timeout ({type(error).__name__})") from None
+    except httpx.ConnectError as error:
+        raise Fault(f"cannot connect ({_short(error)})") from None
+    except (httpx.RemoteProtocolError, httpx.ReadError) as error:
+        raise Fault(f"connection cut mid-response ({_short(error)})") from None
+    except httpx.HTTPError as error:
+        raise Fault(f"{type(error).__name__} ({_short(error)})") from None
+    status = response.status_code
+    if status == 429 or status == 408 or status >= 500:
+        raise Fault(f"HTTP {status}: {error_message(response.content)}",
+                    parse_retry_after(response.headers.get("Retry-After")))
+    if status == 401 or status == 403:
+        raise Rejected(f"HTTP {status}: {error_message(response.content)} (is the API key in the environment "
+                       f"variable named by --api-key-env?)")
+    if status >= 400:
+        raise Rejected(f"HTTP {status}: {error_message(response.content)}")
+    return response.content
+
+
+def _short(error: Exception) -> str:
+    return (str(error) or type(error).__name__)[:200]
+
+
+def unreachable(url: str, reason: str) -> EngineError:
+    return EngineError(f"server {url} did not answer GET /v1/models: {reason}")

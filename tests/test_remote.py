@@ -1,0 +1,367 @@
+"""Remote engine against loopback stubs: every fault retried or failed with its reason, each server's fields,
+the concurrent surface, endpoint rotation, and the API key kept out of the database, the log and exports."""
+
+from __future__ import annotations
+
+import json
+import logging
+
+import pytest
+
+from gristmill.models import EngineError, GenerationParams, PromptRefused
+from gristmill.models.batch import PromptJob, SampleRequest
+from gristmill.models.remote import TOKENIZED_DIFFERENTLY, RemoteEngine
+from gristmill.models.remote_http import EndpointPool, Endpoint, RetryPolicy, Secret, parse_retry_after
+from gristmill.models.remote_tokenizer import open_tokenizer
+from remote_stub import StubServer, free_port
+
+FAST = RetryPolicy(attempts=4, base_s=0.001, max_s=0.01, timeout_s=1.0, connect_timeout_s=1.0, bench_s=0.001)
+PROMPT = "Q: What is the capital of France? <|im_start|> <start_of_turn>\nA:"
+
+
+@pytest.fixture(scope="module")
+def tok(gemma_path):
+    tokenizer = open_tokenizer(gemma_path)
+    yield tokenizer
+    tokenizer.close()
+
+
+@pytest.fixture(scope="module")
+def reply(tok):
+    ids = [i for i in tok.tokenize(" Paris is the capital.") if i != tok.bos_id]
+    return ids + [tok.eos_id]
+
+
+class KeepTokenizer:
+    """Engines in these tests share one vocab-only tokenizer; closing an engine must not free it."""
+
+    def __init__(self, tok):
+        self.tok = tok
+
+    def __getattr__(self, name):
+        return getattr(self.tok, name)
+
+
+def engine_for(stub_urls, tok, **options) -> RemoteEngine:
+    options.setdefault("policy", FAST)
+    engine = RemoteEngine(stub_urls, tok, **options)
+    engine.tokenizer.close = lambda: None  # the module's tokenizer outlives each engine
+    return engine
+
+
+@pytest.mark.parametrize("kind", ["vllm", "llama-server"])
+def test_answer_rendered_from_ids_like_in_process(kind, tok, reply, gemma):
+    with StubServer(kind, reply_ids=reply, reply_text=" Paris is the capital.<eos>") as stub:
+        engine = engine_for([stub.url], tok)
+        try:
+            ids = engine.tokenize(PROMPT)
+            result = engine.generate(ids, GenerationParams(max_tokens=32, seed=7))
+        finally:
+            engine.close()
+    assert ids == gemma.tokenize(PROMPT)  # the in-process tokenizer, special parsing off
+    assert 105 not in ids  # <start_of_turn> typed in text stays text
+    assert result.text == " Paris is the capital."  # ours, from the ids: the server's "<eos>" text is not kept
+    assert result.finish_reason == "eos"
+    assert result.completion_tokens == len(reply) - 1
+    assert result.timings["endpoint"] == stub.url and result.timings["ids_checked"] is True
+    sent = stub.requests[0]
+    assert sent["prompt"] == ids and sent["seed"] == 7 and sent["n"] == 1
+    for field in ("max_tokens", "temperature", "top_p", "top_k", "min_p", "stop", "frequency_penalty",
+                  "presence_penalty"):
+        assert field in sent
+    if kind == "vllm":
+        assert sent["skip_special_tokens"] is False and sent["return_token_ids"] is True
+        assert sent["repetition_penalty"] == 1.0 and sent["stop_token_ids"] == []
+    else:
+        assert sent["cache_prompt"] is False and sent["return_tokens"] is True and sent["verbose"] is True
+        assert sent["samplers"] and sent["repeat_penalty"] == 1.0 and sent["dry_multiplier"] == 0.0
+
+
+def test_stop_string_matched_on_decoded_ids(tok, reply):
+    with StubServer("vllm", reply_ids=reply, reply_text=" Paris") as stub:
+        engine = engine_for([stub.url], tok)
+        try:
+            result = engine.generate(engine.tokenize("Q: x\nA:"), GenerationParams(max_tokens=32, stop=(" is",)))
+        finally:
+            engine.close()
+    assert result.text == " Paris" and result.finish_reason == "stop"
+
+
+def test_length_when_max_tokens_reached(tok, reply):
+    with StubServer("llama-server", reply_ids=reply) as stub:
+        engine = engine_for([stub.url], tok)
+        try:
+            result = engine.generate(engine.tokenize("Q: x\nA:"), GenerationParams(max_tokens=2))
+        finally:
+            engine.close()
+    assert result.finish_reason == "length" and result.completion_tokens == 2
+
+
+@pytest.mark.parametrize("fault", ["500", "503", "429", "timeout", "cut", "close", "badjson"])
+def test_each_fault_is_retried_then_succeeds(fault, tok, reply):
+    with StubServer("vllm", reply_ids=reply, faults=[fault, fault], hang_s=2.0) as stub:
+        engine = engine_for([stub.url], tok)
+        try:
+            result = engine.generate(engine.tokenize("Q: x\nA:"), GenerationParams(max_tokens=32))
+        finally:
+            engine.close()
+    assert result.text == " Paris is the capital."
+    assert len(stub.requests) == 3  # two faults, then the answer
+
+
+@pytest.mark.parametrize("fault, reason", [("500", "HTTP 500"), ("429", "HTTP 429"), ("timeout", "timeout"),
+                                           ("cut", "connection cut"), ("close", "connection cut"),
+                                           ("badjson", "malformed JSON")])
+def test_each_fault_fails_the_item_with_its_reason_after_the_limit(fault, reason, tok, reply):
+    with StubServer("vllm", reply_ids=reply, faults=[fault] * 10, hang_s=2.0) as stub:
+        engine = engine_for([stub.url], tok)
+        try:
+            with pytest.raises(EngineError) as raised:
+                engine.generate(engine.tokenize("Q: x\nA:"), GenerationParams(max_tokens=32))
+        finally:
+            engine.close()
+    assert len(stub.requests) == FAST.attempts
+    assert "gave up after 4 tries" in str(raised.value) and reason in str(raised.value)
+
+
+def test_connection_refused_is_retried_on_another_endpoint_and_leaves_the_rotation(tok, reply, caplog):
+    dead = f"http://127.0.0.1:{free_port()}"
+    with StubServer("vllm", reply_ids=reply) as stub:
+        engine = engine_for([stub.url], tok)
+        try:
+            # the dead endpoint joins after discovery, as a box that goes down mid-run would
+            engine.pool.endpoints.insert(0, Endpoint(dead, 4, served=engine.pool.endpoints[0].served))
+            engine.pool.endpoints[1].requests = 1000  # so the dead one is picked first while both serve
+            slow = RetryPolicy(attempts=4, base_s=0.001, max_s=0.01, timeout_s=1.0, bench_after=1, bench_s=600)
+            engine.policy = engine.pool.policy = slow
+            with caplog.at_level(logging.WARNING, logger="gristmill.remote"):
+                result = engine.generate(engine.tokenize("Q: x\nA:"), GenerationParams(max_tokens=32))
+                out = engine.describe()["out_of_rotation"]
+        finally:
+            engine.close()
+    assert result.timings["endpoint"] == stub.url
+    assert out == [dead]
+    assert "left the rotation" in caplog.text and "cannot connect" in caplog.text
+
+
+def test_server_down_at_start_is_a_clear_error(tok):
+    with pytest.raises(EngineError, match="did not answer GET /v1/models"):
+        RemoteEngine([f"http://127.0.0.1:{free_port()}"], tok, policy=FAST)
+
+
+def test_client_error_fails_at_once_without_retry(tok, reply):
+    with StubServer("vllm", reply_ids=reply, api_key="right") as stub:
+        stub.api_key = None  # discovery passes; completions are refused
+        engine = engine_for([stub.url], tok, api_key="wrong")
+        stub.api_key = "right"
+        try:
+            with pytest.raises(EngineError, match="HTTP 401.*api-key-env"):
+                engine.generate(engine.tokenize("Q: x\nA:"), GenerationParams(max_tokens=8))
+        finally:
+            engine.close()
+    assert len(stub.requests) == 1
+
+
+@pytest.mark.parametrize("kind", ["vllm", "llama-server"])
+def test_server_that_counts_other_prompt_tokens_fails_the_item(kind, tok, reply):
+    with StubServer(kind, reply_ids=reply, faults=["miscount"]) as stub:
+        engine = engine_for([stub.url], tok)
+        try:
+            with pytest.raises(EngineError, match=TOKENIZED_DIFFERENTLY):
+                engine.generate(engine.tokenize("Q: x\nA:"), GenerationParams(max_tokens=8))
+        finally:
+            engine.close()
+    assert len(stub.requests) == 1  # never retried: it would tokenize differently again
+
+
+def test_control_tokens_in_prompt_and_context_are_refused(tok, reply):
+    with StubServer("llama-server", reply_ids=reply, n_ctx=64) as stub:
+        engine = engine_for([stub.url], tok)
+        try:
+            with pytest.raises(PromptRefused, match="control token 105"):
+                engine.check_prompt([2, 105, 10], 8)
+            with pytest.raises(PromptRefused, match="context of 64"):
+                engine.check_prompt(engine.tokenize("word " * 40), 32)
+        finally:
+            engine.close()
+    assert engine.info().n_ctx == 64
+
+
+def test_concurrent_surface_many_jobs_polled_until_done(tok, reply):
+    with StubServer("vllm", reply_ids=reply, faults=["500", "cut", "429"]) as a, \
+            StubServer("vllm", reply_ids=reply) as b:
+        engine = engine_for([a.url, b.url], tok, concurrency=3)
+        assert engine.capacity == 6
+        ids = tuple(engine.tokenize("Q: x\nA:"))
+        params = GenerationParams(max_tokens=16)
+        # job j: three samples with consecutive seeds (one request with n=3), then one with an unrelated seed
+        jobs = [PromptJob(ids, params, (*(SampleRequest(10 * j + k, 1000 * j + k) for k in range(3)),
+                                         SampleRequest(10 * j + 5, 7))) for j in range(6)]
+        finished, pending = {}, list(jobs)
+        try:
+            while pending or engine.in_flight():
+                while pending and engine.free_slots() >= len(pending[0].samples):
+                    engine.submit(pending.pop(0))
+                for event in engine.poll(timeout=5):
+                    if event.final:
+                        finished[event.key] = event.event
+        finally:
+            engine.close()
+    assert sorted(finished) == sorted(s.key for job in jobs for s in job.samples)
+    assert all(r.text == " Paris is the capital." for r in finished.values())
+    bodies = a.requests + b.requests
+    assert {body["n"] for body in bodies} == {1, 3}
+    assert 6 <= sum(body["n"] == 3 for body in bodies) <= 6 + 3  # one per job, plus at most the 3 faults' retries
+    assert a.requests and b.requests  # spread over both endpoints
+
+
+def test_cancel_returns_the_keys_in_flight(tok, reply):
+    with StubServer("vllm", reply_ids=reply, delay_s=0.5) as stub:
+        engine = engine_for([stub.url], tok, concurrency=2)
+        try:
+            ids = tuple(engine.tokenize("Q: x\nA:"))
+            engine.submit(PromptJob(ids, GenerationParams(max_tokens=4), (SampleRequest(1, 5), SampleRequest(2, 9))))
+            assert engine.in_flight() == 2
+            assert engine.cancel() == [1, 2]
+            assert engine.in_flight() == 0 and engine.poll(timeout=0) == []
+        finally:
+            engine.close()
+
+
+def test_pool_benches_a_failing_endpoint_and_takes_it_back():
+    policy = RetryPolicy(bench_after=2, bench_s=600)
+    a, b = Endpoint("http://a", 4), Endpoint("http://b", 4)
+    pool = EndpointPool([a, b], policy)
+    pool.failed(a, "HTTP 500")
+    assert pool.out_of_rotation() == []
+    pool.failed(a, "HTTP 500")
+    assert pool.out_of_rotation() == ["http://a"]
+    assert {pool.pick().url for _ in range(3)} == {"http://b"}
+    a.benched_until = 0.0  # its time out of the rotation is over: it is tried again
+    b.in_flight = 4
+    assert pool.pick() is a
+    pool.succeeded(a)
+    assert pool.out_of_rotation() == [] and a.consecutive_failures == 0
+
+
+def test_backoff_grows_and_honours_retry_after():
+    policy = RetryPolicy(base_s=1.0, max_s=8.0)
+    assert 0.5 <= policy.backoff(0) <= 1.0
+    assert 4.0 <= policy.backoff(3) <= 8.0 and policy.backoff(10) <= 8.0
+    assert policy.backoff(0, retry_after=5.0) >= 5.0
+    assert parse_retry_after("3") == 3.0 and parse_retry_after("garbage") is None
+    assert parse_retry_after("Wed, 21 Oct 2015 07:28:00 GMT") == 0.0
+
+
+def test_key_never_printed_and_urls_with_credentials_refused(tok):
+    assert "hunter2" not in repr(Secret("hunter2")) and "hunter2" not in str(Secret("hunter2"))
+    with pytest.raises(EngineError, match="credentials in the URL"):
+        RemoteEngine(["http://user:hunter2@127.0.0.1:1"], tok)
+
+
+def test_generate_cli_against_stub_keeps_the_key_out_of_db_log_and_export(tmp_path, monkeypatch, gemma_path,
+                                                                           tok, reply):
+    from typer.testing import CliRunner
+
+    from gristmill.app.cli import app
+    from gristmill.locations import log_file
+
+    key = "sk-test-9f8e7d6c5b4a39281706"
+    source = tmp_path / "items.jsonl"
+    source.write_text("".join(json.dumps({"instruction": text}) + "\n" for text in
+                              ["Name a colour.", "What is <|im_start|>assistant?", "Say <start_of_turn>hi"]))
+    db = tmp_path / "remote.db"
+    runner = CliRunner()
+    assert runner.invoke(app, ["--db", str(db), "add", str(source)]).exit_code == 0
+    monkeypatch.setenv("MY_KEY", key)
+    with StubServer("vllm", reply_ids=reply, api_key=key, faults=["500"]) as stub:
+        result = runner.invoke(app, ["--db", str(db), "generate", "--server", stub.url, "--tokenizer",
+                                     str(gemma_path), "--api-key-env", "MY_KEY", "--quiet", "--max-tokens", "16"])
+        assert result.exit_code == 0, result.output
+        assert all(h.get("Authorization") == f"Bearer {key}" for h in stub.headers)
+    assert key not in result.output
+    out = tmp_path / "export.jsonl"
+    import sqlite3
+
+    conn = sqlite3.connect(db)
+    gen_ids = [r[0] for r in conn.execute("SELECT id FROM generations WHERE status = 'done'")]
+    assert len(gen_ids) == 3
+    rows = conn.execute("SELECT prompt, prompt_tokens, prompt_token_ids_sha256, completion, finish_reason, timings "
+                        "FROM generations ORDER BY id").fetchall()
+    settings = json.loads(conn.execute("SELECT settings FROM runs").fetchone()[0])
+    conn.close()
+    from gristmill.models.base import token_ids_sha256
+
+    for prompt, count, digest, completion, finish, timings in rows:
+        ids = tok.tokenize(prompt)
+        assert count == len(ids) and digest == token_ids_sha256(ids) and 105 not in ids
+        assert completion == "Paris is the capital." or completion == " Paris is the capital."
+        assert finish == "eos" and json.loads(timings)["endpoint"] == stub.url
+    assert settings["servers"][0]["url"] == stub.url and settings["servers"][0]["models"]["data"][0]["id"]
+    from gristmill.app.review import decide
+    from gristmill.db import open_store
+
+    with open_store(db) as store:
+        for gid in gen_ids:
+            decide(store, gid, "accept", reviewer="t")
+    export = runner.invoke(app, ["--db", str(db), "export", str(out)])
+    assert export.exit_code == 0, export.output
+    for path in (db, db.with_name(db.name + "-wal"), log_file(), out, out.with_name(out.name + ".manifest.json")):
+        if path.exists():
+            assert key.encode() not in path.read_bytes(), path
+
+
+TEXTS = ["Q: What is the capital of France?\nA:", "What does <|im_start|>assistant mean? <|endoftext|> <|im_end|>",
+         "Numbers 12345 and 3.14, émigré café — naïve 日本語!", "  two  spaces\n\n\ttab", "def f(x):\n    return x**2"]
+
+
+@pytest.fixture(scope="module")
+def smollm_tokenizers(smollm_path, tmp_path_factory):
+    from gguf_vocab import write_tokenizer_json
+
+    folder = tmp_path_factory.mktemp("hf-tokenizer")
+    hf = open_tokenizer(write_tokenizer_json(smollm_path, folder / "tokenizer.json"))
+    gguf = open_tokenizer(smollm_path)
+    yield hf, gguf
+    hf.close()
+    gguf.close()
+
+
+def test_tokenizer_json_and_gguf_give_identical_ids(smollm_tokenizers):
+    hf, gguf = smollm_tokenizers
+    for text in TEXTS:
+        ids = hf.tokenize(text)
+        assert ids == gguf.tokenize(text), text
+        assert not any(hf.is_control(i) or gguf.is_control(i) for i in ids)  # <|im_start|> typed stays text
+        assert hf.detokenize(ids) == gguf.detokenize(ids) == text
+    assert hf.add_bos is gguf.add_bos is False and hf.eos_id == gguf.eos_id
+
+
+def test_remote_engine_with_a_tokenizer_json(smollm_tokenizers):
+    hf, _ = smollm_tokenizers
+    reply = hf.tokenize(" Paris, of course.") + [hf.eos_id]
+    with StubServer("vllm", reply_ids=reply, reply_text=" Paris, of course.<|im_end|>") as stub:
+        engine = RemoteEngine([stub.url], hf, policy=FAST)
+        engine.tokenizer.close = lambda: None
+        try:
+            ids = engine.tokenize(TEXTS[1])
+            result = engine.generate(ids, GenerationParams(max_tokens=16))
+            with pytest.raises(PromptRefused, match="control token"):
+                engine.check_prompt([1, *ids], 16)
+        finally:
+            engine.close()
+    assert stub.requests[0]["prompt"] == ids
+    assert (result.text, result.finish_reason, result.completion_tokens) == (" Paris, of course.", "eos", len(reply) - 1)
+
+
+def test_generate_server_without_tokenizer_or_with_unknown_kind_is_bad_input(tmp_path):
+    from typer.testing import CliRunner
+
+    from gristmill.app.cli import app
+
+    runner = CliRunner()
+    result = runner.invoke(app, ["--db", str(tmp_path / "x.db"), "generate", "--server", "http://127.0.0.1:9"])
+    assert result.exit_code == 2 and "--server needs --tokenizer" in result.output
+    result = runner.invoke(app, ["--db", str(tmp_path / "x.db"), "generate", "--server", "http://127.0.0.1:9",
+                                 "--tokenizer", "missing.gguf"])
+    assert result.exit_code == 2 and "tokenizer file not found" in result.output
