@@ -12,8 +12,8 @@ from textual.binding import Binding
 from textual.message import Message
 from textual.worker import get_current_worker
 
-from gristmill.db import Store, open_store
-from gristmill.db import reviews as reviews_db
+from gristmill.app import review
+from gristmill.app.review import Store
 
 COUNTS_REFRESH_S = 3.0  # at least; a slow count (a million rows) waits proportionally longer
 FIRST_COUNT_DELAY_S = 0.5  # after the first screen is up
@@ -41,7 +41,7 @@ class GristmillApp(App):
         super().__init__()
         self.db_path = Path(db_path)
         self.reviewer = reviewer
-        self.store = store or open_store(self.db_path)
+        self.store = store or review.open_database(self.db_path)
         self.keymap_overrides = keymap or {}
         self.counts: dict[str, int] = {}
         self._next_count = None
@@ -63,8 +63,8 @@ class GristmillApp(App):
         periodically; the next refresh waits at least 20 times as long as this count took.
         """
         started = time.perf_counter()
-        with open_store(self.db_path, migrate=False) as store:
-            counts = reviews_db.counts(store)
+        with review.open_database(self.db_path, migrate=False) as store:
+            counts = review.counts(store)
         if not get_current_worker().is_cancelled:
             self.post_message(CountsUpdated(counts, time.perf_counter() - started))
 

@@ -11,7 +11,7 @@ from textual.widgets import Button, Input, Label, Select, Static, TextArea
 
 from gristmill.app.flags import ALL_FLAGS
 from gristmill.app.textsafe import visible
-from gristmill.db.reviews import REVIEW_STATES, QueueFilter
+from gristmill.app.review import REVIEW_STATES, QueueFilter
 
 
 class HelpScreen(ModalScreen[None]):

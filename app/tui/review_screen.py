@@ -10,9 +10,9 @@ from textual.screen import Screen
 from textual.widgets import Collapsible, Footer, Header, Static
 
 from gristmill.app import review
-from gristmill.app.review import ReviewItem
+from gristmill.app.review import QueueFilter, ReviewItem
 from gristmill.app.textsafe import visible
-from gristmill.db.reviews import QueueFilter
+from gristmill.app.tui.compare import ComparePanes
 
 EMPTY_RECHECK_S = 2.0
 
@@ -35,6 +35,7 @@ class ReviewScreen(Screen):
         Binding("d", "diff", "Diff", id="diff", show=False),
         Binding("f", "filter", "Filter", id="filter"),
         Binding("p", "toggle_prompt", "Prompt", id="toggle_prompt", show=False),
+        Binding("c", "toggle_compare", "Compare", id="toggle_compare", show=False),
         *[Binding(str(n), f"best({n})", f"Best of N: sample {n}", id=f"best_{n}", show=False) for n in range(1, 10)],
     ]
 
@@ -43,6 +44,7 @@ class ReviewScreen(Screen):
         self.queue = QueueFilter()
         self.item: ReviewItem | None = None
         self.last_seen_id: int = 0  # where an empty queue re-checks from
+        self.compare = True  # several samples of one instruction: show them all (c toggles)
 
     def compose(self) -> ComposeResult:
         yield Header()
@@ -52,6 +54,7 @@ class ReviewScreen(Screen):
             yield Static(id="output")
             with Collapsible(title="Fed prompt (exact text)", collapsed=True, id="prompt-panel"):
                 yield Static(id="prompt")
+        yield ComparePanes(id="compare")
         yield Footer()
 
     def on_mount(self) -> None:
@@ -69,6 +72,7 @@ class ReviewScreen(Screen):
                              "New generations appear here as they are written; f changes the filter."))
             for widget in (instruction, output, prompt):
                 widget.update("")
+            self._show_compare(False)
             return
         item = self.item
         self.last_seen_id = item.generation_id
@@ -92,6 +96,14 @@ class ReviewScreen(Screen):
         output.update(shown)
         prompt.update(plain(item.prompt))
         self.query_one("#body", VerticalScroll).scroll_home(animate=False)
+        self._show_compare(self.compare and item.samples > 1)
+
+    def _show_compare(self, on: bool) -> None:
+        """All samples of the instruction in their own panes, numbered as the keys that pick them."""
+        self.set_class(on, "comparing")
+        panes = self.query_one(ComparePanes)
+        if on and self.item is not None:
+            panes.show(review.samples_of(self.app.store, self.item.generation_id), self.item.generation_id)
 
     def _describe_queue(self) -> str:
         q = self.queue
@@ -141,11 +153,11 @@ class ReviewScreen(Screen):
     def action_best(self, k: int) -> None:
         if self.item is None:
             return
-        chosen = review.pick_best(self.app.store, self.item.generation_id, k, self.app.reviewer)
-        if chosen is None:
-            self.notify(f"This instruction has no sample {k}", severity="warning")
+        pick = review.pick_best(self.app.store, self.item.generation_id, k, self.app.reviewer)
+        if not pick.ok:
+            self.notify(pick.message, severity="warning")
             return
-        self.notify(f"Accepted sample {k} (#{chosen}); rejected its siblings")
+        self.notify(pick.message)
         self._advance()
         self.app.refresh_counts()
 
@@ -196,6 +208,13 @@ class ReviewScreen(Screen):
             self.notify("Start of the queue", severity="information")
             return
         self.show(found)
+
+    def action_toggle_compare(self) -> None:
+        self.compare = not self.compare
+        if self.item is not None and self.item.samples > 1:
+            self._show_compare(self.compare)
+        else:
+            self.notify("Compare shows the samples of an instruction that has several", severity="information")
 
     def action_toggle_prompt(self) -> None:
         panel = self.query_one("#prompt-panel", Collapsible)

@@ -1,0 +1,21 @@
+"""The samples of one instruction in one run, side by side: what the compare view and best-of-N read."""
+
+from __future__ import annotations
+
+from gristmill.db.connection import Store
+
+
+def of_instruction(store: Store, generation_id: int) -> list[dict]:
+    """Every sample (any status) of this generation's instruction in its run, by sample index.
+
+    Pending, refused and failed samples are included: the number a reviewer presses is the sample's
+    own index, so a sample that is not done must still hold its place.
+    """
+    return [dict(r) for r in store.conn.execute(
+        """SELECT s.id, s.sample_index, s.status, s.completion, s.completion_tokens, s.finish_reason,
+                  s.flags, s.error, s.decision, rv.edited_response
+           FROM generations g JOIN generations s ON s.run_id = g.run_id AND s.instruction_id = g.instruction_id
+           LEFT JOIN reviews rv ON rv.id = s.review_id
+           WHERE g.id = ? ORDER BY s.sample_index""",
+        (generation_id,),
+    )]
