@@ -7,6 +7,7 @@ import json
 from dataclasses import dataclass
 
 from gristmill.db import Store, open_store
+from gristmill.db import browse as browse_db
 from gristmill.db import generations as generations_db
 from gristmill.db import reviews as reviews_db
 from gristmill.db import samples as samples_db
@@ -14,7 +15,7 @@ from gristmill.db.reviews import REVIEW_STATES, Decision, QueueFilter
 
 # The app's screens reach storage only through this module (and the other pipeline modules).
 __all__ = ["REVIEW_STATES", "QueueFilter", "ReviewItem", "Sample", "Pick", "Store", "open_database", "counts",
-           "load_item", "samples_of", "decide", "pick_best", "undo", "next_in_queue", "previous_in_queue",
+           "load_item", "samples_of", "position", "decide", "pick_best", "undo", "next_in_queue", "previous_in_queue",
            "unified_diff"]
 
 
@@ -154,6 +155,14 @@ def next_in_queue(store: Store, queue: QueueFilter, after: int | None = None) ->
 
 def previous_in_queue(store: Store, queue: QueueFilter, before: int) -> int | None:
     return reviews_db.neighbour(store, queue, before=before)
+
+
+def position(store: Store, queue: QueueFilter, generation_id: int) -> tuple[int, int]:
+    """(1-based position of this generation in the queue, or 0 if it is not in it; queue length)."""
+    where, params = queue.where()
+    total = browse_db.count_where(store, where, params)
+    inside = browse_db.count_where(store, where + " AND g.id = ?", [*params, generation_id])
+    return (browse_db.position(store, where, params, generation_id) if inside else 0), total
 
 
 def unified_diff(original: str, edited: str) -> str:

@@ -1,4 +1,9 @@
-"""The app frame: header with database and counts, the review screen, help, keymap."""
+"""The app frame: the rooms (one mode each, so a room keeps its state while you are elsewhere), the header
+with the counts and the reviewer, help, keymap.
+
+Rooms: review (the start), browse and search, generate, stats; export is a dialog over any room.
+Each is one key, shown in the footer, from anywhere.
+"""
 
 from __future__ import annotations
 
@@ -16,7 +21,15 @@ from gristmill.app import review
 from gristmill.app.review import Store
 
 COUNTS_REFRESH_S = 3.0  # at least; a slow count (a million rows) waits proportionally longer
-FIRST_COUNT_DELAY_S = 0.5  # after the first screen is up
+FIRST_COUNT_DELAY_S = 0.5
+HEADER_ROOM = 48  # characters of subtitle an 80-column header shows beside the title  # after the first screen is up
+
+
+def _room_screen(module: str, name: str):
+    """Rooms are imported when first visited: the app starts with the review screen alone."""
+    import importlib
+
+    return getattr(importlib.import_module(f"gristmill.app.tui.{module}"), name)()
 
 
 @dataclass
@@ -32,9 +45,21 @@ class GristmillApp(App):
     CSS_PATH = "app.tcss"
     ENABLE_COMMAND_PALETTE = False
     BINDINGS = [
+        Binding("v", "room('review')", "Review", id="room_review"),
+        Binding("b", "room('browse')", "Browse", id="room_browse"),
+        Binding("slash", "search", "Search", id="search"),
+        Binding("g", "room('generate')", "Gen", id="room_generate"),
+        Binding("t", "room('stats')", "Stats", id="room_stats"),
+        Binding("x", "export", "Export", id="export"),
         Binding("question_mark", "help", "Help", id="help"),
         Binding("q", "quit", "Quit", id="quit"),
     ]
+    MODES = {
+        "review": lambda: _room_screen("review_screen", "ReviewScreen"),
+        "browse": lambda: _room_screen("browse_screen", "BrowseScreen"),
+        "generate": lambda: _room_screen("generate_screen", "GenerateScreen"),
+        "stats": lambda: _room_screen("stats_screen", "StatsScreen"),
+    }
 
     def __init__(self, db_path: Path, *, reviewer: str, keymap: dict[str, str] | None = None,
                  store: Store | None = None):
@@ -47,13 +72,32 @@ class GristmillApp(App):
         self._next_count = None
 
     def on_mount(self) -> None:
-        from gristmill.app.tui.review_screen import ReviewScreen
-
         if self.keymap_overrides:
             self.set_keymap(self.keymap_overrides)
         self.sub_title = f"{self.db_path.name} · reviewer {self.reviewer}"
-        self.push_screen(ReviewScreen())
+        self.switch_mode("review")
         self.set_timer(FIRST_COUNT_DELAY_S, self.refresh_counts)
+
+    # --- rooms ----------------------------------------------------------------------------------
+    def action_room(self, name: str) -> None:
+        if self.current_mode != name:
+            self.switch_mode(name)
+
+    def room(self, name: str):
+        """The screen of a room (created on first visit); for opening an item in review from elsewhere."""
+        self.action_room(name)
+        return self.screen_stack[0] if self.screen_stack else self.screen
+
+    def open_in_review(self, generation_id: int) -> None:
+        self.room("review").open(generation_id)
+
+    def action_search(self) -> None:
+        self.room("browse").search()
+
+    def action_export(self) -> None:
+        from gristmill.app.tui.export_screen import ExportScreen
+
+        self.push_screen(ExportScreen())
 
     @work(thread=True, exclusive=True, exit_on_error=False, group="counts", description="count generations")
     def refresh_counts(self) -> None:
@@ -84,9 +128,11 @@ class GristmillApp(App):
 
     def _show_counts(self) -> None:
         c = self.counts
-        # short enough for an 80-column header
-        self.sub_title = (f"{self.db_path.name} · {c['unreviewed']} to review · {c['accept']} acc · "
-                          f"{c['reject']} rej · {c['skip']} skip · {self.reviewer}")
+        counts = f"{c['unreviewed']} to review · {c['accept']} acc · {c['reject']} rej · {c['skip']} skip"
+        # an 80-column header has room for about 60 characters beside the title: the counts and the
+        # reviewer always; the database's name when it fits
+        full = f"{self.db_path.name} · {counts} · {self.reviewer}"
+        self.sub_title = full if len(full) <= HEADER_ROOM else f"{counts} · {self.reviewer}"
 
     def action_help(self) -> None:
         from gristmill.app.tui.modals import HelpScreen

@@ -3,16 +3,19 @@
 from __future__ import annotations
 
 from rich.text import Text
+from textual import work
 from textual.app import ComposeResult
 from textual.binding import Binding
 from textual.containers import VerticalScroll
 from textual.screen import Screen
 from textual.widgets import Collapsible, Footer, Header, Static
+from textual.worker import get_current_worker
 
 from gristmill.app import review
 from gristmill.app.review import QueueFilter, ReviewItem
 from gristmill.app.textsafe import visible
 from gristmill.app.tui.compare import ComparePanes
+from gristmill.app.tui.keyhints import KeyHints
 
 EMPTY_RECHECK_S = 2.0
 
@@ -22,20 +25,26 @@ def plain(text: str, style: str = "") -> Text:
     return Text(visible(text), style=style)
 
 
+HINTS = (("accept", "acc"), ("reject", "rej"), ("edit", "edit"), ("skip", "skip"), ("undo", "undo"),
+         ("next", "next"), ("previous", "prev"), ("1-9", "pick"), ("toggle_compare", "compare"),
+         ("filter", "filter"), ("jump", "jump"))
+
+
 class ReviewScreen(Screen):
     CSS_PATH = "review_screen.tcss"
     BINDINGS = [
-        Binding("a", "accept", "Accept", id="accept"),
-        Binding("r", "reject", "Reject", id="reject"),
-        Binding("e", "edit", "Edit", id="edit"),
-        Binding("s", "skip", "Skip", id="skip"),
-        Binding("u", "undo", "Undo", id="undo"),
-        Binding("j,down", "next", "Next", id="next"),
-        Binding("k,up", "previous", "Prev", id="previous"),
+        Binding("a", "accept", "Accept", id="accept", show=False),
+        Binding("r", "reject", "Reject", id="reject", show=False),
+        Binding("e", "edit", "Edit", id="edit", show=False),
+        Binding("s", "skip", "Skip", id="skip", show=False),
+        Binding("u", "undo", "Undo", id="undo", show=False),
+        Binding("j,down", "next", "Next", id="next", show=False),
+        Binding("k,up", "previous", "Prev", id="previous", show=False),
         Binding("d", "diff", "Diff", id="diff", show=False),
-        Binding("f", "filter", "Filter", id="filter"),
+        Binding("f", "filter", "Filter", id="filter", show=False),
         Binding("p", "toggle_prompt", "Prompt", id="toggle_prompt", show=False),
         Binding("c", "toggle_compare", "Compare", id="toggle_compare", show=False),
+        Binding("number_sign", "jump", "Go to id", id="jump", show=False),
         *[Binding(str(n), f"best({n})", f"Best of N: sample {n}", id=f"best_{n}", show=False) for n in range(1, 10)],
     ]
 
@@ -45,6 +54,7 @@ class ReviewScreen(Screen):
         self.item: ReviewItem | None = None
         self.last_seen_id: int = 0  # where an empty queue re-checks from
         self.compare = True  # several samples of one instruction: show them all (c toggles)
+        self.position: tuple[int, int] | None = None  # (position in the queue, queue length)
 
     def compose(self) -> ComposeResult:
         yield Header()
@@ -55,6 +65,7 @@ class ReviewScreen(Screen):
             with Collapsible(title="Fed prompt (exact text)", collapsed=True, id="prompt-panel"):
                 yield Static(id="prompt")
         yield ComparePanes(id="compare")
+        yield KeyHints(HINTS)
         yield Footer()
 
     def on_mount(self) -> None:
@@ -76,12 +87,9 @@ class ReviewScreen(Screen):
             return
         item = self.item
         self.last_seen_id = item.generation_id
-        flags = ", ".join(item.flags) or "none"
-        decision = f" · decided: {item.decision} by {item.reviewer}" if item.decision else ""
-        meta.update(Text(
-            f"#{item.generation_id} · {item.style} · {item.instruction_type} · prompt {item.prompt_tokens} tok · "
-            f"completion {item.completion_tokens} tok · {item.finish_reason} · flags: {flags} · "
-            f"sample {item.sample_index + 1} of {item.samples}{decision}"))
+        self.position = None
+        self._show_meta()
+        self.find_position(self.queue, item.generation_id)
         body = Text()
         body.append("Instruction\n", style="bold")
         body.append_text(plain(item.instruction))
@@ -104,6 +112,50 @@ class ReviewScreen(Screen):
         panes = self.query_one(ComparePanes)
         if on and self.item is not None:
             panes.show(review.samples_of(self.app.store, self.item.generation_id), self.item.generation_id)
+
+    def _show_meta(self) -> None:
+        """Two lines: where we are (position, queue filter) and what this generation is."""
+        item = self.item
+        if item is None:
+            return
+        flags = ", ".join(item.flags) or "none"
+        decision = f" · {item.decision} by {item.reviewer}" if item.decision else ""
+        where = (f"item {self.position[0]:,} of {self.position[1]:,}" if self.position and self.position[0]
+                 else "not in this queue" if self.position else "item … of …")
+        self.query_one("#meta", Static).update(Text(
+            f"{where} · queue: {self._describe_queue()}\n"
+            f"#{item.generation_id} · sample {item.sample_index + 1} of {item.samples} · {item.instruction_type} · "
+            f"{item.style} · {item.completion_tokens} tok · {item.finish_reason} · flags: {flags}{decision}"))
+
+    @work(thread=True, exclusive=True, exit_on_error=False, group="position", description="queue position")
+    def find_position(self, queue: QueueFilter, generation_id: int) -> None:
+        """Counting the queue takes a moment on a million rows: off the event loop, shown when known."""
+        with review.open_database(self.app.db_path, migrate=False) as store:
+            found = review.position(store, queue, generation_id)
+        if not get_current_worker().is_cancelled:
+            self.app.call_from_thread(self._positioned, generation_id, found)
+
+    def _positioned(self, generation_id: int, found: tuple[int, int]) -> None:
+        if self.item is not None and self.item.generation_id == generation_id:
+            self.position = found
+            self._show_meta()
+
+    def action_jump(self) -> None:
+        from gristmill.app.tui.jump import JumpScreen
+
+        def chosen(generation_id: int | None) -> None:
+            if generation_id is None:
+                return
+            if review.load_item(self.app.store, generation_id) is None:
+                self.notify(f"There is no generation #{generation_id}", severity="warning")
+                return
+            self.open(generation_id)
+
+        self.app.push_screen(JumpScreen(), chosen)
+
+    def open(self, generation_id: int) -> None:
+        """Show one generation chosen elsewhere (browse, jump to id), whatever the queue's filter."""
+        self.show(generation_id)
 
     def _describe_queue(self) -> str:
         q = self.queue
