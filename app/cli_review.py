@@ -18,4 +18,4 @@ def review(
     from gristmill.app.tui.app import make_app
 
     name = reviewer or State.config.review.reviewer or getpass.getuser()
-    make_app(State.db_path, reviewer=name, keymap=State.config.keymap).run()
+    make_app(State.db_path, reviewer=name, keymap=State.config.keymap, generate_config=State.config.generate).run()

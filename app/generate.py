@@ -136,9 +136,14 @@ def run_style(run: RunRecord) -> Style:
     return load_style(run.settings.get("style", run.style))
 
 
+class Stopped(Exception):
+    """A stop was asked for in the middle of an item: it stays pending, and the run resumes from it."""
+
+
 def generate_one(engine: Engine, style: Style, item: WorkItem, params: GenerationParams,
                  extra_examples: Sequence[Example] = (),
-                 on_piece: Callable[[str], None] | None = None) -> Outcome:
+                 on_piece: Callable[[str], None] | None = None,
+                 should_stop: Callable[[], bool] | None = None) -> Outcome:
     """Render, tokenize, check and generate one item. The prompt stored is the text that was tokenized."""
     rendered = style.render(item.instruction, item.input, item.instruction_type, seed=item.seed,
                             extra_examples=extra_examples)
@@ -151,12 +156,20 @@ def generate_one(engine: Engine, style: Style, item: WorkItem, params: Generatio
     except PromptRefused as refusal:
         return Outcome(status="refused", error=str(refusal), **prompt_fields)
     result: GenerationResult | None = None
-    for event in engine.stream(ids, item_params):
-        if isinstance(event, TextPiece):
-            if on_piece:
-                on_piece(event.text)
-        else:
-            result = event
+    events = engine.stream(ids, item_params)
+    try:
+        for event in events:
+            if should_stop is not None and should_stop():  # checked on every piece: a stop is never a wait
+                raise Stopped()
+            if isinstance(event, TextPiece):
+                if on_piece:
+                    on_piece(event.text)
+            else:
+                result = event
+    finally:
+        close = getattr(events, "close", None)
+        if close is not None:
+            close()
     assert result is not None
     text, leaked = trim_leak(result.text, item_params.stop)
     meta = dict(rendered.meta)
@@ -188,8 +201,10 @@ def run_generation(store: Store, engine: Engine, run: RunRecord, style: Style, s
             break
         extra = _accepted_pool(store, item.instruction_type, examples_by_type) if settings.pool == "accepted" else ()
         try:
-            outcome = generate_one(engine, style, item, settings.params, extra, on_piece)
+            outcome = generate_one(engine, style, item, settings.params, extra, on_piece, should_stop)
             consecutive_failures = 0
+        except Stopped:
+            break  # the item in flight stays pending: nothing half-written, the next call resumes it
         except (KeyboardInterrupt, SystemExit):
             raise
         except Exception as error:  # an engine error fails this item; the run goes on

@@ -18,6 +18,7 @@ from textual.message import Message
 from textual.worker import get_current_worker
 
 from gristmill.app import review
+from gristmill.app.config import GenerateConfig
 from gristmill.app.review import Store
 
 COUNTS_REFRESH_S = 3.0  # at least; a slow count (a million rows) waits proportionally longer
@@ -62,8 +63,9 @@ class GristmillApp(App):
     }
 
     def __init__(self, db_path: Path, *, reviewer: str, keymap: dict[str, str] | None = None,
-                 store: Store | None = None):
+                 store: Store | None = None, generate_config: GenerateConfig | None = None):
         super().__init__()
+        self.generate_config = generate_config or GenerateConfig()  # the generate room's defaults
         self.db_path = Path(db_path)
         self.reviewer = reviewer
         self.store = store or review.open_database(self.db_path)
@@ -126,6 +128,11 @@ class GristmillApp(App):
             self.counts[after or "unreviewed"] += 1
             self._show_counts()
 
+    def note_generated(self) -> None:
+        """A generation finished in the generate room: recount soon (the periodic worker paces itself)."""
+        if self._next_count is None:
+            self.refresh_counts()
+
     def _show_counts(self) -> None:
         c = self.counts
         counts = f"{c['unreviewed']} to review · {c['accept']} acc · {c['reject']} rej · {c['skip']} skip"
@@ -143,6 +150,7 @@ class GristmillApp(App):
         self.store.close()
 
 
-def make_app(db_path: Path, *, reviewer: str, keymap: dict[str, str] | None = None) -> GristmillApp:
+def make_app(db_path: Path, *, reviewer: str, keymap: dict[str, str] | None = None,
+             generate_config: GenerateConfig | None = None) -> GristmillApp:
     """The one factory used by the CLI and the tests."""
-    return GristmillApp(db_path, reviewer=reviewer, keymap=keymap)
+    return GristmillApp(db_path, reviewer=reviewer, keymap=keymap, generate_config=generate_config)

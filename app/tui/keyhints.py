@@ -7,7 +7,7 @@ from textual.binding import Binding
 from textual.widgets import Static
 
 KEY_NAMES = {"question_mark": "?", "slash": "/", "right_square_bracket": "]", "left_square_bracket": "[",
-             "escape": "esc", "enter": "enter", "pagedown": "pgdn", "pageup": "pgup", "ctrl+s": "^s", "number_sign": "#"}
+             "escape": "esc", "enter": "enter", "pagedown": "pgdn", "pageup": "pgup", "ctrl+s": "^s", "ctrl+x": "^x", "number_sign": "#"}
 
 
 def typed(keys: str) -> str:
