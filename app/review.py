@@ -15,7 +15,7 @@ from gristmill.db.reviews import REVIEW_STATES, Decision, QueueFilter
 
 # The app's screens reach storage only through this module (and the other pipeline modules).
 __all__ = ["REVIEW_STATES", "QueueFilter", "ReviewItem", "Sample", "Pick", "Store", "open_database", "counts",
-           "load_item", "samples_of", "position", "decide", "pick_best", "undo", "next_in_queue", "previous_in_queue",
+           "load_item", "samples_of", "position", "last_edit", "decide", "pick_best", "undo", "next_in_queue", "previous_in_queue",
            "unified_diff"]
 
 
@@ -155,6 +155,11 @@ def next_in_queue(store: Store, queue: QueueFilter, after: int | None = None) ->
 
 def previous_in_queue(store: Store, queue: QueueFilter, before: int) -> int | None:
     return reviews_db.neighbour(store, queue, before=before)
+
+
+def last_edit(store: Store, generation_id: int) -> str | None:
+    """The latest edited text written for this generation, even one an undo cancelled (so it is never lost)."""
+    return samples_db.last_edit(store, generation_id)
 
 
 def position(store: Store, queue: QueueFilter, generation_id: int) -> tuple[int, int]:

@@ -19,3 +19,11 @@ def of_instruction(store: Store, generation_id: int) -> list[dict]:
            WHERE g.id = ? ORDER BY s.sample_index""",
         (generation_id,),
     )]
+
+
+def last_edit(store: Store, generation_id: int) -> str | None:
+    """The newest edited response in the review log for this generation, whether or not it is still in force."""
+    row = store.conn.execute(
+        "SELECT edited_response FROM reviews WHERE generation_id = ? AND edited_response IS NOT NULL "
+        "ORDER BY id DESC LIMIT 1", (generation_id,)).fetchone()
+    return row[0] if row else None

@@ -57,7 +57,11 @@ async def test_accept_reject_skip_move_and_commit(tmp_path):
         assert decisions(db) == [(1, "accept", None, "ann")]  # committed before the next item shows
         assert screen.item.generation_id == 2
         await pilot.press("r", "s")
-        await pilot.press("k")  # unreviewed queue: nothing before #4
+        await pilot.press("k")  # back to the item just decided, though it left the unreviewed queue
+        assert screen.item.generation_id == 3 and screen.item.decision == "skip"
+        await pilot.press("k")
+        assert screen.item.generation_id == 2
+        await pilot.press("j")  # on through the queue: the next unreviewed
         assert screen.item.generation_id == 4
     assert current(db) == {1: "accept", 2: "reject", 3: "skip", 4: None}
 

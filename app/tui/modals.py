@@ -11,6 +11,7 @@ from textual.widgets import Button, Input, Label, Select, Static, TextArea
 
 from gristmill.app.flags import ALL_FLAGS
 from gristmill.app.textsafe import visible
+from gristmill.app.tui.keyhints import typed
 from gristmill.app.review import REVIEW_STATES, QueueFilter
 
 
@@ -43,26 +44,37 @@ class HelpScreen(ModalScreen[None]):
         for node in (self.below, self.app):
             for binding in node.BINDINGS:
                 if isinstance(binding, Binding) and binding.id:
-                    keys = getattr(self.app, "keymap_overrides", {}).get(binding.id, binding.key)
+                    keys = typed(getattr(self.app, "keymap_overrides", {}).get(binding.id, binding.key))
                     entry = table.setdefault(binding.id, (binding.id, [], binding.description))
                     entry[1].append(keys)
         return [(i, ",".join(k), d) for i, k, d in table.values()]
 
 
 class EditScreen(ModalScreen[str | None]):
-    """Edit the response; ctrl+s saves (and accepts the edited text), escape cancels. The original is kept."""
+    """Edit the response; ctrl+s saves (and accepts the edited text), escape cancels. The original is kept.
+
+    The instruction it answers stays in view; escape asks before throwing typed text away; ctrl+o puts
+    the model's output back (useful when the editor opens with an earlier, undone edit).
+    """
 
     CSS_PATH = "modals.tcss"
     BINDINGS = [Binding("ctrl+s", "save", "Save and accept", id="save_edit"),
+                Binding("ctrl+o", "original", "Model output", id="original_edit"),
                 Binding("escape", "cancel", "Cancel", id="cancel_edit")]
 
-    def __init__(self, text: str):
+    def __init__(self, text: str, *, instruction: str = "", original: str | None = None, restored: bool = False):
         super().__init__()
-        self.text = text
+        self.text, self.instruction = text, instruction
+        self.original = text if original is None else original
+        self.restored = restored
 
     def compose(self) -> ComposeResult:
         with Vertical(id="dialog"):
-            yield Label("Edit the response · ctrl+s save and accept · escape cancel")
+            yield Label("Edit the response · ctrl+s save and accept · ctrl+o model output · escape cancel")
+            if self.instruction:
+                yield Static(Text("Instruction: " + visible(self.instruction)), id="edit-instruction")
+            if self.restored:
+                yield Label("Your last edit (undone) is restored; ctrl+o puts the model output back.", id="restored")
             yield TextArea(self.text, id="editor", soft_wrap=True, show_line_numbers=False)
 
     def on_mount(self) -> None:
@@ -71,8 +83,20 @@ class EditScreen(ModalScreen[str | None]):
     def action_save(self) -> None:
         self.dismiss(self.query_one(TextArea).text)
 
+    def action_original(self) -> None:
+        self.query_one(TextArea).text = self.original
+
     def action_cancel(self) -> None:
-        self.dismiss(None)
+        if self.query_one(TextArea).text == self.text:
+            self.dismiss(None)
+            return
+        from gristmill.app.tui.confirm import ConfirmScreen
+
+        def answered(discard: bool | None) -> None:
+            if discard:
+                self.dismiss(None)
+
+        self.app.push_screen(ConfirmScreen("Discard the text you typed?", yes="Discard"), answered)
 
 
 class TextScreen(ModalScreen[None]):

@@ -18,6 +18,7 @@ from gristmill.app.tui.compare import ComparePanes
 from gristmill.app.tui.keyhints import KeyHints
 
 EMPTY_RECHECK_S = 2.0
+HISTORY = 200  # items `k` can walk back through
 
 
 def plain(text: str, style: str = "") -> Text:
@@ -55,6 +56,7 @@ class ReviewScreen(Screen):
         self.last_seen_id: int = 0  # where an empty queue re-checks from
         self.compare = True  # several samples of one instruction: show them all (c toggles)
         self.position: tuple[int, int] | None = None  # (position in the queue, queue length)
+        self.history: list[int] = []  # items decided or passed in this sitting, newest last
 
     def compose(self) -> ComposeResult:
         yield Header()
@@ -180,9 +182,19 @@ class ReviewScreen(Screen):
     def _decide(self, decision: str, edited: str | None = None) -> None:
         if self.item is None:
             return
-        review.decide(self.app.store, self.item.generation_id, decision, self.app.reviewer, edited)
+        decided = self.item.generation_id
+        review.decide(self.app.store, decided, decision, self.app.reviewer, edited)
         self.app.note_decision(self.item.decision, decision)
+        verb = {"accept": "Accepted", "reject": "Rejected", "skip": "Skipped"}[decision]
+        self.notify(f"{verb} #{decided}" + (" with your edit" if edited is not None else "") + " · u undoes")
+        self._remember(decided)
         self._advance()
+
+    def _remember(self, generation_id: int) -> None:
+        """This sitting's path, so `k` returns to the item just decided even when it left the queue."""
+        if not self.history or self.history[-1] != generation_id:
+            self.history.append(generation_id)
+        del self.history[:-HISTORY]
 
     def action_accept(self) -> None:
         self._decide("accept")
@@ -219,12 +231,15 @@ class ReviewScreen(Screen):
         from gristmill.app.tui.modals import EditScreen
 
         item = self.item
+        # an edit that was undone is not lost: the editor offers it again
+        last = review.last_edit(self.app.store, item.generation_id) if item.edited_response is None else None
 
         def saved(text: str | None) -> None:
             if text is not None and self.item is not None and self.item.generation_id == item.generation_id:
                 self._decide("accept", None if text == item.completion else text)
 
-        self.app.push_screen(EditScreen(item.response), saved)
+        self.app.push_screen(EditScreen(last if last is not None else item.response, instruction=item.instruction,
+                                        original=item.completion, restored=last is not None), saved)
 
     def action_diff(self) -> None:
         if self.item is None:
@@ -251,9 +266,18 @@ class ReviewScreen(Screen):
         if found is None:
             self.notify("End of the queue", severity="information")
             return
+        if self.item is not None:
+            self._remember(self.item.generation_id)
         self.show(found)
 
     def action_previous(self) -> None:
+        """Back along this sitting's path first (the item just decided), then back through the queue."""
+        current = self.item.generation_id if self.item else None
+        while self.history and self.history[-1] == current:
+            self.history.pop()
+        if self.history:
+            self.show(self.history.pop())
+            return
         before = self.item.generation_id if self.item else self.last_seen_id + 1
         found = review.previous_in_queue(self.app.store, self.queue, before=before)
         if found is None:
