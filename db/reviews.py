@@ -30,6 +30,7 @@ class QueueFilter:
     flag: str | None = None
     min_chars: int | None = None
     max_chars: int | None = None
+    run_id: int | None = None
 
     def where(self) -> tuple[str, list]:
         clauses, params = ["g.status = 'done'"], []
@@ -53,6 +54,9 @@ class QueueFilter:
         if self.max_chars is not None:
             clauses.append("length(g.completion) <= ?")
             params.append(self.max_chars)
+        if self.run_id is not None:
+            clauses.append("g.run_id = ?")
+            params.append(self.run_id)
         return " AND ".join(clauses), params
 
 

@@ -136,7 +136,15 @@ async def test_filter_by_flag_and_type(tmp_path):
         await pilot.press("f")
         await pilot.pause()
         pilot.app.screen.query_one("#flag").value = pilot.app.screen.query_one("#flag").NULL
-        pilot.app.screen.query_one("#type").value = "nothing-like-this"
+        pilot.app.screen.query_one("#state").value = "all"
+        pilot.app.screen.query_one("#type").value = "question"  # a choice among the known types
+        pilot.app.screen.query_one("#state").focus()
+        await pilot.press("enter")  # Enter applies from any field, a closed list included
+        await pilot.pause()
+        assert pilot.app.screen.item.generation_id == 1
+        await pilot.press("f")
+        await pilot.pause()
+        pilot.app.screen.query_one("#state").value = "reject"
         await pilot.click("#apply")
         await pilot.pause()
         assert pilot.app.screen.item is None

@@ -114,23 +114,47 @@ class TextScreen(ModalScreen[None]):
 
 
 class FilterScreen(ModalScreen[QueueFilter | None]):
-    """Narrow the review queue by decision state, type, style, flag and response length."""
+    """Narrow the review queue by decision state, type, style, run, flag and response length.
+
+    Types, styles and runs are choices among the values the database holds, not free text. Enter applies
+    from any field (a closed list included); an open list takes Enter as its choice.
+    """
 
     CSS_PATH = "modals.tcss"
-    BINDINGS = [Binding("escape", "cancel", "Cancel", id="cancel_filter")]
+    BINDINGS = [Binding("escape", "cancel", "Cancel", id="cancel_filter"),
+                Binding("enter", "apply", "Apply", id="apply_filter", priority=True)]
 
-    def __init__(self, current: QueueFilter):
+    def __init__(self, current: QueueFilter, choices: dict[str, list] | None = None):
         super().__init__()
         self.current = current
+        self.choices = choices or {}
+
+    def check_action(self, action: str, parameters: tuple) -> bool | None:
+        if action == "apply":  # let an open Select list, a button or a text field take Enter themselves
+            focused = self.focused
+            return not (focused is not None and (isinstance(focused, (Button, Input))
+                                                 or type(focused).__name__ == "SelectOverlay"))
+        return True
+
+    def action_apply(self) -> None:
+        self.dismiss(self._value())
 
     def compose(self) -> ComposeResult:
         c = self.current
         with Vertical(id="dialog"):
             yield Label("Filter the review queue · enter apply · escape cancel")
             yield Select([(s, s) for s in REVIEW_STATES], value=c.state, allow_blank=False, id="state")
-            yield Input(c.instruction_type or "", placeholder="instruction type (empty: any)", id="type")
-            yield Input(c.style or "", placeholder="style (empty: any)", id="style")
-            yield Select([(f, f) for f in ALL_FLAGS], value=c.flag or Select.NULL, prompt="flag (any)", id="flag")
+            k = self.choices
+            with Horizontal():
+                yield Select([(t, t) for t in k.get("types", [])], value=c.instruction_type or Select.NULL,
+                             prompt="type (any)", id="type")
+                yield Select([(t, t) for t in k.get("styles", [])], value=c.style or Select.NULL,
+                             prompt="style (any)", id="style")
+            with Horizontal():
+                yield Select([(label, run_id) for run_id, label in k.get("runs", [])],
+                             value=c.run_id if c.run_id is not None else Select.NULL, prompt="run (any)", id="run")
+                yield Select([(f, f) for f in ALL_FLAGS], value=c.flag or Select.NULL, prompt="flag (any)",
+                             id="flag")
             with Horizontal():
                 yield Input(str(c.min_chars or ""), placeholder="min chars", type="integer", id="min")
                 yield Input(str(c.max_chars or ""), placeholder="max chars", type="integer", id="max")
@@ -144,9 +168,12 @@ class FilterScreen(ModalScreen[QueueFilter | None]):
             value = text(widget_id)
             return int(value) if value else None
 
-        flag = self.query_one("#flag", Select).value
-        return QueueFilter(state=str(self.query_one("#state", Select).value), instruction_type=text("type"),
-                           style=text("style"), flag=None if flag is Select.NULL else str(flag),
+        def chosen(widget_id: str):
+            value = self.query_one(f"#{widget_id}", Select).value
+            return None if value is Select.NULL else value
+
+        return QueueFilter(state=str(self.query_one("#state", Select).value), instruction_type=chosen("type"),
+                           style=chosen("style"), run_id=chosen("run"), flag=chosen("flag"),
                            min_chars=number("min"), max_chars=number("max"))
 
     def on_input_submitted(self) -> None:

@@ -11,7 +11,7 @@ from textual.screen import Screen
 from textual.widgets import Collapsible, Footer, Header, Static
 from textual.worker import get_current_worker
 
-from gristmill.app import review
+from gristmill.app import browse, review
 from gristmill.app.review import QueueFilter, ReviewItem
 from gristmill.app.textsafe import visible
 from gristmill.app.tui.compare import ComparePanes
@@ -162,7 +162,8 @@ class ReviewScreen(Screen):
     def _describe_queue(self) -> str:
         q = self.queue
         parts = [q.state] + [f"{k}={v}" for k, v in (("type", q.instruction_type), ("style", q.style),
-                                                      ("flag", q.flag), ("min", q.min_chars), ("max", q.max_chars)) if v]
+                                                      ("run", q.run_id), ("flag", q.flag), ("min", q.min_chars),
+                                                      ("max", q.max_chars)) if v]
         return ", ".join(parts)
 
     def _recheck_when_empty(self) -> None:
@@ -257,7 +258,7 @@ class ReviewScreen(Screen):
                 self.queue = queue
                 self.show(review.next_in_queue(self.app.store, queue))
 
-        self.app.push_screen(FilterScreen(self.queue), chosen)
+        self.app.push_screen(FilterScreen(self.queue, browse.choices(self.app.store)), chosen)
 
     # --- moving ---------------------------------------------------------------------------------
     def action_next(self) -> None:
