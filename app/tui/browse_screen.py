@@ -75,6 +75,7 @@ class BrowseScreen(Screen):
         self.page: Page = Page()
         self.total: int | None = None
         self.want_search = False
+        self.shown_view: View | None = None  # the view whose page the table holds
         self.readers: dict[str, object] = {}  # one connection per worker group: a count never holds up a page
 
     def compose(self) -> ComposeResult:
@@ -121,6 +122,7 @@ class BrowseScreen(Screen):
         if message.view != self.view:
             return  # an older view's page arrived late
         self.page = message.page
+        self.shown_view = message.view
         table = self.query_one(DataTable)
         table.clear()
         for row in message.page.rows:
