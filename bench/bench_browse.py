@@ -21,10 +21,21 @@ from make_browse_db import INPUT_WORD, build  # noqa: E402
 from gristmill.app import browse  # noqa: E402
 from gristmill.app.browse import BrowseFilter  # noqa: E402
 from gristmill.app.tui.app import make_app  # noqa: E402
-from gristmill.app.tui.browse_screen import PAGE_SIZE  # noqa: E402
+from gristmill.app.tui.browse_screen import PAGE_SIZE, BrowseScreen  # noqa: E402
 from gristmill.db import open_store  # noqa: E402
 
-WORDS = (INPUT_WORD, "topic", "reason", "answer 7*")  # rare, in every row, in every output, a prefix
+PAINTED: list[float] = []  # when each page reached the table (Pilot's own settling is not counted)
+_on_page_loaded = BrowseScreen.on_page_loaded
+
+
+def _timed_page_loaded(self, message) -> None:
+    _on_page_loaded(self, message)
+    PAINTED.append(time.perf_counter())
+
+
+BrowseScreen.on_page_loaded = _timed_page_loaded
+
+WORDS = (INPUT_WORD, "topic", "reason", "answer 70*")  # rare, in every row, in every output, a prefix
 
 
 async def measure_app(db: Path) -> tuple[float, float]:
@@ -37,7 +48,7 @@ async def measure_app(db: Path) -> tuple[float, float]:
         screen = app.screen
         while getattr(screen, "shown_view", None) is None:
             await pilot.pause(0.001)
-        first_paint = time.perf_counter() - t
+        first_paint = PAINTED[-1] - t
         searches = []
         for word in WORDS:
             box = screen.query_one("#search")
@@ -47,14 +58,14 @@ async def measure_app(db: Path) -> tuple[float, float]:
             await pilot.press("enter")
             while screen.shown_view is None or screen.shown_view.where.search != word:
                 await pilot.pause(0.001)
-            searches.append(time.perf_counter() - t)
+            searches.append(PAINTED[-1] - t)
     return first_paint, statistics.median(searches)
 
 
 def measure_query(db: Path) -> float:
     with open_store(db) as store:
         times = []
-        for _ in range(5):
+        for _ in range(20):
             for word in WORDS:
                 t = time.perf_counter()
                 browse.page(store, BrowseFilter(search=word), limit=PAGE_SIZE)
@@ -69,7 +80,7 @@ def main() -> None:
     large = build(work / "large.db", 1_000_000)
     print(f"built a 1M-generation database (indexed by the m009 migration) in {time.perf_counter() - t:.1f} s")
     results = {"small": [], "large": []}
-    for _ in range(3):  # alternate, so machine noise hits both alike
+    for _ in range(5):  # alternate, so machine noise hits both alike
         results["small"].append(asyncio.run(measure_app(small)))
         results["large"].append(asyncio.run(measure_app(large)))
     paint = {k: statistics.median(r[0] for r in v) for k, v in results.items()}

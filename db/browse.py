@@ -72,9 +72,14 @@ class Page:
 
 
 def match_expression(text: str) -> str | None:
-    """User words as an FTS5 query: each word a quoted phrase (no FTS syntax errors), `word*` a prefix."""
+    """User words as an FTS5 query: each word a quoted phrase (no FTS syntax errors), `word*` a prefix.
+
+    A one-character prefix would merge the doclists of every term starting with it (slow on a million
+    rows), so `7*` searches for the word `7`; prefixes of two characters or more use the prefix index.
+    """
     terms = []
     for word in re.findall(r"[^\s\"]+", text):
+        word = word.rstrip("*") if len(word.rstrip("*")) < 2 else word
         prefix = word.endswith("*")
         word = word.rstrip("*")
         if word:

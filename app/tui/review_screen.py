@@ -27,8 +27,8 @@ def plain(text: str, style: str = "") -> Text:
 
 
 HINTS = (("accept", "acc"), ("reject", "rej"), ("edit", "edit"), ("skip", "skip"), ("undo", "undo"),
-         ("next", "next"), ("previous", "prev"), ("1-9", "pick"), ("toggle_compare", "compare"),
-         ("filter", "filter"), ("jump", "jump"))
+         ("next", "next"), ("previous", "back"), ("1-9", "pick"), ("toggle_compare", "cmp"),
+         ("filter", "filter"), ("jump", "id"))
 
 
 class ReviewScreen(Screen):
