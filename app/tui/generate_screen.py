@@ -100,7 +100,7 @@ class GenerateScreen(Screen):
                 yield Input(config.model or "", placeholder="GGUF path (empty: the embedded base model)", id="model")
                 yield Button("Start", variant="success", id="start")
                 yield Button("Stop", variant="error", id="stop", disabled=True)
-        yield ProgressBar(total=None, show_eta=False, id="bar")
+        yield ProgressBar(total=1, show_eta=False, id="bar")  # not running: a still bar, no animation
         yield Static("Not running. Choose settings and press Start (ctrl+s); the same settings resume "
                      "their run.", id="status")
         with VerticalScroll(id="live"):
