@@ -69,3 +69,19 @@ async def test_a_pick_is_refused_while_a_sample_is_pending_and_undo_reverts_a_wh
     with open_store(db) as store:
         assert sorted(review.undo(store, "ann")) == [1, 2, 3]
     assert current(db) == {1: "accept", 2: None, 3: None}
+
+
+async def test_a_sample_that_finished_after_it_was_shown_is_shown_before_any_pick(tmp_path):
+    db = seed_db(tmp_path, ["alpha", "beta"], samples=2, n=1)
+    set_status(db, 2, "pending")
+    async with make_app(db, reviewer="ann").run_test(size=(80, 24)) as pilot:
+        await pilot.pause()
+        assert [s.status for s in pilot.app.screen.query_one(ComparePanes).samples] == ["done", "pending"]
+        with open_store(db) as store, store.write() as conn:  # the generator finishes sample 2 meanwhile
+            conn.execute("UPDATE generations SET status = 'done', completion = 'late beta' WHERE id = 2")
+        await pilot.press("1")  # the screen still says "pending": no decision on unseen text
+        assert decisions(db) == []
+        await pilot.pause()
+        assert pilot.app.screen.query_one(ComparePanes).texts() == {1: "alpha", 2: "late beta"}
+        await pilot.press("1")
+    assert current(db) == {1: "accept", 2: "reject"}

@@ -75,6 +75,7 @@ class BrowseScreen(Screen):
         self.page: Page = Page()
         self.total: int | None = None
         self.want_search = False
+        self.count_pending = False
         self.shown_view: View | None = None  # the view whose page the table holds
         self.readers: dict[str, object] = {}  # one connection per worker group: a count never holds up a page
 
@@ -97,9 +98,9 @@ class BrowseScreen(Screen):
     def load(self, *, recount: bool = True) -> None:
         self._show_meta(loading=True)
         self.fetch_page(self.view)
-        if recount:
+        if recount:  # counted once the page is in: a count on a million rows never delays the page
             self.total = None
-            self.fetch_count(self.view.where)
+            self.count_pending = True
 
     def _reader(self, group: str):
         if group not in self.readers:
@@ -130,6 +131,9 @@ class BrowseScreen(Screen):
                           row.style, str(row.chars), one_line(row.instruction), one_line(row.output),
                           key=str(row.generation_id))
         self._show_meta()
+        if self.count_pending:
+            self.count_pending = False
+            self.fetch_count(self.view.where)
 
     def on_count_loaded(self, message: CountLoaded) -> None:
         if message.where == self.view.where:

@@ -142,6 +142,7 @@ class GenerateScreen(Screen):
         self.started, self.progress = None, None
         self.query_one("#live-text", Static).update("")
         self._status("Loading the model…")
+        self.query_one(ProgressBar).update(total=None)  # indeterminate until the run's size is known
         self._buttons(running=True)
         self.worker = self.generate(request)
 
@@ -159,7 +160,8 @@ class GenerateScreen(Screen):
         return self.worker is not None and self.worker.state in (WorkerState.PENDING, WorkerState.RUNNING)
 
     def action_leave_field(self) -> None:
-        self.query_one("#start", Button).focus()
+        """Out of the text fields, so the room keys (v, b, /, t, x, ?) work again."""
+        self.query_one("#live", VerticalScroll).focus()
 
     @work(thread=True, exclusive=True, exit_on_error=False, group="generate", description="generate")
     def generate(self, request: JobRequest) -> Progress | None:
@@ -211,8 +213,13 @@ class GenerateScreen(Screen):
         self.app.refresh_counts()
 
     def _buttons(self, running: bool) -> None:
+        """While a run goes, its settings are fixed: the fields are disabled and focus leaves them."""
+        for field in self.query("#form Input, #form Select"):
+            field.disabled = running
         self.query_one("#start", Button).disabled = running
         self.query_one("#stop", Button).disabled = not running
+        if running:
+            self.query_one("#live", VerticalScroll).focus()
 
     def _status(self, prefix: str | None = None) -> None:
         s, p = self.started, self.progress

@@ -81,12 +81,14 @@ class ReviewScreen(Screen):
         meta, instruction, output, prompt = (self.query_one(f"#{i}", Static)
                                              for i in ("meta", "instruction", "output", "prompt"))
         if self.item is None:
-            meta.update(Text(f"Nothing to review in this view ({self._describe_queue()}). "
-                             "New generations appear here as they are written; f changes the filter."))
+            meta.update(Text(f"Nothing to review in this view ({self._describe_queue()}). New generations "
+                             "appear as they are written: g generates, f changes the filter, b browses."))
             for widget in (instruction, output, prompt):
                 widget.update("")
             self._show_compare(False)
+            self.query_one("#prompt-panel").display = False
             return
+        self.query_one("#prompt-panel").display = True
         item = self.item
         self.last_seen_id = item.generation_id
         self.position = None
@@ -166,7 +168,23 @@ class ReviewScreen(Screen):
                                                       ("max", q.max_chars)) if v]
         return ", ".join(parts)
 
+    def on_screen_resume(self) -> None:
+        """Back from another room: what is shown may have changed meanwhile (a sample finished, a bulk decision)."""
+        if self.item is not None:
+            self.show(self.item.generation_id)
+
+    def _samples_changed(self) -> bool:
+        """Whether the samples on screen differ from the database (a pending one finished, another decided)."""
+        if self.item is None or not self.has_class("comparing"):
+            return False
+        shown = [(s.generation_id, s.status, s.decision) for s in self.query_one(ComparePanes).samples]
+        now = [(s.generation_id, s.status, s.decision) for s in review.samples_of(self.app.store, self.item.generation_id)]
+        return shown != now
+
     def _recheck_when_empty(self) -> None:
+        if self.item is not None and any(s.status == "pending" for s in self.query_one(ComparePanes).samples):
+            if self._samples_changed():  # a sample being generated has finished: show it
+                self._show_compare(True)
         if self.item is None:
             found = review.next_in_queue(self.app.store, self.queue, after=0)
             if found is not None:
@@ -217,6 +235,11 @@ class ReviewScreen(Screen):
 
     def action_best(self, k: int) -> None:
         if self.item is None:
+            return
+        if self._samples_changed():  # never decide on text the reviewer has not seen
+            self._show_compare(True)
+            self.notify("The samples changed since they were shown (one finished or was decided): "
+                        "look again, then pick", severity="warning")
             return
         pick = review.pick_best(self.app.store, self.item.generation_id, k, self.app.reviewer)
         if not pick.ok:
