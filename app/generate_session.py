@@ -13,6 +13,7 @@ from gristmill.app.engines import open_engine
 from gristmill.app.generate import Progress, RunSettings, open_run, run_generation
 from gristmill.app.prompts import list_styles, load_style
 from gristmill.db import generations as generations_db
+from gristmill.db import runs as runs_db
 from gristmill.db import open_store
 from gristmill.models import GenerationParams
 
@@ -25,7 +26,8 @@ class JobRequest:
     samples: int
     max_tokens: int
     temperature: float
-    model: str | None = None  # GGUF path; None: the configured or embedded model
+    model: str | None = None  # GGUF path; None: the configured or embedded model (or the resumed run's)
+    run_id: int | None = None  # continue this run with its own stored settings
 
 
 def settings_for(config: GenerateConfig) -> RunSettings:
@@ -57,19 +59,27 @@ class Started:
 
 def run_job(db_path: Path, config: GenerateConfig, *, on_started: Callable[[Started], None],
             on_progress: Callable[[Progress], None], on_piece: Callable[[str], None],
-            should_stop: Callable[[], bool]) -> Progress | None:
-    """Open the model and the run (resuming a run with the same settings), then generate until done or
-    stopped. Everything finished is committed as it finishes; a stop leaves the item in flight pending.
-    Returns the last progress, or None when stopped before the run opened.
+            should_stop: Callable[[], bool], run_id: int | None = None) -> Progress | None:
+    """Open the model and the run (`run_id` with its own settings, else the run these settings match, else
+    a new one), then generate until done or stopped. Everything finished is committed as it finishes; a
+    stop leaves the item in flight pending. Returns the last progress, or None when stopped before the
+    run opened. Resuming a run without naming a model loads the model file the run was made with.
     """
     settings = settings_for(config)
-    load_style(config.style)  # a bad style file fails before a model is loaded
+    if run_id is None:
+        load_style(config.style)  # a bad style file fails before a model is loaded
+    elif config.model is None:
+        with open_store(db_path) as store:
+            run = runs_db.get(store, run_id)
+        if run is None:
+            raise LookupError(f"no run {run_id}")
+        config = replace(config, model=run.settings.get("model_path"))
     engine = open_engine(config)
     try:
         if should_stop():
             return None
         with open_store(db_path) as store:
-            run, style, settings = open_run(store, engine, settings)
+            run, style, settings = open_run(store, engine, settings, run_id=run_id)
             counts = generations_db.status_counts(store, run.id)
             on_started(Started(run.id, run.model, style.name, sum(counts.values()), sum(counts.values()) - counts["pending"]))
             return run_generation(store, engine, run, style, settings, on_progress=on_progress,

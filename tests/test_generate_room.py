@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 
 import pytest
-from textual.widgets import Input, ProgressBar, Static
+from textual.widgets import Input, ProgressBar, Select, Static
 
 from gristmill.app.config import GenerateConfig
 from gristmill.app.ingest import import_file
@@ -49,7 +49,15 @@ async def test_start_watch_stop_and_resume_on_the_real_model(tmp_path, gemma_pat
         assert "resumable" in str(screen.query_one("#status", Static).render())
         assert set(statuses(db).values()) == {"pending"}  # nothing half-written, nothing failed
         run_id = screen.started.run_id
-        await pilot.press("ctrl+s")  # the same settings resume the same run
+    # a new session with other defaults (no model named): choosing the run resumes it with its own
+    # settings and the model file it was made with
+    app = make_app(db, reviewer="ann", generate_config=GenerateConfig(threads=2, n_ctx=512))
+    async with app.run_test(size=(80, 24)) as pilot:
+        await pilot.press("g")
+        await pilot.pause()
+        screen = app.screen
+        screen.query_one("#run", Select).value = run_id
+        await pilot.press("ctrl+s")
         await wait_until(pilot, lambda: screen.progress is not None)
         first = screen.progress
         assert first.finished >= 1 and first.total == 3 and first.run_id == run_id
@@ -60,3 +68,4 @@ async def test_start_watch_stop_and_resume_on_the_real_model(tmp_path, gemma_pat
     assert set(statuses(db).values()) == {"done"} and len(statuses(db)) == 3
     with open_store(db) as store:
         assert store.query("SELECT count(*) FROM runs")[0][0] == 1
+        assert max(r[0] for r in store.query("SELECT completion_tokens FROM generations")) <= 12

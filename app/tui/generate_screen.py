@@ -21,13 +21,15 @@ from textual.screen import Screen
 from textual.widgets import Button, Footer, Header, Input, Label, ProgressBar, Select, Static
 from textual.worker import Worker, WorkerState, get_current_worker
 
+from gristmill.app import browse
 from gristmill.app.generate import Progress
 from gristmill.app.generate_session import JobRequest, Started, merged, run_job, style_names
 from gristmill.app.textsafe import visible
 from gristmill.app.tui.keyhints import KeyHints
 
 LIVE_TAIL = 4000  # characters of the item in flight kept on screen
-HINTS = (("start_generation", "start/resume"), ("stop_generation", "stop"), ("leave_field", "leave field"))
+HINTS = (("start_generation", "start/resume"), ("stop_generation", "stop"), ("leave_field", "leave field"),
+         ("tab", "next field"))
 
 
 @dataclass
@@ -77,6 +79,7 @@ class GenerateScreen(Screen):
         self.started: Started | None = None
         self.progress: Progress | None = None
         self.stopping = False
+        self.note = ""
 
     def compose(self) -> ComposeResult:
         config = self.app.generate_config
@@ -89,12 +92,14 @@ class GenerateScreen(Screen):
                 yield Label("style")
                 yield Select([(n, n) for n in names], value=config.style, allow_blank=False, id="style")
                 yield Label("samples")
-                yield Input(str(config.samples), type="integer", id="samples")
-            with Horizontal():
+                yield Input(str(config.samples), type="integer", id="samples", classes="short")
                 yield Label("max tok")
-                yield Input(str(config.max_tokens), type="integer", id="max_tokens")
+                yield Input(str(config.max_tokens), type="integer", id="max_tokens", classes="short")
+            with Horizontal():
                 yield Label("temp")
-                yield Input(str(config.temperature), type="number", id="temperature")
+                yield Input(str(config.temperature), type="number", id="temperature", classes="short")
+                yield Label("run")
+                yield Select(self._run_options(), prompt="new, or the run these settings match", id="run")
             with Horizontal():
                 yield Label("model")
                 yield Input(config.model or "", placeholder="GGUF path (empty: the embedded base model)", id="model")
@@ -107,6 +112,9 @@ class GenerateScreen(Screen):
             yield Static(id="live-text")
         yield KeyHints(HINTS)
         yield Footer()
+
+    def _run_options(self) -> list[tuple[str, int]]:
+        return [(f"resume {label}", run_id) for run_id, label in browse.choices(self.app.store)["runs"]]
 
     # --- start and stop -------------------------------------------------------------------------
     def request(self) -> JobRequest | None:
@@ -126,9 +134,11 @@ class GenerateScreen(Screen):
         if samples < 1 or max_tokens < 1 or temperature < 0:
             self.notify("samples and max tokens must be at least 1, temperature at least 0", severity="error")
             return None
+        run = self.query_one("#run", Select).value
         return JobRequest(style=str(self.query_one("#style", Select).value), samples=samples,
                           max_tokens=max_tokens, temperature=temperature,
-                          model=self.query_one("#model", Input).value.strip() or None)
+                          model=self.query_one("#model", Input).value.strip() or None,
+                          run_id=None if run is Select.NULL else int(run))
 
     @on(Button.Pressed, "#start")
     def action_start(self) -> None:
@@ -139,7 +149,7 @@ class GenerateScreen(Screen):
         if request is None:
             return
         self.stopping = False
-        self.started, self.progress = None, None
+        self.started, self.progress, self.note = None, None, ""
         self.query_one("#live-text", Static).update("")
         self._status("Loading the model…")
         self.query_one(ProgressBar).update(total=None)  # indeterminate until the run's size is known
@@ -178,14 +188,14 @@ class GenerateScreen(Screen):
 
         return run_job(self.app.db_path, merged(self.app.generate_config, request),
                        on_started=lambda s: self.post_message(RunStarted(s)), on_progress=progressed,
-                       on_piece=piece, should_stop=lambda: worker.is_cancelled)
+                       on_piece=piece, should_stop=lambda: worker.is_cancelled, run_id=request.run_id)
 
     # --- reports --------------------------------------------------------------------------------
     def on_run_started(self, message: RunStarted) -> None:
         self.started = message.started
         bar = self.query_one(ProgressBar)
         bar.update(total=max(1, message.started.total), progress=message.started.already)
-        self._status()
+        self._status("" if self.running else None)
 
     def on_progressed(self, message: Progressed) -> None:
         self.progress = message.progress
@@ -207,10 +217,15 @@ class GenerateScreen(Screen):
             self._status(f"Stopped by an error: {event.worker.error}. Finished items are saved.")
             self.notify(str(event.worker.error), title="generate failed", severity="error")
         elif self.stopping or event.state == WorkerState.CANCELLED:
-            self._status(f"Stopped: {run} is resumable (Start with the same settings continues it).")
+            self._status(f"Stopped: {run} is resumable (Start with the same settings, or choose it under run).")
         else:
             self._status(f"Finished {run}.")
         self.app.refresh_counts()
+        runs = self.query_one("#run", Select)
+        chosen = runs.value
+        runs.set_options(self._run_options())  # a run made just now can be resumed by number
+        if chosen is not Select.NULL:
+            runs.value = chosen
 
     def _buttons(self, running: bool) -> None:
         """While a run goes, its settings are fixed: the fields are disabled and focus leaves them."""
@@ -221,9 +236,13 @@ class GenerateScreen(Screen):
         if running:
             self.query_one("#live", VerticalScroll).focus()
 
-    def _status(self, prefix: str | None = None) -> None:
+    def _status(self, note: str | None = None) -> None:
+        """The status lines; a note (loading, stopped, finished) stays until the next one, whatever
+        progress message arrives after it."""
+        if note is not None:
+            self.note = note
         s, p = self.started, self.progress
-        parts = [prefix] if prefix else []
+        parts = [self.note] if self.note else []
         if s is not None:
             parts.append(f"run {s.run_id} · {s.style} · {s.model}")
         if p is not None:
