@@ -162,10 +162,15 @@ def last_edit(store: Store, generation_id: int) -> str | None:
     return samples_db.last_edit(store, generation_id)
 
 
-def position(store: Store, queue: QueueFilter, generation_id: int) -> tuple[int, int]:
-    """(1-based position of this generation in the queue, or 0 if it is not in it; queue length)."""
+def position(store: Store, queue: QueueFilter, generation_id: int, total: int | None = None) -> tuple[int, int]:
+    """(1-based position of this generation in the queue, or 0 if it is not in it; queue length).
+
+    The position is an index range count (cheap when the items before it were decided); the length
+    counts the whole queue, so a caller that knows it passes `total`.
+    """
     where, params = queue.where()
-    total = browse_db.count_where(store, where, params)
+    if total is None:
+        total = browse_db.count_where(store, where, params)
     inside = browse_db.count_where(store, where + " AND g.id = ?", [*params, generation_id])
     return (browse_db.position(store, where, params, generation_id) if inside else 0), total
 

@@ -72,3 +72,20 @@ async def test_jump_to_an_id_and_help_lists_keys_as_typed(tmp_path):
         for key, room in (("?", "Help"), ("/", "Search"), ("b", "Browse"), ("g", "Gen"), ("t", "Stats"),
                           ("x", "Export"), ("v", "Review"), ("#", "Go to id")):
             assert any(line.split()[:1] == [key] and room in line for line in text.splitlines()), (key, text)
+
+
+async def test_the_position_and_the_active_filter_are_always_in_view(tmp_path):
+    db = seed_db(tmp_path, ["x"], n=3)
+    async with make_app(db, reviewer="ann").run_test(size=(80, 24)) as pilot:
+        async def meta() -> str:
+            await pilot.app.workers.wait_for_complete()
+            await pilot.pause()
+            return str(pilot.app.screen.query_one("#meta").render())
+
+        assert "item 1 of 3 · queue: unreviewed" in await meta()
+        await pilot.press("j")
+        assert "item 2 of 3" in await meta()
+        await pilot.press("a")  # #2 leaves the unreviewed queue; #3 is now the second of two
+        assert "item 2 of 2" in await meta()
+        await pilot.press("k")  # back to the item just decided: no longer in this queue, and it says so
+        assert "not in this queue" in await meta()

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import threading
+import time
+
 from rich.text import Text
 from textual import work
 from textual.app import ComposeResult
@@ -19,6 +22,7 @@ from gristmill.app.tui.keyhints import KeyHints
 
 EMPTY_RECHECK_S = 2.0
 HISTORY = 200  # items `k` can walk back through
+QUEUE_RECOUNT_S = 10.0  # the queue's length is recounted at most this often (decisions here adjust it)
 
 
 def plain(text: str, style: str = "") -> Text:
@@ -57,6 +61,9 @@ class ReviewScreen(Screen):
         self.compare = True  # several samples of one instruction: show them all (c toggles)
         self.position: tuple[int, int] | None = None  # (position in the queue, queue length)
         self.history: list[int] = []  # items decided or passed in this sitting, newest last
+        self.queue_total: tuple[QueueFilter, int, float] | None = None  # (queue, its length, when counted)
+        self.position_lock = threading.Lock()
+        self.reader = None  # the position worker's own connection
 
     def compose(self) -> ComposeResult:
         yield Header()
@@ -133,16 +140,43 @@ class ReviewScreen(Screen):
 
     @work(thread=True, exclusive=True, exit_on_error=False, group="position", description="queue position")
     def find_position(self, queue: QueueFilter, generation_id: int) -> None:
-        """Counting the queue takes a moment on a million rows: off the event loop, shown when known."""
-        with review.open_database(self.app.db_path, migrate=False) as store:
-            found = review.position(store, queue, generation_id)
-        if not get_current_worker().is_cancelled:
-            self.app.call_from_thread(self._positioned, generation_id, found)
+        """Counting the queue takes a moment on a million rows: off the event loop, shown when known.
 
-    def _positioned(self, generation_id: int, found: tuple[int, int]) -> None:
+        One query at a time on the screen's own connection; a request overtaken by the next item is
+        dropped; the queue's length is counted again only when the queue changed or every few seconds
+        (decisions made here adjust it meanwhile).
+        """
+        with self.position_lock:
+            if get_current_worker().is_cancelled:
+                return
+            if self.reader is None:
+                self.reader = review.open_database(self.app.db_path, migrate=False)
+            cached = self.queue_total
+            fresh = cached is not None and cached[0] == queue and time.monotonic() - cached[2] < QUEUE_RECOUNT_S
+            found = review.position(self.reader, queue, generation_id, cached[1] if fresh else None)
+        if not get_current_worker().is_cancelled:
+            self.app.call_from_thread(self._positioned, queue, generation_id, found, fresh)
+
+    def _positioned(self, queue: QueueFilter, generation_id: int, found: tuple[int, int], cached: bool) -> None:
+        if not cached and queue == self.queue:
+            self.queue_total = (queue, found[1], time.monotonic())
         if self.item is not None and self.item.generation_id == generation_id:
             self.position = found
             self._show_meta()
+
+    def _adjust_total(self, before: str | None, after: str | None) -> None:
+        """A decision made here moves an item in or out of a state queue: keep the cached length in step."""
+        if self.queue_total is None or self.queue.state == "all":
+            return
+        queue, total, at = self.queue_total
+        state = self.queue.state
+        was_in = (before is None) if state == "unreviewed" else before == state
+        now_in = (after is None) if state == "unreviewed" else after == state
+        self.queue_total = (queue, total - was_in + now_in, at)
+
+    def on_unmount(self) -> None:
+        if self.reader is not None:
+            self.reader.close()
 
     def action_jump(self) -> None:
         from gristmill.app.tui.jump import JumpScreen
@@ -204,6 +238,7 @@ class ReviewScreen(Screen):
         decided = self.item.generation_id
         review.decide(self.app.store, decided, decision, self.app.reviewer, edited)
         self.app.note_decision(self.item.decision, decision)
+        self._adjust_total(self.item.decision, decision)
         verb = {"accept": "Accepted", "reject": "Rejected", "skip": "Skipped"}[decision]
         self.notify(f"{verb} #{decided}" + (" with your edit" if edited is not None else "") + " · u undoes")
         self._remember(decided)
