@@ -97,10 +97,21 @@ class BrowseScreen(Screen):
     # --- loading --------------------------------------------------------------------------------
     def load(self, *, recount: bool = True) -> None:
         self._show_meta(loading=True)
-        self.fetch_page(self.view)
+        if self._bounded(self.view):  # one index or FTS5 seek and LIMIT: no thread round trip needed
+            self.on_page_loaded(PageLoaded(self.view, browse.page(self.app.store, self.view.where, self.view.sort,
+                                                                  0, PAGE_SIZE)))
+        else:
+            self.fetch_page(self.view)
         if recount:  # counted once the page is in: a count on a million rows never delays the page
             self.total = None
             self.count_pending = True
+
+    @staticmethod
+    def _bounded(view: View) -> bool:
+        """The first page by id, unfiltered or searched only: its cost does not depend on the table's size
+        (rows come in id order from the primary key or the FTS5 index and the LIMIT stops the scan).
+        Anything else (another sort, a deep page, a filter that may skip many rows) loads in a worker."""
+        return view.sort.column == "id" and view.offset == 0 and replace(view.where, search=None) == BrowseFilter()
 
     def _reader(self, group: str):
         if group not in self.readers:
