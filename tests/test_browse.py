@@ -18,9 +18,14 @@ from tests.test_review_app import current, seed_db
 
 
 async def settle(pilot) -> None:
+    """Until the room's pages and counts are in (workers done, and a browse screen's count known)."""
     await pilot.pause()
     await pilot.app.workers.wait_for_complete()
     await pilot.pause()
+    while getattr(pilot.app.screen, "count_pending", False) or (
+            hasattr(pilot.app.screen, "total") and pilot.app.screen.total is None):
+        await pilot.app.workers.wait_for_complete()
+        await pilot.pause(0.05)
 
 
 def table_ids(app) -> list[int]:

@@ -96,15 +96,15 @@ class BrowseScreen(Screen):
 
     # --- loading --------------------------------------------------------------------------------
     def load(self, *, recount: bool = True) -> None:
+        if recount:  # counted once the page is in: a count on a million rows never delays the page
+            self.total = None
+            self.count_pending = True
         self._show_meta(loading=True)
         if self._bounded(self.view):  # one index or FTS5 seek and LIMIT: no thread round trip needed
             self.on_page_loaded(PageLoaded(self.view, browse.page(self.app.store, self.view.where, self.view.sort,
                                                                   0, PAGE_SIZE)))
         else:
             self.fetch_page(self.view)
-        if recount:  # counted once the page is in: a count on a million rows never delays the page
-            self.total = None
-            self.count_pending = True
 
     @staticmethod
     def _bounded(view: View) -> bool:
