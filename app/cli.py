@@ -247,19 +247,28 @@ def add(
 
 @app.command()
 def stats(as_json: Annotated[bool, typer.Option("--json", help="Machine-readable output.")] = False) -> None:
-    """Counts by generation status, instruction type and review decision."""
-    from gristmill.db.stats import collect
+    """Counts by status, type and decision; acceptance by type, style, reviewer, run and flag; lengths; throughput."""
+    from gristmill.app.stats import collect_all
 
     with open_db() as store:
-        data = collect(store)
+        data = collect_all(store)
     if as_json:
         out.print_json(json.dumps(data))
         return
     out.print(f"database: {escape(one_line(str(State.db_path)))}")
     for section, counts in data.items():
+        if section in ("response_lengths", "throughput"):
+            continue  # series: see --json or the app's stats room
         out.print(f"{section}:")
         for key, value in counts.items():
-            out.print(f"  {escape(one_line(str(key))):<24} {value}")
+            if isinstance(value, dict):  # acceptance by group
+                out.print(f"  {escape(one_line(str(key)))}:")
+                for name, c in value.items():
+                    shown = "-" if c["rate"] is None else f"{c['rate']:.0%}"
+                    out.print(f"    {escape(one_line(str(name))):<22} {shown:>5} accepted ({c['accept']} acc, "
+                              f"{c['reject']} rej, {c['skip']} skip)")
+            else:
+                out.print(f"  {escape(one_line(str(key))):<24} {value}")
 
 
 @app.command()

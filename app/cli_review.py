@@ -26,7 +26,8 @@ def review(
 
     name = reviewer or State.config.review.reviewer or _login()
     app_ = make_app(State.db_path, reviewer=name, keymap=State.config.keymap,
-                    reject_reasons=State.config.review.reject_reasons)
+                    reject_reasons=State.config.review.reject_reasons,
+                    generate_config=State.config.generate)
     failure = guard_app(app_)
     app_.run()
     if failure:

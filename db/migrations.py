@@ -296,6 +296,55 @@ def m006_claims_and_run_identity(db: Database) -> None:
     )
 
 
+_SEARCH_ROW = "SELECT {gid}, i.instruction, i.input, COALESCE({completion}, '') FROM instructions i WHERE i.id = {iid}"
+SEARCH_TRIGGERS = (
+    # contentless (content=''): the index stores no second copy of the text; a 'delete' must give the
+    # exact values that were indexed, which the triggers below always have at hand
+    f"""CREATE TRIGGER search_index_generation_insert AFTER INSERT ON generations BEGIN
+          INSERT INTO search_index (rowid, instruction, input, output)
+          {_SEARCH_ROW.format(gid="new.id", completion="new.completion", iid="new.instruction_id")};
+        END""",
+    f"""CREATE TRIGGER search_index_generation_update AFTER UPDATE OF completion, instruction_id ON generations BEGIN
+          INSERT INTO search_index (search_index, rowid, instruction, input, output)
+          SELECT 'delete', * FROM ({_SEARCH_ROW.format(gid="old.id", completion="old.completion",
+                                                          iid="old.instruction_id")});
+          INSERT INTO search_index (rowid, instruction, input, output)
+          {_SEARCH_ROW.format(gid="new.id", completion="new.completion", iid="new.instruction_id")};
+        END""",
+    f"""CREATE TRIGGER search_index_generation_delete AFTER DELETE ON generations BEGIN
+          INSERT INTO search_index (search_index, rowid, instruction, input, output)
+          SELECT 'delete', * FROM ({_SEARCH_ROW.format(gid="old.id", completion="old.completion",
+                                                          iid="old.instruction_id")});
+        END""",
+    """CREATE TRIGGER search_index_instruction_update AFTER UPDATE OF instruction, input ON instructions BEGIN
+          INSERT INTO search_index (search_index, rowid, instruction, input, output)
+          SELECT 'delete', g.id, old.instruction, old.input, COALESCE(g.completion, '')
+          FROM generations g WHERE g.instruction_id = old.id;
+          INSERT INTO search_index (rowid, instruction, input, output)
+          SELECT g.id, new.instruction, new.input, COALESCE(g.completion, '')
+          FROM generations g WHERE g.instruction_id = new.id;
+        END""",
+)
+
+
+@MIGRATIONS()
+def m009_search_index(db: Database) -> None:
+    """Full-text search over every generation's instruction, input and output (SQLite FTS5).
+
+    The index is keyed by generation id and kept in step by triggers, so rows written by any writer
+    (gristmill, sqlite3, a script) are found; rows written before this migration are indexed here.
+    """
+    # prefix indexes make `ab*` and `abc*` one doclist read instead of a merge of every matching term
+    db.execute("""CREATE VIRTUAL TABLE search_index USING fts5(
+                      instruction, input, output, content='', tokenize='unicode61 remove_diacritics 2',
+                      prefix='2 3')""")
+    for trigger in SEARCH_TRIGGERS:
+        db.execute(trigger)
+    db.execute("""INSERT INTO search_index (rowid, instruction, input, output)
+                  SELECT g.id, i.instruction, i.input, COALESCE(g.completion, '')
+                  FROM generations g JOIN instructions i ON i.id = g.instruction_id""")
+
+
 def migration_names() -> list[str]:
     """Every migration this version knows, in order (what a new database gets)."""
     return [m.name for m in MIGRATIONS.pending(Database(memory=True))]

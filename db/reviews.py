@@ -38,6 +38,7 @@ class QueueFilter:
     flag: str | None = None
     min_chars: int | None = None
     max_chars: int | None = None
+    run_id: int | None = None
 
     def where(self) -> tuple[str, list]:
         clauses: list[str] = ["g.status = 'done'"]
@@ -62,6 +63,9 @@ class QueueFilter:
         if self.max_chars is not None:
             clauses.append("length(g.completion) <= ?")
             params.append(self.max_chars)
+        if self.run_id is not None:
+            clauses.append("g.run_id = ?")
+            params.append(self.run_id)
         return " AND ".join(clauses), params
 
 

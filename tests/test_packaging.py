@@ -14,7 +14,9 @@ ROOT = Path(__file__).resolve().parents[1]
 HEADLESS = ["gristmill.db", "gristmill.db.reviews", "gristmill.db.exports", "gristmill.models",
             "gristmill.models.llama_cpp_engine", "gristmill.app.ingest", "gristmill.app.prompts",
             "gristmill.app.generate", "gristmill.app.scheduler", "gristmill.app.review", "gristmill.app.export",
-            "gristmill.app.cli", "gristmill.app.export_formats", "gristmill.db.training"]
+            "gristmill.app.cli", "gristmill.app.export_formats", "gristmill.db.training",
+            "gristmill.app.browse", "gristmill.app.stats", "gristmill.app.generate_session", "gristmill.db.browse",
+            "gristmill.db.stats_detail", "gristmill.db.samples"]
 
 
 @pytest.mark.parametrize("module", HEADLESS)
@@ -31,6 +33,14 @@ def test_models_and_db_do_not_import_each_other_or_the_app():
             text = path.read_text()
             for name in forbidden:
                 assert f"import {name}" not in text and f"from {name}" not in text, f"{path} imports {name}"
+
+
+def test_the_app_screens_reach_storage_only_through_the_pipeline():
+    """app/tui calls app/ (the same functions as the CLI), never gristmill.db or SQL directly."""
+    for path in (ROOT / "app" / "tui").rglob("*.py"):
+        text = path.read_text()
+        for forbidden in ("gristmill.db", "import sqlite3", "sqlite_utils", ".execute(", "store.query("):
+            assert forbidden not in text, f"{path.name} uses {forbidden}"
 
 
 def test_llama_cpp_is_imported_only_when_its_engine_is_used():

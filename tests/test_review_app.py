@@ -57,7 +57,11 @@ async def test_accept_reject_skip_move_and_commit(tmp_path):
         assert decisions(db) == [(1, "accept", None, "ann")]  # committed before the next item shows
         assert screen.item.generation_id == 2
         await pilot.press("r", "s")
-        await pilot.press("k")  # unreviewed queue: nothing before #4
+        await pilot.press("k")  # back to the item just decided, though it left the unreviewed queue
+        assert screen.item.generation_id == 3 and screen.item.decision == "skip"
+        await pilot.press("k")
+        assert screen.item.generation_id == 2
+        await pilot.press("j")  # on through the queue: the next unreviewed
         assert screen.item.generation_id == 4
     assert current(db) == {1: "accept", 2: "reject", 3: "skip", 4: None}
 
@@ -132,7 +136,15 @@ async def test_filter_by_flag_and_type(tmp_path):
         await pilot.press("f")
         await pilot.pause()
         pilot.app.screen.query_one("#flag").value = pilot.app.screen.query_one("#flag").NULL
-        pilot.app.screen.query_one("#type").value = "nothing-like-this"
+        pilot.app.screen.query_one("#state").value = "all"
+        pilot.app.screen.query_one("#type").value = "question"  # a choice among the known types
+        pilot.app.screen.query_one("#state").focus()
+        await pilot.press("enter")  # Enter applies from any field, a closed list included
+        await pilot.pause()
+        assert pilot.app.screen.item.generation_id == 1
+        await pilot.press("f")
+        await pilot.pause()
+        pilot.app.screen.query_one("#state").value = "reject"
         await pilot.click("#apply")
         await pilot.pause()
         assert pilot.app.screen.item is None

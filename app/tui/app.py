@@ -1,4 +1,9 @@
-"""The app frame: header with database and counts, the review screen, help, keymap."""
+"""The app frame: the rooms (one mode each, so a room keeps its state while you are elsewhere), the header
+with the counts and the reviewer, help, keymap.
+
+Rooms: review (the start), browse and search, generate, stats; export is a dialog over any room.
+Each is one key, shown in the footer, from anywhere.
+"""
 
 from __future__ import annotations
 
@@ -15,13 +20,20 @@ from textual.binding import Binding
 from textual.message import Message
 from textual.worker import get_current_worker
 
-from gristmill.app.config import DEFAULT_REJECT_REASONS
-from gristmill.db import Store, open_store
-from gristmill.db import reviews as reviews_db
-from gristmill.db.connection import DatabaseBusy, QueryTooSlow
+from gristmill.app import review
+from gristmill.app.config import DEFAULT_REJECT_REASONS, GenerateConfig
+from gristmill.app.review import DatabaseBusy, QueryTooSlow, Store
 
 COUNTS_REFRESH_S = 3.0  # at least; a slow count (a million rows) waits proportionally longer
-FIRST_COUNT_DELAY_S = 0.5  # after the first screen is up
+FIRST_COUNT_DELAY_S = 0.5
+HEADER_ROOM = 48  # characters of subtitle an 80-column header shows beside the title  # after the first screen is up
+
+
+def _room_screen(module: str, name: str):
+    """Rooms are imported when first visited: the app starts with the review screen alone."""
+    import importlib
+
+    return getattr(importlib.import_module(f"gristmill.app.tui.{module}"), name)()
 LOOKUP_STEPS = 50_000  # SQLite steps a lookup may take on the event loop (about a millisecond); longer ones go to a thread
 
 
@@ -38,17 +50,31 @@ class GristmillApp(App):
     CSS_PATH = "app.tcss"
     ENABLE_COMMAND_PALETTE = False
     BINDINGS = [
+        Binding("v", "room('review')", "Review", id="room_review"),
+        Binding("b", "room('browse')", "Browse", id="room_browse"),
+        Binding("slash", "search", "Search", id="search"),
+        Binding("g", "room('generate')", "Gen", id="room_generate"),
+        Binding("t", "room('stats')", "Stats", id="room_stats"),
+        Binding("x", "export", "Export", id="export"),
         Binding("question_mark", "help", "Help", id="help"),
         Binding("q", "quit", "Quit", id="quit"),
     ]
+    MODES = {
+        "review": lambda: _room_screen("review_screen", "ReviewScreen"),
+        "browse": lambda: _room_screen("browse_screen", "BrowseScreen"),
+        "generate": lambda: _room_screen("generate_screen", "GenerateScreen"),
+        "stats": lambda: _room_screen("stats_screen", "StatsScreen"),
+    }
 
     def __init__(self, db_path: Path, *, reviewer: str, keymap: dict[str, str] | None = None,
-                 store: Store | None = None, reject_reasons: Sequence[str] = DEFAULT_REJECT_REASONS):
+                 store: Store | None = None, reject_reasons: Sequence[str] = DEFAULT_REJECT_REASONS,
+                 generate_config: GenerateConfig | None = None):
         super().__init__()
         self.reject_reasons = list(reject_reasons)
+        self.generate_config = generate_config or GenerateConfig()  # the generate room's defaults
         self.db_path = Path(db_path)
         self.reviewer = reviewer
-        self.store = store or open_store(self.db_path)
+        self.store = store or review.open_database(self.db_path)
         self.keymap_overrides = keymap or {}
         self.counts: dict[str, int] = {}
         self._next_count = None
@@ -56,13 +82,32 @@ class GristmillApp(App):
         self.looking_up = False  # a queue lookup too slow for the event loop runs in a thread
 
     def on_mount(self) -> None:
-        from gristmill.app.tui.review_screen import ReviewScreen
-
         if self.keymap_overrides:
             self.set_keymap(self.keymap_overrides)
         self.sub_title = f"{self.db_path.name} · reviewer {self.reviewer}"
-        self.push_screen(ReviewScreen())
+        self.switch_mode("review")
         self.set_timer(FIRST_COUNT_DELAY_S, self.refresh_counts)
+
+    # --- rooms ----------------------------------------------------------------------------------
+    def action_room(self, name: str) -> None:
+        if self.current_mode != name:
+            self.switch_mode(name)
+
+    def room(self, name: str):
+        """The screen of a room (created on first visit); for opening an item in review from elsewhere."""
+        self.action_room(name)
+        return self.screen_stack[0] if self.screen_stack else self.screen
+
+    def open_in_review(self, generation_id: int) -> None:
+        self.room("review").open(generation_id)
+
+    def action_search(self) -> None:
+        self.room("browse").search()
+
+    def action_export(self) -> None:
+        from gristmill.app.tui.export_screen import ExportScreen
+
+        self.push_screen(ExportScreen())
 
     @work(thread=True, exclusive=True, exit_on_error=False, group="counts", description="count generations")
     def refresh_counts(self) -> None:
@@ -72,8 +117,8 @@ class GristmillApp(App):
         periodically; the next refresh waits at least 20 times as long as this count took.
         """
         started = time.perf_counter()
-        with open_store(self.db_path, migrate=False) as store:
-            counts = reviews_db.counts(store)
+        with review.open_database(self.db_path, migrate=False) as store:
+            counts = review.counts(store)
         if not get_current_worker().is_cancelled:
             self.post_message(CountsUpdated(counts, time.perf_counter() - started))
 
@@ -105,7 +150,7 @@ class GristmillApp(App):
     @work(thread=True, exit_on_error=False, group="write", description="save a decision")
     def _write_when_free(self, action: Callable[[Store], Any], then: Callable[[Any], None]) -> None:
         try:
-            with open_store(self.db_path, migrate=False) as store:
+            with review.open_database(self.db_path, migrate=False) as store:
                 with store.write():  # waits, with backoff, for as long as the other writer holds the lock
                     result = action(store)
         except Exception as error:  # not saved: say so, and let the reviewer try again
@@ -143,7 +188,7 @@ class GristmillApp(App):
     @work(thread=True, exclusive=True, exit_on_error=False, group="lookup", description="search the queue")
     def _lookup_in_thread(self, query: Callable[[Store], Any], then: Callable[[Any], None]) -> None:
         try:
-            with open_store(self.db_path, migrate=False) as store:
+            with review.open_database(self.db_path, migrate=False) as store:
                 result = query(store)
         finally:
             self.looking_up = False  # a failed lookup must not stop the empty view's rechecks
@@ -161,15 +206,24 @@ class GristmillApp(App):
             self.counts[after or "unreviewed"] += 1
             self._show_counts()
 
+    def note_generated(self) -> None:
+        """A generation finished in the generate room: recount soon (the periodic worker paces itself)."""
+        if self._next_count is None:
+            self.refresh_counts()
+
     def _show_counts(self) -> None:
         c = self.counts
         if self.saving:
-            self.sub_title = f"{self.db_path.name} · waiting for the database (another process is writing)…"
-        elif c:  # short enough for an 80-column header
-            self.sub_title = (f"{self.db_path.name} · {c['unreviewed']} to review · {c['accept']} acc · "
-                              f"{c['reject']} rej · {c['skip']} skip · {self.reviewer}")
-        else:
+            self.sub_title = "waiting for the database (another process is writing)…"
+            return
+        if not c:
             self.sub_title = f"{self.db_path.name} · reviewer {self.reviewer}"
+            return
+        counts = f"{c['unreviewed']} to review · {c['accept']} acc · {c['reject']} rej · {c['skip']} skip"
+        # an 80-column header has room for about 60 characters beside the title: the counts and the
+        # reviewer always; the database's name when it fits
+        full = f"{self.db_path.name} · {counts} · {self.reviewer}"
+        self.sub_title = full if len(full) <= HEADER_ROOM else f"{counts} · {self.reviewer}"
 
     def action_help(self) -> None:
         from gristmill.app.tui.modals import HelpScreen
@@ -181,6 +235,8 @@ class GristmillApp(App):
 
 
 def make_app(db_path: Path, *, reviewer: str, keymap: dict[str, str] | None = None,
-             reject_reasons: Sequence[str] = DEFAULT_REJECT_REASONS) -> GristmillApp:
+             reject_reasons: Sequence[str] = DEFAULT_REJECT_REASONS,
+             generate_config: GenerateConfig | None = None) -> GristmillApp:
     """The one factory used by the CLI and the tests."""
-    return GristmillApp(db_path, reviewer=reviewer, keymap=keymap, reject_reasons=reject_reasons)
+    return GristmillApp(db_path, reviewer=reviewer, keymap=keymap, reject_reasons=reject_reasons,
+                        generate_config=generate_config)

@@ -11,7 +11,8 @@ from textual.widgets import Button, Input, Label, Select, Static, TextArea
 
 from gristmill.app.flags import ALL_FLAGS
 from gristmill.app.textsafe import visible
-from gristmill.db.reviews import REVIEW_STATES, QueueFilter
+from gristmill.app.tui.keyhints import typed
+from gristmill.app.review import REVIEW_STATES, QueueFilter
 
 
 class HelpScreen(ModalScreen[None]):
@@ -43,26 +44,37 @@ class HelpScreen(ModalScreen[None]):
         for node in (self.below, self.app):
             for binding in node.BINDINGS:
                 if isinstance(binding, Binding) and binding.id:
-                    keys = getattr(self.app, "keymap_overrides", {}).get(binding.id, binding.key)
+                    keys = typed(getattr(self.app, "keymap_overrides", {}).get(binding.id, binding.key))
                     entry = table.setdefault(binding.id, (binding.id, [], binding.description))
                     entry[1].append(keys)
         return [(i, ",".join(k), d) for i, k, d in table.values()]
 
 
 class EditScreen(ModalScreen[str | None]):
-    """Edit the response; ctrl+s saves (and accepts the edited text), escape cancels. The original is kept."""
+    """Edit the response; ctrl+s saves (and accepts the edited text), escape cancels. The original is kept.
+
+    The instruction it answers stays in view; escape asks before throwing typed text away; ctrl+o puts
+    the model's output back (useful when the editor opens with an earlier, undone edit).
+    """
 
     CSS_PATH = "modals.tcss"
     BINDINGS = [Binding("ctrl+s", "save", "Save and accept", id="save_edit"),
+                Binding("ctrl+o", "original", "Model output", id="original_edit"),
                 Binding("escape", "cancel", "Cancel", id="cancel_edit")]
 
-    def __init__(self, text: str):
+    def __init__(self, text: str, *, instruction: str = "", original: str | None = None, restored: bool = False):
         super().__init__()
-        self.text = text
+        self.text, self.instruction = text, instruction
+        self.original = text if original is None else original
+        self.restored = restored
 
     def compose(self) -> ComposeResult:
         with Vertical(id="dialog"):
-            yield Label("Edit the response · ctrl+s save and accept · escape cancel")
+            yield Label("Edit the response · ctrl+s save and accept · ctrl+o model output · escape cancel")
+            if self.instruction:
+                yield Static(Text("Instruction: " + visible(self.instruction)), id="edit-instruction")
+            if self.restored:
+                yield Label("Your last edit (undone) is restored; ctrl+o puts the model output back.", id="restored")
             yield TextArea(self.text, id="editor", soft_wrap=True, show_line_numbers=False)
 
     def on_mount(self) -> None:
@@ -71,8 +83,20 @@ class EditScreen(ModalScreen[str | None]):
     def action_save(self) -> None:
         self.dismiss(self.query_one(TextArea).text)
 
+    def action_original(self) -> None:
+        self.query_one(TextArea).text = self.original
+
     def action_cancel(self) -> None:
-        self.dismiss(None)
+        if self.query_one(TextArea).text == self.text:
+            self.dismiss(None)
+            return
+        from gristmill.app.tui.confirm import ConfirmScreen
+
+        def answered(discard: bool | None) -> None:
+            if discard:
+                self.dismiss(None)
+
+        self.app.push_screen(ConfirmScreen("Discard the text you typed?", yes="Discard"), answered)
 
 
 class TextScreen(ModalScreen[None]):
@@ -90,23 +114,47 @@ class TextScreen(ModalScreen[None]):
 
 
 class FilterScreen(ModalScreen[QueueFilter | None]):
-    """Narrow the review queue by decision state, type, style, flag and response length."""
+    """Narrow the review queue by decision state, type, style, run, flag and response length.
+
+    Types, styles and runs are choices among the values the database holds, not free text. Enter applies
+    from any field (a closed list included); an open list takes Enter as its choice.
+    """
 
     CSS_PATH = "modals.tcss"
-    BINDINGS = [Binding("escape", "cancel", "Cancel", id="cancel_filter")]
+    BINDINGS = [Binding("escape", "cancel", "Cancel", id="cancel_filter"),
+                Binding("enter", "apply", "Apply", id="apply_filter", priority=True)]
 
-    def __init__(self, current: QueueFilter):
+    def __init__(self, current: QueueFilter, choices: dict[str, list] | None = None):
         super().__init__()
         self.current = current
+        self.choices = choices or {}
+
+    def check_action(self, action: str, parameters: tuple) -> bool | None:
+        if action == "apply":  # let an open Select list, a button or a text field take Enter themselves
+            focused = self.focused
+            return not (focused is not None and (isinstance(focused, (Button, Input))
+                                                 or type(focused).__name__ == "SelectOverlay"))
+        return True
+
+    def action_apply(self) -> None:
+        self.dismiss(self._value())
 
     def compose(self) -> ComposeResult:
         c = self.current
         with Vertical(id="dialog"):
             yield Label("Filter the review queue · enter apply · escape cancel")
             yield Select([(s, s) for s in REVIEW_STATES], value=c.state, allow_blank=False, id="state")
-            yield Input(c.instruction_type or "", placeholder="instruction type (empty: any)", id="type")
-            yield Input(c.style or "", placeholder="style (empty: any)", id="style")
-            yield Select([(f, f) for f in ALL_FLAGS], value=c.flag or Select.NULL, prompt="flag (any)", id="flag")
+            k = self.choices
+            with Horizontal():
+                yield Select([(t, t) for t in k.get("types", [])], value=c.instruction_type or Select.NULL,
+                             prompt="type (any)", id="type")
+                yield Select([(t, t) for t in k.get("styles", [])], value=c.style or Select.NULL,
+                             prompt="style (any)", id="style")
+            with Horizontal():
+                yield Select([(label, run_id) for run_id, label in k.get("runs", [])],
+                             value=c.run_id if c.run_id is not None else Select.NULL, prompt="run (any)", id="run")
+                yield Select([(f, f) for f in ALL_FLAGS], value=c.flag or Select.NULL, prompt="flag (any)",
+                             id="flag")
             with Horizontal():
                 # digits only: Textual's "integer" type lets a lone "-" through, which int() refuses
                 yield Input(str(c.min_chars or ""), placeholder="min chars", type="integer", restrict=r"[0-9]*",
@@ -123,9 +171,12 @@ class FilterScreen(ModalScreen[QueueFilter | None]):
             value = text(widget_id)
             return int(value) if value and value.isdecimal() else None
 
-        flag = self.query_one("#flag", Select).value
-        return QueueFilter(state=str(self.query_one("#state", Select).value), instruction_type=text("type"),
-                           style=text("style"), flag=None if flag is Select.NULL else str(flag),
+        def chosen(widget_id: str):
+            value = self.query_one(f"#{widget_id}", Select).value
+            return None if value is Select.NULL else value
+
+        return QueueFilter(state=str(self.query_one("#state", Select).value), instruction_type=chosen("type"),
+                           style=chosen("style"), run_id=chosen("run"), flag=chosen("flag"),
                            min_chars=number("min"), max_chars=number("max"))
 
     def on_input_submitted(self) -> None:

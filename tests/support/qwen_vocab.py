@@ -25,7 +25,6 @@ from __future__ import annotations
 
 import base64
 import hashlib
-import json
 import os
 import unicodedata
 from collections.abc import Callable, Iterable, Sequence

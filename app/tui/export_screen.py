@@ -1,0 +1,115 @@
+"""The export dialog: the same `app.export.export` as `gristmill export`, run in a thread worker.
+
+It shows how many records were written, what dedup dropped, and where the file and its manifest went.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from rich.text import Text
+from textual import on, work
+from textual.app import ComposeResult
+from textual.binding import Binding
+from textual.containers import Horizontal, Vertical
+from textual.screen import ModalScreen
+from textual.widgets import Button, Checkbox, Input, Label, Select, Static
+from textual.worker import Worker, WorkerState
+
+from gristmill.app import browse, review
+from gristmill.app.export import FORMATS, ExportFilter, ExportReport, export
+
+DEFAULT_FILE = "export.jsonl"
+
+
+def describe(report: ExportReport) -> Text:
+    text = Text()
+    text.append(f"{report.records:,} record(s) written\n", style="bold")
+    text.append(f"dedup dropped {len(report.dropped):,}" + (" (the manifest lists each pair)\n" if report.dropped
+                                                            else "\n"))
+    text.append(f"file: {Path(report.path).resolve()}\nmanifest: {Path(report.manifest_path).resolve()}\n")
+    text.append(f"sha256 {report.sha256}", style="dim")
+    return text
+
+
+class ExportScreen(ModalScreen[ExportReport | None]):
+    CSS_PATH = "export_screen.tcss"
+    BINDINGS = [Binding("escape", "close", "Close", id="close_export"),
+                Binding("ctrl+s", "export", "Export", id="run_export")]
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.report: ExportReport | None = None
+        self.worker: Worker | None = None
+
+    def compose(self) -> ComposeResult:
+        known = browse.choices(self.app.store)
+        with Vertical(id="export"):
+            yield Label("Export accepted records · ctrl+s or Enter export · escape close")
+            with Horizontal():
+                yield Input(DEFAULT_FILE, placeholder="output file (.jsonl)", id="path")
+                yield Select([(f, f) for f in FORMATS], value="native", allow_blank=False, id="format")
+            with Horizontal():
+                yield Select([(t, t) for t in known["types"]], prompt="type (any)", id="type")
+                yield Select([(s, s) for s in known["styles"]], prompt="style (any)", id="style")
+            with Horizontal():
+                yield Select([(label, run_id) for run_id, label in known["runs"]], prompt="run (any)", id="run")
+                yield Select([(r, r) for r in known["reviewers"]], prompt="reviewer (any)", id="reviewer")
+            with Horizontal():
+                yield Input(placeholder="min chars", type="integer", id="min")
+                yield Input(placeholder="max chars", type="integer", id="max")
+                yield Checkbox("dedup", value=True, id="dedup")
+            with Horizontal():
+                yield Button("Export", variant="primary", id="go")
+                yield Button("Close", id="close")
+            yield Static(id="result")
+
+    def on_mount(self) -> None:
+        self.query_one("#path", Input).focus()
+
+    def where(self) -> ExportFilter:
+        def chosen(widget_id: str):
+            value = self.query_one(f"#{widget_id}", Select).value
+            return None if value is Select.NULL else value
+
+        def number(widget_id: str) -> int | None:
+            text = self.query_one(f"#{widget_id}", Input).value.strip()
+            return int(text) if text.isdigit() else None
+
+        return ExportFilter(instruction_type=chosen("type"), style=chosen("style"), run_id=chosen("run"),
+                            reviewer=chosen("reviewer"), min_chars=number("min"), max_chars=number("max"))
+
+    @on(Input.Submitted)
+    @on(Button.Pressed, "#go")
+    def action_export(self) -> None:
+        if self.worker is not None and self.worker.state == WorkerState.RUNNING:
+            return
+        path = Path(self.query_one("#path", Input).value.strip() or DEFAULT_FILE).expanduser()
+        if not path.parent.exists():
+            self.query_one("#result", Static).update(Text(f"directory {path.parent} does not exist", style="red"))
+            return
+        self.query_one("#result", Static).update("Exporting…")
+        self.worker = self.run_export(path, str(self.query_one("#format", Select).value), self.where(),
+                                      self.query_one("#dedup", Checkbox).value)
+
+    @work(thread=True, exclusive=True, exit_on_error=False, group="export", description="export")
+    def run_export(self, path: Path, fmt: str, where: ExportFilter, dedup: bool) -> ExportReport:
+        with review.open_database(self.app.db_path, migrate=False) as store:
+            if dedup:
+                return export(store, path, fmt=fmt, where=where)  # the CLI's default dedup, whatever it is
+            return export(store, path, fmt=fmt, where=where, dedup=False)
+
+    def on_worker_state_changed(self, event: Worker.StateChanged) -> None:
+        if event.worker is not self.worker:
+            return
+        result = self.query_one("#result", Static)
+        if event.state == WorkerState.SUCCESS:
+            self.report = event.worker.result
+            result.update(describe(self.report))
+            self.notify(f"Exported {self.report.records:,} record(s) to {self.report.path}")
+        elif event.state == WorkerState.ERROR:
+            result.update(Text(f"export failed: {event.worker.error}", style="red"))
+
+    @on(Button.Pressed, "#close")
+    def action_close(self) -> None:
+        self.dismiss(self.report)

@@ -1,0 +1,71 @@
+"""The generate room through Pilot on the real Gemma model: start, live progress, stop, resume."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+from textual.widgets import Input, ProgressBar, Select, Static
+
+from gristmill.app.config import GenerateConfig
+from gristmill.app.ingest import import_file
+from gristmill.app.tui.app import make_app
+from gristmill.app.tui.generate_screen import GenerateScreen
+from gristmill.db import open_store
+from tests.conftest import write
+
+
+async def wait_until(pilot, condition) -> None:
+    """Poll the app until `condition()` holds (pytest-timeout bounds a hang); no timing is asserted."""
+    while not condition():
+        await pilot.pause(0.05)
+
+
+def statuses(db) -> dict[int, str]:
+    with open_store(db) as store:
+        return {r[0]: r[1] for r in store.query("SELECT id, status FROM generations ORDER BY id")}
+
+
+@pytest.mark.slow
+async def test_start_watch_stop_and_resume_on_the_real_model(tmp_path, gemma_path):
+    db = tmp_path / "test.db"
+    with open_store(db) as store:
+        import_file(store, write(tmp_path / "i.jsonl", "\n".join(
+            json.dumps({"instruction": f"Name a colour, number {i}."}) for i in range(3)) + "\n"))
+    config = GenerateConfig(model=str(gemma_path), max_tokens=12, threads=2, n_ctx=512)
+    app = make_app(db, reviewer="ann", generate_config=config)
+    async with app.run_test(size=(80, 24)) as pilot:
+        await pilot.press("g")
+        await pilot.pause()
+        screen = app.screen
+        assert isinstance(screen, GenerateScreen)
+        assert screen.query_one("#max_tokens", Input).value == "12"
+        await pilot.press("ctrl+s")
+        live = screen.query_one("#live-text", Static)
+        await wait_until(pilot, lambda: live.render().plain != "")  # the first item is streaming
+        assert screen.progress is None  # ... and not finished (it has 12 tokens to go)
+        await pilot.press("ctrl+x")  # stop: checked on every piece, the item in flight stays pending
+        await wait_until(pilot, lambda: not screen.running)
+        assert "resumable" in str(screen.query_one("#status", Static).render())
+        assert set(statuses(db).values()) == {"pending"}  # nothing half-written, nothing failed
+        run_id = screen.started.run_id
+    # a new session with other defaults (no model named): choosing the run resumes it with its own
+    # settings and the model file it was made with
+    app = make_app(db, reviewer="ann", generate_config=GenerateConfig(threads=2, n_ctx=512))
+    async with app.run_test(size=(80, 24)) as pilot:
+        await pilot.press("g")
+        await pilot.pause()
+        screen = app.screen
+        screen.query_one("#run", Select).value = run_id
+        await pilot.press("ctrl+s")
+        await wait_until(pilot, lambda: screen.progress is not None)
+        first = screen.progress
+        assert first.finished >= 1 and first.total == 3 and first.run_id == run_id
+        assert screen.query_one(ProgressBar).total == 3
+        assert "tok/s" in str(screen.query_one("#status", Static).render())
+        await wait_until(pilot, lambda: not screen.running)
+        assert "Finished" in str(screen.query_one("#status", Static).render())
+    assert set(statuses(db).values()) == {"done"} and len(statuses(db)) == 3
+    with open_store(db) as store:
+        assert store.query("SELECT count(*) FROM runs")[0][0] == 1
+        assert max(r[0] for r in store.query("SELECT completion_tokens FROM generations")) <= 12

@@ -1,0 +1,64 @@
+"""The stats room and the export dialog through Pilot: the same numbers and bytes as the command line."""
+
+from __future__ import annotations
+
+import json
+
+from textual.widgets import Input
+from typer.testing import CliRunner
+
+from gristmill.app import review
+from gristmill.app.cli import app as cli
+from gristmill.app.tui.app import make_app
+from gristmill.app.tui.export_screen import ExportScreen
+from gristmill.app.tui.stats_screen import StatsScreen
+from gristmill.db import open_store
+from tests.test_browse import settle
+from tests.test_review_app import seed_db
+
+runner = CliRunner()
+
+
+def decided_db(tmp_path):
+    db = seed_db(tmp_path, ["Paris.", "A longer answer about rivers.", "x"], samples=1, n=9)
+    with open_store(db) as store:
+        for g in range(1, 9):
+            review.decide(store, g, "accept" if g % 3 else "reject", "ann" if g < 5 else "bob")
+    return db
+
+
+async def test_stats_room_shows_the_numbers_of_stats_json(tmp_path):
+    db = decided_db(tmp_path)
+    result = runner.invoke(cli, ["--db", str(db), "stats", "--json"])
+    assert result.exit_code == 0, result.output
+    expected = json.loads(result.output)
+    assert expected["acceptance"]["reviewer"]["ann"] == {"accept": 3, "reject": 1, "skip": 0, "rate": 0.75}
+    assert sum(expected["response_lengths"]["accept"]) == 6 and sum(expected["response_lengths"]["reject"]) == 2
+    async with make_app(db, reviewer="ann").run_test(size=(80, 24)) as pilot:
+        await pilot.press("t")
+        await settle(pilot)
+        screen = pilot.app.screen
+        assert isinstance(screen, StatsScreen)
+        assert screen.data == expected
+        assert "accept 6" in str(screen.query_one("#summary").render())
+
+
+async def test_export_from_the_app_writes_the_same_bytes_as_the_cli(tmp_path):
+    db = decided_db(tmp_path)
+    result = runner.invoke(cli, ["--db", str(db), "export", str(tmp_path / "cli.jsonl")])
+    assert result.exit_code == 0, result.output
+    async with make_app(db, reviewer="ann").run_test(size=(80, 24)) as pilot:
+        await pilot.pause()
+        await pilot.press("x")
+        await pilot.pause()
+        assert isinstance(pilot.app.screen, ExportScreen)
+        pilot.app.screen.query_one("#path", Input).value = str(tmp_path / "app.jsonl")
+        await pilot.press("enter")
+        await settle(pilot)
+        report = pilot.app.screen.report
+        shown = str(pilot.app.screen.query_one("#result").render())
+        assert f"{report.records} record(s) written" in shown and "app.jsonl.manifest.json" in shown
+        assert "dedup dropped" in shown
+    app_bytes = (tmp_path / "app.jsonl").read_bytes()
+    assert app_bytes == (tmp_path / "cli.jsonl").read_bytes() and app_bytes.count(b"\n") == report.records > 0
+    assert (tmp_path / "app.jsonl.manifest.json").exists()
