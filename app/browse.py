@@ -9,8 +9,22 @@ from gristmill.db import reviews as reviews_db
 from gristmill.db.browse import SORTS, UNREVIEWED, BrowseFilter, BrowseRow, Page, Sort
 from gristmill.db.reviews import Decision
 
-__all__ = ["SORTS", "UNREVIEWED", "STATUSES", "DECISIONS", "FLAGS", "BrowseFilter", "BrowseRow", "Page", "Sort",
-           "page", "count", "bulk_decide", "choices", "matching_ids"]
+__all__ = [
+    "SORTS",
+    "UNREVIEWED",
+    "STATUSES",
+    "DECISIONS",
+    "FLAGS",
+    "BrowseFilter",
+    "BrowseRow",
+    "Page",
+    "Sort",
+    "page",
+    "count",
+    "bulk_decide",
+    "choices",
+    "matching_ids",
+]
 
 STATUSES = ("pending", "done", "refused", "failed")
 DECISIONS = (UNREVIEWED, "accept", "reject", "skip")

@@ -62,8 +62,12 @@ def run_guarded(invoke: Callable[[], Any]) -> int:
             return EXIT_INTERRUPTED
         expected = as_expected(error)
         if expected is not None:  # the traceback goes to the log file only, redacted like a crash report
-            log.info("exit %d: %s\n%s", expected.exit_code, crash.redact(expected.message),
-                     crash.redact("".join(traceback.format_exception(error))))
+            log.info(
+                "exit %d: %s\n%s",
+                expected.exit_code,
+                crash.redact(expected.message),
+                crash.redact("".join(traceback.format_exception(error))),
+            )
             _say(expected.message)
             return expected.exit_code
         line = crash.report_crash(error)
@@ -78,8 +82,9 @@ def run_guarded(invoke: Callable[[], Any]) -> int:
 def _is_a(error: BaseException, name: str) -> bool:
     """Click's exception classes by name: typer ships its own copy of click (`typer._click`) in newer versions,
     the real click in older ones, and the boundary must know both."""
-    return any(cls.__name__ == name and cls.__module__.split(".")[0] in ("click", "typer")
-               for cls in type(error).__mro__)
+    return any(
+        cls.__name__ == name and cls.__module__.split(".")[0] in ("click", "typer") for cls in type(error).__mro__
+    )
 
 
 def _silence_stdout() -> None:
@@ -101,17 +106,33 @@ def _say(message: str) -> None:
 class BoundaryGroup(TyperGroup):
     """The root command: every invocation (the installed entry point and CliRunner alike) passes the boundary."""
 
-    def main(self, args: Any = None, prog_name: str | None = None, complete_var: str | None = None,
-             standalone_mode: bool = True, windows_expand_args: bool = True, **extra: Any) -> Any:
-        code = run_guarded(lambda: super(BoundaryGroup, self).main(
-            args, prog_name or "gristmill", complete_var, False, windows_expand_args, **extra))
+    def main(
+        self,
+        args: Any = None,
+        prog_name: str | None = None,
+        complete_var: str | None = None,
+        standalone_mode: bool = True,
+        windows_expand_args: bool = True,
+        **extra: Any,
+    ) -> Any:
+        code = run_guarded(
+            lambda: super(BoundaryGroup, self).main(
+                args, prog_name or "gristmill", complete_var, False, windows_expand_args, **extra
+            )
+        )
         if standalone_mode:
             sys.exit(code)
         return code
 
 
-app = typer.Typer(cls=BoundaryGroup, add_completion=False, no_args_is_help=False, rich_markup_mode=None,
-                  pretty_exceptions_enable=False, help="Turn a base model's completions into reviewed SFT data.")
+app = typer.Typer(
+    cls=BoundaryGroup,
+    add_completion=False,
+    no_args_is_help=False,
+    rich_markup_mode=None,
+    pretty_exceptions_enable=False,
+    help="Turn a base model's completions into reviewed SFT data.",
+)
 out = Console(highlight=False, soft_wrap=True)  # never wrap: lines are read by scripts
 err = Console(stderr=True, highlight=False, soft_wrap=True)
 
@@ -163,15 +184,17 @@ def open_db(*, create: bool = False):
 
     path = State.db_path
     if create and not path.exists() and not path.parent.is_dir():
-        raise BadInput(f"database {path}{_named_by()}: directory {path.parent} does not exist (gristmill creates "
-                       "the database file, never directories)")
+        raise BadInput(
+            f"database {path}{_named_by()}: directory {path.parent} does not exist (gristmill creates "
+            "the database file, never directories)"
+        )
     try:
         return open_store(path, create=create)
     except StoreError as error:
         prefix = f"database {path}:"
         message = str(error)
         if message.startswith(prefix):
-            message = f"database {path}{_named_by()}:{message[len(prefix):]}"
+            message = f"database {path}{_named_by()}:{message[len(prefix) :]}"
         raise BadInput(message) from error
 
 
@@ -185,8 +208,10 @@ def _source(ctx: typer.Context, name: str) -> str:
 def main_callback(
     ctx: typer.Context,
     db: Annotated[Optional[Path], typer.Option("--db", envvar="GRISTMILL_DB", help="SQLite database file.")] = None,
-    config: Annotated[Optional[Path], typer.Option("--config", envvar="GRISTMILL_CONFIG",
-                                                   help="Project config (default ./gristmill.toml).")] = None,
+    config: Annotated[
+        Optional[Path],
+        typer.Option("--config", envvar="GRISTMILL_CONFIG", help="Project config (default ./gristmill.toml)."),
+    ] = None,
     version: Annotated[bool, typer.Option("--version", help="Print the version.")] = False,
 ) -> None:
     if version:
@@ -204,6 +229,7 @@ def main_callback(
         State.config = load_config(locations.project_config())
     if ctx.invoked_subcommand is None:
         from gristmill.app.cli_review import review
+
         ctx.invoke(review)
 
 
@@ -213,7 +239,9 @@ def add(
     type_: Annotated[Optional[str], typer.Option("--type", help="Instruction type for every record.")] = None,
     instruction_key: Annotated[str, typer.Option(help="Key holding the instruction.")] = "instruction",
     input_key: Annotated[str, typer.Option(help="Key holding the optional input.")] = "input",
-    type_key: Annotated[Optional[str], typer.Option(help="Key holding the type (default: instruction_type, category, type).")] = None,
+    type_key: Annotated[
+        Optional[str], typer.Option(help="Key holding the type (default: instruction_type, category, type).")
+    ] = None,
     id_key: Annotated[str, typer.Option(help="Key holding an external id.")] = "id",
 ) -> None:
     """Import instructions. A file with any bad line imports nothing and lists FILE:LINE: problems."""
@@ -226,8 +254,9 @@ def add(
             try:
                 report = import_file(store, path, keys, type_.strip().lower() if type_ else None)
             except KeyboardInterrupt:  # the file's transaction was rolled back: say what that means
-                raise Interrupted(f"interrupted: nothing from {path} was imported (files reported as added "
-                                  "above are kept)") from None
+                raise Interrupted(
+                    f"interrupted: nothing from {path} was imported (files reported as added above are kept)"
+                ) from None
             if report.ok:
                 out.print(escape(one_line(f"{path}: added {report.added}, skipped {report.duplicates} duplicate(s)")))
                 continue
@@ -265,8 +294,10 @@ def stats(as_json: Annotated[bool, typer.Option("--json", help="Machine-readable
                 out.print(f"  {escape(one_line(str(key)))}:")
                 for name, c in value.items():
                     shown = "-" if c["rate"] is None else f"{c['rate']:.0%}"
-                    out.print(f"    {escape(one_line(str(name))):<22} {shown:>5} accepted ({c['accept']} acc, "
-                              f"{c['reject']} rej, {c['skip']} skip)")
+                    out.print(
+                        f"    {escape(one_line(str(name))):<22} {shown:>5} accepted ({c['accept']} acc, "
+                        f"{c['reject']} rej, {c['skip']} skip)"
+                    )
             else:
                 out.print(f"  {escape(one_line(str(key))):<24} {value}")
 
@@ -281,15 +312,21 @@ def doctor(
     """
     from gristmill.app.doctor import run_doctor
 
-    report = run_doctor(State.db_path, replace(State.config.generate, model=model or State.config.generate.model),
-                        db_named=State.db_source == "--db")
+    report = run_doctor(
+        State.db_path,
+        replace(State.config.generate, model=model or State.config.generate.model),
+        db_named=State.db_source == "--db",
+    )
     for line in report.lines:
         out.print(escape(one_line(line)))
     for warning in report.warnings:
         err.print(f"[yellow]warning:[/] {escape(one_line(warning))}")
     if report.problems:
-        raise BadInput(report.problems[0] if len(report.problems) == 1
-                       else f"{report.problems[0]} (and {len(report.problems) - 1} more problem(s) above)")
+        raise BadInput(
+            report.problems[0]
+            if len(report.problems) == 1
+            else f"{report.problems[0]} (and {len(report.problems) - 1} more problem(s) above)"
+        )
 
 
 @app.command()
@@ -316,13 +353,15 @@ def preview(
     """Print exactly what the model will be fed: prompt text, token count, stop sequences."""
     from gristmill.app.preview import render_preview
 
-    config = replace(State.config.generate, model=model or State.config.generate.model,
-                     style=style or State.config.generate.style)
+    config = replace(
+        State.config.generate, model=model or State.config.generate.model, style=style or State.config.generate.style
+    )
     if item is not None:
         if instruction is not None:
             raise BadInput("preview: give an instruction or --item ID, not both")
         with open_db() as store:
             from gristmill.db import instructions as instructions_db
+
             row = instructions_db.get(store, item)
         if row is None:
             raise BadInput(f"preview: no instruction with id {item} in {State.db_path}")

@@ -16,21 +16,42 @@ from gristmill.app.errors import BadInput, RuntimeFailure
 @app.command("export")
 def export_command(
     out_path: Annotated[Path, typer.Argument(metavar="OUT", help="Output JSONL file (written atomically).")],
-    format_: Annotated[str, typer.Option("--format", help="native, messages or text; for TRL trainers: prompt-completion (SFT), dpo, kto, tokens (pre-tokenized SFT).")] = "native",
+    format_: Annotated[
+        str,
+        typer.Option(
+            "--format",
+            help="native, messages or text; for TRL trainers: prompt-completion (SFT), dpo, kto, tokens (pre-tokenized SFT).",
+        ),
+    ] = "native",
     type_: Annotated[Optional[str], typer.Option("--type", help="Only this instruction type.")] = None,
     style: Annotated[Optional[str], typer.Option(help="Only records generated with this style.")] = None,
     run: Annotated[Optional[int], typer.Option(help="Only this run.")] = None,
     reviewer: Annotated[Optional[str], typer.Option(help="Only decisions by this reviewer.")] = None,
     min_chars: Annotated[Optional[int], typer.Option(min=0, help="Minimum response length.")] = None,
     max_chars: Annotated[Optional[int], typer.Option(min=0, help="Maximum response length.")] = None,
-    exclude_flag: Annotated[Optional[list[str]], typer.Option(help="Leave out records with this flag (repeatable).")] = None,
-    dedup: Annotated[str, typer.Option(
-        "--dedup", help="Which repeats to drop: pair (instruction+input AND response repeat an earlier record, "
-                        "exact or near), instruction (one record per instruction+input), response, or off.")] = "pair",
+    exclude_flag: Annotated[
+        Optional[list[str]], typer.Option(help="Leave out records with this flag (repeatable).")
+    ] = None,
+    dedup: Annotated[
+        str,
+        typer.Option(
+            "--dedup",
+            help="Which repeats to drop: pair (instruction+input AND response repeat an earlier record, "
+            "exact or near), instruction (one record per instruction+input), response, or off.",
+        ),
+    ] = "pair",
     no_dedup: Annotated[bool, typer.Option("--no-dedup", hidden=True, help="Same as --dedup off.")] = False,
-    dedup_threshold: Annotated[float, typer.Option(min=0.01, max=1.0, help="Jaccard similarity (per field) that counts as near-duplicate.")] = 0.8,
-    tokenizer: Annotated[Optional[Path], typer.Option(help="tokens: this GGUF's tokenizer for every run (default: the model path each run recorded).")] = None,
-    reason: Annotated[Optional[list[str]], typer.Option(help="kto: keep only rejects with this reason (repeatable; 'none': rejects without one).")] = None,
+    dedup_threshold: Annotated[
+        float, typer.Option(min=0.01, max=1.0, help="Jaccard similarity (per field) that counts as near-duplicate.")
+    ] = 0.8,
+    tokenizer: Annotated[
+        Optional[Path],
+        typer.Option(help="tokens: this GGUF's tokenizer for every run (default: the model path each run recorded)."),
+    ] = None,
+    reason: Annotated[
+        Optional[list[str]],
+        typer.Option(help="kto: keep only rejects with this reason (repeatable; 'none': rejects without one)."),
+    ] = None,
 ) -> None:
     """Write accepted records as JSONL (dpo and kto use rejects too), with OUT.manifest.json beside it."""
     from gristmill.app.dedup import MODES
@@ -46,8 +67,15 @@ def export_command(
     if dedup not in MODES:
         raise BadInput(f"export: --dedup must be one of {', '.join(MODES)}, not {dedup!r}")
     check_output_path(out_path)
-    where = ExportFilter(instruction_type=type_, style=style, run_id=run, reviewer=reviewer, min_chars=min_chars,
-                         max_chars=max_chars, exclude_flags=tuple(exclude_flag or ()))
+    where = ExportFilter(
+        instruction_type=type_,
+        style=style,
+        run_id=run,
+        reviewer=reviewer,
+        min_chars=min_chars,
+        max_chars=max_chars,
+        exclude_flags=tuple(exclude_flag or ()),
+    )
     if tokenizer is not None and format_ != "tokens":
         raise BadInput("export: --tokenizer goes with --format tokens")
     if reason and format_ != "kto":
@@ -57,25 +85,33 @@ def export_command(
     options = FormatOptions(tokenizer=tokenizer, reasons=tuple(reason or ()))
     with open_db() as store:
         try:
-            report = export(store, out_path, fmt=format_, where=where, dedup=dedup, dedup_threshold=dedup_threshold,
-                            options=options)
+            report = export(
+                store, out_path, fmt=format_, where=where, dedup=dedup, dedup_threshold=dedup_threshold, options=options
+            )
         except ExportError as error:
             raise RuntimeFailure(f"export: {error}") from None
         except TokenizerMissing as error:
             raise BadInput(str(error)) from None
         except EngineError as error:
             raise BadInput(f"export: cannot read the tokenizer: {error}") from None
-    out.print(escape(one_line(f"{out_path}: {report.records} record(s) of {report.accepted} accepted, "
-                              f"sha256 {report.sha256}")))
+    out.print(
+        escape(
+            one_line(f"{out_path}: {report.records} record(s) of {report.accepted} accepted, sha256 {report.sha256}")
+        )
+    )
     for key, counts in report.details.items():
-        shown = (", ".join(f"{n} {k}" for k, n in counts.items()) or "none") if isinstance(counts, dict) else str(counts)
+        shown = (
+            (", ".join(f"{n} {k}" for k, n in counts.items()) or "none") if isinstance(counts, dict) else str(counts)
+        )
         out.print(f"{key.replace('_', ' ')}: {escape(shown)}")
     if dedup == "off":
         out.print("dedup: off (nothing dropped)")
     else:
         by = report.dropped_by
-        out.print(f"dedup rule {dedup}: dropped {len(report.dropped)} record(s) ({by['exact']} exact, "
-                  f"{by['near']} near at Jaccard >= {dedup_threshold}); the manifest lists each pair")
+        out.print(
+            f"dedup rule {dedup}: dropped {len(report.dropped)} record(s) ({by['exact']} exact, "
+            f"{by['near']} near at Jaccard >= {dedup_threshold}); the manifest lists each pair"
+        )
     out.print(escape(one_line(f"manifest: {report.manifest_path}")))
 
 

@@ -29,31 +29,82 @@ def _high(key: str) -> Any:
 
 @app.command()
 def generate(
-    model: Annotated[Optional[str], typer.Option(help="GGUF file (first part of a split model). Default: the embedded base model.")] = None,
+    model: Annotated[
+        Optional[str], typer.Option(help="GGUF file (first part of a split model). Default: the embedded base model.")
+    ] = None,
     style: Annotated[Optional[str], typer.Option(help="completion, few-shot, urial, or a style TOML file.")] = None,
-    samples: Annotated[Optional[int], typer.Option(min=_low("samples"), max=_high("samples"), help="Completions per instruction.")] = None,
+    samples: Annotated[
+        Optional[int], typer.Option(min=_low("samples"), max=_high("samples"), help="Completions per instruction.")
+    ] = None,
     max_tokens: Annotated[Optional[int], typer.Option(min=_low("max_tokens"), max=_high("max_tokens"))] = None,
     temperature: Annotated[Optional[float], typer.Option(min=_low("temperature"))] = None,
     top_p: Annotated[Optional[float], typer.Option(min=_low("top_p"), max=_high("top_p"))] = None,
-    seed: Annotated[Optional[int], typer.Option(min=_low("seed"), max=_high("seed"), help="Run seed; each item's seed derives from it.")] = None,
+    seed: Annotated[
+        Optional[int],
+        typer.Option(min=_low("seed"), max=_high("seed"), help="Run seed; each item's seed derives from it."),
+    ] = None,
     stop: Annotated[Optional[list[str]], typer.Option(help="Extra stop string (repeatable).")] = None,
-    limit: Annotated[Optional[int], typer.Option(min=1, max=_high("seed"), help="Generate at most this many items now.")] = None,
+    limit: Annotated[
+        Optional[int], typer.Option(min=1, max=_high("seed"), help="Generate at most this many items now.")
+    ] = None,
     types: Annotated[Optional[str], typer.Option(help="Only these instruction types (comma-separated).")] = None,
     threads: Annotated[Optional[int], typer.Option(min=_low("threads"), max=_high("threads"))] = None,
-    batch: Annotated[Optional[int], typer.Option(min=_low("batch"), max=_high("batch"), help="Sequences decoded together in-process (1: one at a time).")] = None,
-    gpu_layers: Annotated[Optional[int], typer.Option(min=_low("gpu_layers"), max=_high("gpu_layers"), help="Layers to offload to the GPU (-1: all).")] = None,
-    n_ctx: Annotated[Optional[int], typer.Option(min=_low("n_ctx"), max=_high("n_ctx"), help="Context size (default: the model's, capped).")] = None,
-    add_bos: Annotated[Optional[bool], typer.Option("--add-bos/--no-add-bos", help="Override the GGUF's BOS rule.")] = None,
-    pool: Annotated[Optional[str], typer.Option(help="Few-shot pool: builtin, or accepted (adds accepted records).")] = None,
-    run: Annotated[Optional[int], typer.Option("--run", min=1, max=_high("seed"), help="Continue this run with its own settings.")] = None,
-    new_run: Annotated[bool, typer.Option("--new-run", help="Start a new run even if one with these settings exists.")] = False,
+    batch: Annotated[
+        Optional[int],
+        typer.Option(
+            min=_low("batch"), max=_high("batch"), help="Sequences decoded together in-process (1: one at a time)."
+        ),
+    ] = None,
+    gpu_layers: Annotated[
+        Optional[int],
+        typer.Option(min=_low("gpu_layers"), max=_high("gpu_layers"), help="Layers to offload to the GPU (-1: all)."),
+    ] = None,
+    n_ctx: Annotated[
+        Optional[int],
+        typer.Option(min=_low("n_ctx"), max=_high("n_ctx"), help="Context size (default: the model's, capped)."),
+    ] = None,
+    add_bos: Annotated[
+        Optional[bool], typer.Option("--add-bos/--no-add-bos", help="Override the GGUF's BOS rule.")
+    ] = None,
+    pool: Annotated[
+        Optional[str], typer.Option(help="Few-shot pool: builtin, or accepted (adds accepted records).")
+    ] = None,
+    run: Annotated[
+        Optional[int], typer.Option("--run", min=1, max=_high("seed"), help="Continue this run with its own settings.")
+    ] = None,
+    new_run: Annotated[
+        bool, typer.Option("--new-run", help="Start a new run even if one with these settings exists.")
+    ] = False,
     retry_failed: Annotated[bool, typer.Option("--retry-failed", help="Retry items that failed.")] = False,
-    retry_refused: Annotated[bool, typer.Option("--retry-refused", help="Retry items refused as too long for the context, with the context now given, in the same run.")] = False,
-    server: Annotated[Optional[list[str]], typer.Option("--server", help="llama-server or vLLM base URL (repeatable): generate there through raw /v1/completions.")] = None,
-    tokenizer: Annotated[Optional[str], typer.Option(help="With --server: the served model's GGUF (vocab only) or tokenizer.json. Default: --model.")] = None,
-    concurrency: Annotated[Optional[int], typer.Option(min=1, help="With --server: requests in flight per server.")] = None,
-    server_kind: Annotated[Optional[str], typer.Option(help="llama-server or vllm (default: detected from GET /v1/models).")] = None,
-    api_key_env: Annotated[Optional[str], typer.Option(help="Name of the environment variable holding the API key (default GRISTMILL_API_KEY); sent as Authorization: Bearer.")] = None,
+    retry_refused: Annotated[
+        bool,
+        typer.Option(
+            "--retry-refused",
+            help="Retry items refused as too long for the context, with the context now given, in the same run.",
+        ),
+    ] = False,
+    server: Annotated[
+        Optional[list[str]],
+        typer.Option(
+            "--server", help="llama-server or vLLM base URL (repeatable): generate there through raw /v1/completions."
+        ),
+    ] = None,
+    tokenizer: Annotated[
+        Optional[str],
+        typer.Option(help="With --server: the served model's GGUF (vocab only) or tokenizer.json. Default: --model."),
+    ] = None,
+    concurrency: Annotated[
+        Optional[int], typer.Option(min=1, help="With --server: requests in flight per server.")
+    ] = None,
+    server_kind: Annotated[
+        Optional[str], typer.Option(help="llama-server or vllm (default: detected from GET /v1/models).")
+    ] = None,
+    api_key_env: Annotated[
+        Optional[str],
+        typer.Option(
+            help="Name of the environment variable holding the API key (default GRISTMILL_API_KEY); sent as Authorization: Bearer."
+        ),
+    ] = None,
     quiet: Annotated[bool, typer.Option("--quiet", help="Log lines instead of a progress bar.")] = False,
 ) -> None:
     """Generate completions for every instruction the run lacks; safe to interrupt and re-run.
@@ -67,23 +118,47 @@ def generate(
 
     if run is not None:  # the run's own BOS rule and model, unless the user names them
         model, add_bos = _stored_engine_options(run, model, add_bos)
-    config = _merged_config(model=model, style=style, samples=samples, max_tokens=max_tokens,
-                            temperature=temperature, top_p=top_p, seed=seed, stop=stop, threads=threads,
-                            gpu_layers=gpu_layers, n_ctx=n_ctx, add_bos=add_bos, pool=pool, batch=batch, server=server,
-                            tokenizer=tokenizer, concurrency=concurrency, server_kind=server_kind,
-                            api_key_env=api_key_env)
+    config = _merged_config(
+        model=model,
+        style=style,
+        samples=samples,
+        max_tokens=max_tokens,
+        temperature=temperature,
+        top_p=top_p,
+        seed=seed,
+        stop=stop,
+        threads=threads,
+        gpu_layers=gpu_layers,
+        n_ctx=n_ctx,
+        add_bos=add_bos,
+        pool=pool,
+        batch=batch,
+        server=server,
+        tokenizer=tokenizer,
+        concurrency=concurrency,
+        server_kind=server_kind,
+        api_key_env=api_key_env,
+    )
     check_generate(config, lambda key: f"generate: --{key.replace('_', '-')} (or generate.{key} in the config)")
     try:
-        params = GenerationParams(max_tokens=config.max_tokens, temperature=config.temperature, top_p=config.top_p,
-                                  top_k=config.top_k, min_p=config.min_p, repeat_penalty=config.repeat_penalty,
-                                  stop=tuple(config.stop), seed=config.seed)
+        params = GenerationParams(
+            max_tokens=config.max_tokens,
+            temperature=config.temperature,
+            top_p=config.top_p,
+            top_k=config.top_k,
+            min_p=config.min_p,
+            repeat_penalty=config.repeat_penalty,
+            stop=tuple(config.stop),
+            seed=config.seed,
+        )
     except ValueError as error:
         raise BadInput(f"generate: {error}") from error
     if run is None:
         load_style(config.style)  # a bad style file is bad input: say so before loading a model
     type_list = sorted({t.strip().lower() for t in types.split(",") if t.strip()}) if types else []
-    settings = RunSettings(style=config.style, samples=config.samples, params=params, types=tuple(type_list),
-                           pool=config.pool)
+    settings = RunSettings(
+        style=config.style, samples=config.samples, params=params, types=tuple(type_list), pool=config.pool
+    )
     store = open_db()  # an existing database only: `add` makes one; a typo in --db creates nothing
     store.on_busy = _say_waiting
     run_record = None
@@ -98,9 +173,18 @@ def generate(
             _fingerprint_with_progress(engine, quiet)
             try:
                 run_record, style_obj, settings = open_run(
-                    store, engine, settings, run_id=run, new_run=new_run,
-                    engine_settings={"n_ctx": engine.info().n_ctx, "threads": config.threads,
-                                     "gpu_layers": config.gpu_layers, "batch": concurrent.capacity})
+                    store,
+                    engine,
+                    settings,
+                    run_id=run,
+                    new_run=new_run,
+                    engine_settings={
+                        "n_ctx": engine.info().n_ctx,
+                        "threads": config.threads,
+                        "gpu_layers": config.gpu_layers,
+                        "batch": concurrent.capacity,
+                    },
+                )
             except LookupError as error:
                 if type(error) is not LookupError:  # a KeyError or IndexError is a bug, not a missing run
                     raise
@@ -110,12 +194,15 @@ def generate(
             drift = style_file_drift(run_record) if run is not None else None
             if drift:
                 err.print(f"[yellow]note:[/] {escape(drift)}")
-            out.print(f"run {run_record.id}: style {escape(style_obj.name)}, model {escape(run_record.model)}, "
-                      f"{settings.samples} sample(s) per instruction, seed {run_record.seed}, "
-                      f"{'in flight' if config.server else 'batch'} {concurrent.capacity}")
+            out.print(
+                f"run {run_record.id}: style {escape(style_obj.name)}, model {escape(run_record.model)}, "
+                f"{settings.samples} sample(s) per instruction, seed {run_record.seed}, "
+                f"{'in flight' if config.server else 'batch'} {concurrent.capacity}"
+            )
             _record_servers(store, engine, run_record.id)
-            final = _drive(store, engine, concurrent, run_record, style_obj, settings, limit, retry_failed,
-                           retry_refused, quiet)
+            final = _drive(
+                store, engine, concurrent, run_record, style_obj, settings, limit, retry_failed, retry_refused, quiet
+            )
         except KeyboardInterrupt:
             if run_record is not None:
                 _summary(store, run_record.id)
@@ -175,8 +262,14 @@ def _fingerprint_with_progress(engine, quiet: bool) -> None:
         out.print(f"hashing {escape(str(path))} once to identify the run (cached afterwards)")
         fingerprint(Path(path))
         return
-    with Progress(TextColumn("[bold]hashing model"), BarColumn(), TextColumn("{task.percentage:>3.0f}%"),
-                  TimeElapsedColumn(), console=err, transient=True) as bar:
+    with Progress(
+        TextColumn("[bold]hashing model"),
+        BarColumn(),
+        TextColumn("{task.percentage:>3.0f}%"),
+        TimeElapsedColumn(),
+        console=err,
+        transient=True,
+    ) as bar:
         task = bar.add_task("hash", total=None)
         fingerprint(Path(path), on_progress=lambda done, total: bar.update(task, completed=done, total=total))
 
@@ -190,8 +283,10 @@ def _record_servers(store, engine, run_id: int) -> None:
 
     runs_db.record_servers(store, run_id, servers())
     for endpoint in servers():
-        out.print(f"server {escape(endpoint['url'])}: {endpoint['kind']}, model {escape(str(endpoint['model']))}, "
-                  f"context {endpoint['n_ctx'] or '?'}, concurrency {endpoint['concurrency']}")
+        out.print(
+            f"server {escape(endpoint['url'])}: {endpoint['kind']}, model {escape(str(endpoint['model']))}, "
+            f"context {endpoint['n_ctx'] or '?'}, concurrency {endpoint['concurrency']}"
+        )
 
 
 def _rotation_note(engine) -> str:
@@ -216,28 +311,69 @@ def _drive(store, engine, concurrent, run_record, style_obj, settings, limit, re
             if time.monotonic() - last_log[0] >= 5 or p.finished == p.total:
                 last_log[0] = time.monotonic()
                 eta = f"{p.eta_s:.0f}s" if p.eta_s is not None else "?"
-                out.print(f"{p.finished}/{p.total} done, {p.refused} refused, {p.failed} failed, "
-                          f"{p.tokens_per_s:.1f} tok/s, ETA {eta}{escape(_rotation_note(engine))}")
-        return run_generation(store, engine, run_record, style_obj, settings, limit=limit,
-                              retry_failed=retry_failed, retry_refused=retry_refused, on_progress=log_progress,
-                              concurrent=concurrent)
+                out.print(
+                    f"{p.finished}/{p.total} done, {p.refused} refused, {p.failed} failed, "
+                    f"{p.tokens_per_s:.1f} tok/s, ETA {eta}{escape(_rotation_note(engine))}"
+                )
 
-    columns = (TextColumn("[bold]generating"), BarColumn(), MofNCompleteColumn(),
-               TextColumn("{task.fields[rate]} tok/s"), TextColumn("ETA {task.fields[eta]}"),
-               TextColumn("refused {task.fields[refused]} failed {task.fields[failed]}{task.fields[rotation]}"),
-               TimeElapsedColumn())
+        return run_generation(
+            store,
+            engine,
+            run_record,
+            style_obj,
+            settings,
+            limit=limit,
+            retry_failed=retry_failed,
+            retry_refused=retry_refused,
+            on_progress=log_progress,
+            concurrent=concurrent,
+        )
+
+    columns = (
+        TextColumn("[bold]generating"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TextColumn("{task.fields[rate]} tok/s"),
+        TextColumn("ETA {task.fields[eta]}"),
+        TextColumn("refused {task.fields[refused]} failed {task.fields[failed]}{task.fields[rotation]}"),
+        TimeElapsedColumn(),
+    )
     with Progress(*columns, console=err, transient=False) as bar:
-        task = bar.add_task("generate", total=total, completed=already, rate="-", eta="-",
-                            refused=counts["refused"] - retried_refused, failed=0 if retry_failed else counts["failed"],
-                            rotation="")
+        task = bar.add_task(
+            "generate",
+            total=total,
+            completed=already,
+            rate="-",
+            eta="-",
+            refused=counts["refused"] - retried_refused,
+            failed=0 if retry_failed else counts["failed"],
+            rotation="",
+        )
 
         def show(p):
             eta = "-" if p.eta_s is None else f"{int(p.eta_s) // 60}:{int(p.eta_s) % 60:02d}"
-            bar.update(task, completed=p.finished, rate=f"{p.tokens_per_s:.1f}", eta=eta,
-                       refused=p.refused, failed=p.failed, rotation=_rotation_note(engine))
-        return run_generation(store, engine, run_record, style_obj, settings, limit=limit,
-                              retry_failed=retry_failed, retry_refused=retry_refused, on_progress=show,
-                              concurrent=concurrent)
+            bar.update(
+                task,
+                completed=p.finished,
+                rate=f"{p.tokens_per_s:.1f}",
+                eta=eta,
+                refused=p.refused,
+                failed=p.failed,
+                rotation=_rotation_note(engine),
+            )
+
+        return run_generation(
+            store,
+            engine,
+            run_record,
+            style_obj,
+            settings,
+            limit=limit,
+            retry_failed=retry_failed,
+            retry_refused=retry_refused,
+            on_progress=show,
+            concurrent=concurrent,
+        )
 
 
 def _summary(store, run_id: int, final=None) -> None:
@@ -245,11 +381,15 @@ def _summary(store, run_id: int, final=None) -> None:
 
     counts = generations_db.status_counts(store, run_id)
     rate = f", {final.processed} by this process, {final.tokens_per_s:.1f} tok/s" if final and final.processed else ""
-    out.print(f"run {run_id}: {counts['done']} done, {counts['refused']} refused, {counts['failed']} failed, "
-              f"{counts['pending']} pending{rate}")
+    out.print(
+        f"run {run_id}: {counts['done']} done, {counts['refused']} refused, {counts['failed']} failed, "
+        f"{counts['pending']} pending{rate}"
+    )
     if counts["refused"]:
         too_long = generations_db.length_refused_count(store, run_id)
         out.print("refused items are in the database with the reason (generations.error)")
         if too_long:
-            out.print(f"{too_long} refused as too long for the context: give a larger --n-ctx with --retry-refused "
-                      f"to retry them in this run (run {run_id}; nothing else is regenerated)")
+            out.print(
+                f"{too_long} refused as too long for the context: give a larger --n-ctx with --retry-refused "
+                f"to retry them in this run (run {run_id}; nothing else is regenerated)"
+            )

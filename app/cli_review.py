@@ -14,20 +14,28 @@ from gristmill.app.errors import BadInput
 
 @app.command()
 def review(
-    reviewer: Annotated[Optional[str], typer.Option(help="Name recorded with each decision (default: config, then login).")] = None,
+    reviewer: Annotated[
+        Optional[str], typer.Option(help="Name recorded with each decision (default: config, then login).")
+    ] = None,
 ) -> None:
     """Open the review app (bare `gristmill` opens it too)."""
     open_db().close()  # an existing database only: reviewing a typo'd path creates nothing
     if not (sys.stdin.isatty() and sys.stdout.isatty()):
-        raise BadInput("review: the review app needs a terminal (stdin and stdout are not one); "
-                       "in scripts use `gristmill stats` or `gristmill export`")
+        raise BadInput(
+            "review: the review app needs a terminal (stdin and stdout are not one); "
+            "in scripts use `gristmill stats` or `gristmill export`"
+        )
     from gristmill.app.crash import guard_app
     from gristmill.app.tui.app import make_app
 
     name = reviewer or State.config.review.reviewer or _login()
-    app_ = make_app(State.db_path, reviewer=name, keymap=State.config.keymap,
-                    reject_reasons=State.config.review.reject_reasons,
-                    generate_config=State.config.generate)
+    app_ = make_app(
+        State.db_path,
+        reviewer=name,
+        keymap=State.config.keymap,
+        reject_reasons=State.config.review.reject_reasons,
+        generate_config=State.config.generate,
+    )
     failure = guard_app(app_)
     app_.run()
     if failure:

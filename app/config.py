@@ -51,8 +51,13 @@ def check_generate(config: GenerateConfig, label: Callable[[str], str]) -> None:
         if isinstance(value, float) and not math.isfinite(value):
             raise ConfigError(f"{label(key)}: must be a finite number, got {value!r}")
         if (low is not None and value < low) or (high is not None and value > high):
-            span = (f"between {low} and {high}" if low is not None and high is not None
-                    else f"at least {low}" if low is not None else f"at most {high}")
+            span = (
+                f"between {low} and {high}"
+                if low is not None and high is not None
+                else f"at least {low}"
+                if low is not None
+                else f"at most {high}"
+            )
             raise ConfigError(f"{label(key)}: must be {span}, got {value!r}")
     if config.top_p == 0:
         raise ConfigError(f"{label('top_p')}: must be above 0 and at most 1, got 0")

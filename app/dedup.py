@@ -30,8 +30,12 @@ import numpy as np
 from gristmill.app.ingest import normalize
 
 MODES = ("pair", "instruction", "response", "off")
-FIELDS = {"pair": ("instruction", "input", "response"), "instruction": ("instruction", "input"),
-          "response": ("response",), "off": ()}
+FIELDS = {
+    "pair": ("instruction", "input", "response"),
+    "instruction": ("instruction", "input"),
+    "response": ("response",),
+    "off": (),
+}
 SHINGLE = 5
 PERMS = 32  # min-hashes per field
 BANDS, ROWS = 8, 4  # LSH: a pair at Jaccard 0.8 shares a band with probability 0.985 (0.9999 at 0.9)
@@ -82,7 +86,7 @@ def shingles(text: str) -> set[str]:
 def _shingles_of(text: str) -> set[str]:
     if len(text) <= SHINGLE:
         return {text}
-    return {text[i:i + SHINGLE] for i in range(len(text) - SHINGLE + 1)}
+    return {text[i : i + SHINGLE] for i in range(len(text) - SHINGLE + 1)}
 
 
 def jaccard(a: str, b: str) -> float:
@@ -93,7 +97,7 @@ def jaccard(a: str, b: str) -> float:
 def _same_numbers(a: Sequence[str], b: Sequence[str]) -> bool:
     """A near match also needs the same numbers in each field: "for 3 years" and "for 4 years", or
     "question 10130" and "question 101300", are different examples however alike their characters."""
-    return all(_NUMBER.findall(x) == _NUMBER.findall(y) for x, y in zip(a, b))
+    return all(_NUMBER.findall(x) == _NUMBER.findall(y) for x, y in zip(a, b, strict=False))
 
 
 def _mix(x: np.ndarray) -> np.ndarray:
@@ -117,7 +121,7 @@ def _window_hashes(texts: Sequence[str]) -> tuple[np.ndarray, np.ndarray]:
     windows = len(codes) - SHINGLE + 1
     h = codes[:windows].copy()
     for j in range(1, SHINGLE):
-        h = h * np.uint64(1_000_003) + codes[j:j + windows]
+        h = h * np.uint64(1_000_003) + codes[j : j + windows]
     owner = np.repeat(np.arange(len(padded)), lengths)[:windows]
     inside = (np.arange(windows) - starts[owner]) <= (lengths - SHINGLE)[owner]  # window within its text
     return _mix(h[inside]), owner[inside]
@@ -177,8 +181,7 @@ def _pair_jaccard(offsets: np.ndarray, hashes: np.ndarray, a: np.ndarray, b: np.
     ha, pa = gather(a)
     hb, pb = gather(b)
     tagged = np.sort(np.concatenate(((pa << np.uint64(40)) | ha, (pb << np.uint64(40)) | hb)))
-    shared = np.bincount((tagged[1:][tagged[1:] == tagged[:-1]] >> np.uint64(40)).astype(np.int64),
-                         minlength=len(a))
+    shared = np.bincount((tagged[1:][tagged[1:] == tagged[:-1]] >> np.uint64(40)).astype(np.int64), minlength=len(a))
     sizes = (offsets[a + 1] - offsets[a]) + (offsets[b + 1] - offsets[b])
     return shared / (sizes - shared)
 
@@ -256,7 +259,7 @@ class _Blocks:
                 self.blocks.append(np.empty((_BLOCK, *self.shape), self.dtype))
             at = self.size % _BLOCK
             take = min(_BLOCK - at, len(rows) - done)
-            self.blocks[-1][at:at + take] = rows[done:done + take]
+            self.blocks[-1][at : at + take] = rows[done : done + take]
             done += take
             self.size += take
 
@@ -310,8 +313,9 @@ class Deduplicator:
         n, nf = len(page), len(self.fields)
         texts = [_norm(getattr(r, f)) for r in page for f in self.fields]  # record i, field f at i * nf + f
         # equality within this process is all the exact key needs: Python's own hash of the fields
-        exact = np.fromiter((hash(tuple(texts[i * nf:(i + 1) * nf])) & 0xFFFFFFFFFFFFFFFF for i in range(n)),
-                            dtype=np.uint64, count=n)
+        exact = np.fromiter(
+            (hash(tuple(texts[i * nf : (i + 1) * nf])) & 0xFFFFFFFFFFFFFFFF for i in range(n)), dtype=np.uint64, count=n
+        )
         sig = signatures(texts).reshape(n, nf, PERMS)
         keys = np.concatenate((exact[:, None], _band_keys(sig)), axis=1)  # (n, 1 + BANDS); column 0: exact
         small = (sig & np.uint32(0xFF)).astype(np.uint8)  # 8 bits a min-hash suffice to estimate similarity
@@ -322,7 +326,7 @@ class Deduplicator:
         exact_of: dict[int, tuple[int, int]] = {}  # page index -> (kept id, page index or -1)
         exact_rec, exact_ord = rec[column == 0], ordinal[column == 0]
         confirmed = (self._sigs[exact_ord] == small[exact_rec]).all(axis=(1, 2))  # not just a shared key prefix
-        for r, i in zip(exact_rec[confirmed].tolist(), self._ids[exact_ord[confirmed]].tolist()):
+        for r, i in zip(exact_rec[confirmed].tolist(), self._ids[exact_ord[confirmed]].tolist(), strict=False):
             exact_of.setdefault(r, (i, -1))
         flat = keys.ravel()
         order = np.argsort(flat, kind="stable")
@@ -332,7 +336,7 @@ class Deduplicator:
         exact_keys, exact_holder = sorted_keys[exact_pos], holder[exact_pos]
         new_group = np.concatenate(([True], exact_keys[1:] != exact_keys[:-1]))
         group_first = exact_holder[np.nonzero(new_group)[0][np.cumsum(new_group) - 1]]
-        same_as = {int(i): int(f) for i, f in zip(exact_holder[~new_group], group_first[~new_group])}
+        same_as = {int(i): int(f) for i, f in zip(exact_holder[~new_group], group_first[~new_group], strict=False)}
         later, earlier = [], []
         for d in range(1, CAP + 1):  # this page: each record with the CAP previous holders of a band key
             same = np.nonzero(sorted_keys[d:] == sorted_keys[:-d])[0]
@@ -346,8 +350,9 @@ class Deduplicator:
         pairs = _distinct(rec * (1 << 40) + ordinal)
         p_rec, p_ord = pairs >> 40, pairs & ((1 << 40) - 1)
         p_est = _estimate(self._sigs[p_ord], small[p_rec])
-        local = (_distinct(np.concatenate(later) * (1 << 20) + np.concatenate(earlier)) if later
-                 else np.empty(0, np.int64))
+        local = (
+            _distinct(np.concatenate(later) * (1 << 20) + np.concatenate(earlier)) if later else np.empty(0, np.int64)
+        )
         l_rec, l_page = local >> 20, local & ((1 << 20) - 1)
         l_est = _estimate(small[l_rec], small[l_page])
         c_rec = np.concatenate((p_rec, l_rec))
@@ -365,15 +370,23 @@ class Deduplicator:
         prior_ids = sorted(set(src_ids[c_src >= 0].tolist()))
         fetched = self._fetch(prior_ids) if prior_ids else {}
         position = {i: n + k for k, i in enumerate(prior_ids)}  # record slot of a fetched id
-        c_slot = np.array([position[i] if s >= 0 else -1 - s for s, i in zip(c_src.tolist(), src_ids.tolist())],
-                          np.int64)
+        c_slot = np.array(
+            [position[i] if s >= 0 else -1 - s for s, i in zip(c_src.tolist(), src_ids.tolist(), strict=False)],
+            np.int64,
+        )
         # shingle sets only of the records in a candidate pair (slots: page index, or n + k for fetched k)
         involved = sorted(set(c_rec.tolist()) | set(c_slot.tolist()))
         row = np.zeros(n + len(prior_ids), np.int64)
         row[involved] = np.arange(len(involved))
-        pair_texts = [t for slot in involved for t in (
-            texts[slot * nf:(slot + 1) * nf] if slot < n else
-            [_norm(getattr(fetched[prior_ids[slot - n]], f)) for f in self.fields])]
+        pair_texts = [
+            t
+            for slot in involved
+            for t in (
+                texts[slot * nf : (slot + 1) * nf]
+                if slot < n
+                else [_norm(getattr(fetched[prior_ids[slot - n]], f)) for f in self.fields]
+            )
+        ]
         h, owner = _window_hashes(pair_texts) if pair_texts else (np.empty(0, np.uint64), np.empty(0, np.int64))
         offsets, hashes = _shingle_sets(h, owner, len(pair_texts))
         c_rec_row, c_slot_row = row[c_rec], row[c_slot]
@@ -383,12 +396,16 @@ class Deduplicator:
         similarity = _pair_jaccard(offsets, hashes, a, b).reshape(-1, nf).min(axis=1) if len(a) else np.empty(0)
 
         near: dict[int, list[tuple[float, int, int]]] = {}  # page index -> [(-similarity, kept id, page index)]
-        for r, slot, sim in zip(c_rec.tolist(), c_slot.tolist(), similarity.tolist()):
-            other = (texts[slot * nf:(slot + 1) * nf] if slot < n
-                     else [_norm(getattr(fetched[prior_ids[slot - n]], f)) for f in self.fields])
-            if sim >= self.threshold and _same_numbers(texts[r * nf:(r + 1) * nf], other):
-                near.setdefault(r, []).append((-sim, page[slot].id if slot < n else prior_ids[slot - n],
-                                               slot if slot < n else -1))
+        for r, slot, sim in zip(c_rec.tolist(), c_slot.tolist(), similarity.tolist(), strict=False):
+            other = (
+                texts[slot * nf : (slot + 1) * nf]
+                if slot < n
+                else [_norm(getattr(fetched[prior_ids[slot - n]], f)) for f in self.fields]
+            )
+            if sim >= self.threshold and _same_numbers(texts[r * nf : (r + 1) * nf], other):
+                near.setdefault(r, []).append(
+                    (-sim, page[slot].id if slot < n else prior_ids[slot - n], slot if slot < n else -1)
+                )
         flags = [True] * n
         in_page = {r.id: r for r in page}
         verdict: dict[int, Dropped] = {}
@@ -398,8 +415,11 @@ class Deduplicator:
                 match = Dropped(page[i].id, exact_of[i][0], self.mode, "exact", 1.0)
             elif i in same_as:
                 first = same_as[i]
-                match = (Dropped(page[i].id, page[first].id, self.mode, "exact", 1.0) if flags[first]
-                         else replace(verdict[first], dropped_id=page[i].id))
+                match = (
+                    Dropped(page[i].id, page[first].id, self.mode, "exact", 1.0)
+                    if flags[first]
+                    else replace(verdict[first], dropped_id=page[i].id)
+                )
             else:
                 for sim, kept_id, j in sorted(near.get(i, ())):
                     if j < 0 or flags[j]:
@@ -407,7 +427,7 @@ class Deduplicator:
                         break
                 else:  # its likeliest matches were dropped themselves: compare with what they repeat
                     for kept_id in dict.fromkeys(verdict[j].kept_id for _, _, j in sorted(near.get(i, ()))):
-                        match = self._compare(page[i], texts[i * nf:(i + 1) * nf], kept_id, in_page)
+                        match = self._compare(page[i], texts[i * nf : (i + 1) * nf], kept_id, in_page)
                         if match:
                             break
             if match:
@@ -417,16 +437,16 @@ class Deduplicator:
         kept = np.array(flags)
         if kept.any():
             ordinals = self._ids.size + np.arange(int(kept.sum()))
-            self._ids.extend(np.array([r.id for r, k in zip(page, flags) if k], dtype=np.int64))
+            self._ids.extend(np.array([r.id for r, k in zip(page, flags, strict=False) if k], dtype=np.int64))
             self._sigs.extend(small[kept])
             self._runs.add(keys[kept].ravel(), np.repeat(ordinals, 1 + BANDS))
             if self._held is not None:
-                self._held.update((r.id, r) for r, k in zip(page, flags) if k)
+                self._held.update((r.id, r) for r, k in zip(page, flags, strict=False) if k)
         return flags
 
     def _compare(self, record: Record, texts: list[str], kept_id: int, in_page: dict[int, Record]) -> Dropped | None:
         other = in_page.get(kept_id) or self._fetch([kept_id])[kept_id]
-        similarity = min(jaccard(a, getattr(other, f)) for a, f in zip(texts, self.fields))
+        similarity = min(jaccard(a, getattr(other, f)) for a, f in zip(texts, self.fields, strict=False))
         if similarity >= self.threshold and _same_numbers(texts, [_norm(getattr(other, f)) for f in self.fields]):
             return Dropped(record.id, kept_id, self.mode, "near", round(similarity, 4))
         return None

@@ -42,12 +42,15 @@ def run_doctor(db_path: Path, config: GenerateConfig, *, db_named: bool = False)
         else:
             with store:
                 applied, pending = schema_version(store), pending_migrations(store)
-                lines.append(f"  schema: {applied[-1] if applied else 'empty'} ({len(applied)} migrations applied, "
-                             f"{len(pending)} pending)")
+                lines.append(
+                    f"  schema: {applied[-1] if applied else 'empty'} ({len(applied)} migrations applied, "
+                    f"{len(pending)} pending)"
+                )
                 lines += [f"  {key}: {value}" for key, value in health(store).items()]
                 if pending:
-                    warnings.append("database is at an older schema; the next command upgrades it "
-                                    f"({', '.join(pending)})")
+                    warnings.append(
+                        f"database is at an older schema; the next command upgrades it ({', '.join(pending)})"
+                    )
     elif db_named:
         lines.append(f"  path: {db_path.absolute()} (does not exist)")
         report.problems.append(f"database {db_path}: does not exist (`gristmill add FILE` creates it)")
@@ -60,9 +63,15 @@ def run_doctor(db_path: Path, config: GenerateConfig, *, db_named: bool = False)
         lines += ["model:", f"  problem: {error.message}"]
         report.problems.append(error.message)
 
-    lines += ["setup:", f"  gristmill: {_version('gristmill')}", f"  llama-cpp-python: {_version('llama-cpp-python')}",
-              f"  textual: {_version('textual')}", f"  sqlite-utils: {_version('sqlite-utils')}",
-              f"  log file: {locations.log_file()}", f"  cache: {locations.cache_dir()}"]
+    lines += [
+        "setup:",
+        f"  gristmill: {_version('gristmill')}",
+        f"  llama-cpp-python: {_version('llama-cpp-python')}",
+        f"  textual: {_version('textual')}",
+        f"  sqlite-utils: {_version('sqlite-utils')}",
+        f"  log file: {locations.log_file()}",
+        f"  cache: {locations.cache_dir()}",
+    ]
     return report
 
 
@@ -101,8 +110,10 @@ def _model_section(report: DoctorReport, config: GenerateConfig) -> None:
             f"  fingerprint: {known or 'not computed yet (the first generate hashes the file once and caches it)'}",
         ]
         if description.looks_instruction_tuned:
-            warnings.append("this model looks instruction-tuned: Stage-1 SFT data should come from a base model "
-                            f"({'; '.join(description.evidence)})")
+            warnings.append(
+                "this model looks instruction-tuned: Stage-1 SFT data should come from a base model "
+                f"({'; '.join(description.evidence)})"
+            )
     finally:
         engine.close()
 

@@ -44,8 +44,14 @@ def open_engine(config: GenerateConfig, *, vocab_only: bool = False) -> Engine:
     check_model_file(path)
     try:
         return create_engine(
-            "llama_cpp", model_path=path, n_ctx=config.n_ctx, n_ctx_cap=config.n_ctx_cap,
-            n_threads=config.threads, n_gpu_layers=config.gpu_layers, add_bos=config.add_bos, vocab_only=vocab_only,
+            "llama_cpp",
+            model_path=path,
+            n_ctx=config.n_ctx,
+            n_ctx_cap=config.n_ctx_cap,
+            n_threads=config.threads,
+            n_gpu_layers=config.gpu_layers,
+            add_bos=config.add_bos,
+            vocab_only=vocab_only,
         )
     except FileNotFoundError as error:  # a split model with a part missing
         raise BadInput(f"model {path}: {error}") from error
@@ -82,12 +88,19 @@ def open_remote_engine(config: GenerateConfig) -> Engine:
 
     tokenizer = config.tokenizer or config.model
     if not tokenizer:
-        raise EngineError("--server needs --tokenizer PATH: the served model's GGUF (read vocab-only) or its "
-                          "tokenizer.json; gristmill tokenizes every prompt itself and sends ids")
+        raise EngineError(
+            "--server needs --tokenizer PATH: the served model's GGUF (read vocab-only) or its "
+            "tokenizer.json; gristmill tokenizes every prompt itself and sends ids"
+        )
     policy = RetryPolicy(attempts=max(1, config.retries), timeout_s=config.request_timeout)
     return create_engine(
-        "remote", servers=config.server, tokenizer=Path(tokenizer).expanduser(), concurrency=config.concurrency,
-        api_key=_key_from_env(config.api_key_env), server_kind=config.server_kind, add_bos=config.add_bos,
+        "remote",
+        servers=config.server,
+        tokenizer=Path(tokenizer).expanduser(),
+        concurrency=config.concurrency,
+        api_key=_key_from_env(config.api_key_env),
+        server_kind=config.server_kind,
+        add_bos=config.add_bos,
         policy=policy,
     )
 

@@ -76,7 +76,8 @@ class _FormattedText:
                 raise ExportError(
                     f"run {run_id}: its style {run.settings.get('style', run.style)!r} is not stored on the run "
                     f"(made before gristmill stored styles) and cannot be loaded: {error}. Restore the style "
-                    f"file at that path, or leave the run out (--run)") from None
+                    f"file at that path, or leave the run out (--run)"
+                ) from None
         return self._styles[run_id]
 
     def __call__(self, row: dict) -> str:
@@ -87,22 +88,38 @@ def to_record(row: dict, fmt: str, formatted_text: str) -> dict:
     if fmt == "text":
         return {"text": formatted_text}
     if fmt == "messages":
-        return {"messages": [{"role": "user", "content": user_message(row["instruction"], row["input"])},
-                             {"role": "assistant", "content": row["response"].strip()}]}
+        return {
+            "messages": [
+                {"role": "user", "content": user_message(row["instruction"], row["input"])},
+                {"role": "assistant", "content": row["response"].strip()},
+            ]
+        }
     record = {
-        "id": row["id"], "instruction": row["instruction"], "input": row["input"],
-        "instruction_type": row["instruction_type"], "prompt": row["prompt"], "response": row["response"],
+        "id": row["id"],
+        "instruction": row["instruction"],
+        "input": row["input"],
+        "instruction_type": row["instruction_type"],
+        "prompt": row["prompt"],
+        "response": row["response"],
     }
     if row["edited_response"] is not None:
         record["original_response"] = row["completion"]
-    record.update({
-        "formatted_text": formatted_text, "style": row["style"],
-        "model": {"name": row["model"], "fingerprint": row["model_fingerprint"]},
-        "params": json.loads(row["params"]), "seed": row["seed"], "prompt_tokens": row["prompt_tokens"],
-        "completion_tokens": row["completion_tokens"], "prompt_token_ids_sha256": row["prompt_token_ids_sha256"],
-        "finish_reason": row["finish_reason"], "flags": json.loads(row["flags"]), "reviewer": row["reviewer"],
-        "reviewed_at": row["reviewed_at"],
-    })
+    record.update(
+        {
+            "formatted_text": formatted_text,
+            "style": row["style"],
+            "model": {"name": row["model"], "fingerprint": row["model_fingerprint"]},
+            "params": json.loads(row["params"]),
+            "seed": row["seed"],
+            "prompt_tokens": row["prompt_tokens"],
+            "completion_tokens": row["completion_tokens"],
+            "prompt_token_ids_sha256": row["prompt_token_ids_sha256"],
+            "finish_reason": row["finish_reason"],
+            "flags": json.loads(row["flags"]),
+            "reviewer": row["reviewer"],
+            "reviewed_at": row["reviewed_at"],
+        }
+    )
     return record
 
 
@@ -154,27 +171,42 @@ def _output_mode() -> int:
     return 0o666 & ~mask
 
 
-def export(store: Store, out: Path, *, fmt: str = "native", where: ExportFilter = ExportFilter(),
-           dedup: str | bool = "pair", dedup_threshold: float = 0.8,
-           options: export_formats.FormatOptions = export_formats.FormatOptions()) -> ExportReport:
+def export(
+    store: Store,
+    out: Path,
+    *,
+    fmt: str = "native",
+    where: ExportFilter = ExportFilter(),
+    dedup: str | bool = "pair",
+    dedup_threshold: float = 0.8,
+    options: export_formats.FormatOptions | None = None,
+) -> ExportReport:
     """Write the records of `fmt` to `out` (JSONL) and `out.manifest.json`, from one database snapshot.
 
     `dedup` is a rule of `app.dedup.MODES`; True and False (the older flag) mean "pair" and "off".
     """
+    options = options or export_formats.FormatOptions()
     if isinstance(dedup, bool):
         dedup = "pair" if dedup else "off"
     if fmt not in FORMATS:
         raise ValueError(f"unknown format {fmt!r}: use one of {', '.join(FORMATS)}")
     report = ExportReport(str(out), dedup=dedup)
-    deduplicator = Deduplicator(dedup, dedup_threshold, fetch=lambda ids: {
-        r["id"]: Record(r["id"], r["instruction"], r["input"], r["response"])
-        for r in exports_db.responses(store, ids)})
+    deduplicator = Deduplicator(
+        dedup,
+        dedup_threshold,
+        fetch=lambda ids: {
+            r["id"]: Record(r["id"], r["instruction"], r["input"], r["response"])
+            for r in exports_db.responses(store, ids)
+        },
+    )
     formatted = _FormattedText(store)
     runs: dict[int, dict] = {}
     types: Counter[str] = Counter()
-    shaper = (export_formats.Shaper(store, fmt, deduplicator=deduplicator if dedup != "off" else None,
-                                    options=options)
-              if fmt in export_formats.FORMATS else None)
+    shaper = (
+        export_formats.Shaper(store, fmt, deduplicator=deduplicator if dedup != "off" else None, options=options)
+        if fmt in export_formats.FORMATS
+        else None
+    )
 
     def lines() -> Iterator[bytes]:
         pages = _pages(shaper.rows(where)) if shaper else exports_db.accepted_pages(store, where)
@@ -182,13 +214,19 @@ def export(store: Store, out: Path, *, fmt: str = "native", where: ExportFilter 
             if shaper and shaper.deduplicates:  # dpo and kto drop whole-record repeats themselves
                 keep = [True] * len(page)
             else:
-                keep = deduplicator.filter([Record(r["id"], r["instruction"], r["input"], r["response"])
-                                            for r in page])
+                keep = deduplicator.filter([Record(r["id"], r["instruction"], r["input"], r["response"]) for r in page])
             for row, kept in zip(page, keep, strict=True):
                 if not kept:
                     continue
-                runs.setdefault(row["run_id"], {"model": row["model"], "model_fingerprint": row["model_fingerprint"],
-                                                "style": row["style"], "params": json.loads(row["params"])})
+                runs.setdefault(
+                    row["run_id"],
+                    {
+                        "model": row["model"],
+                        "model_fingerprint": row["model_fingerprint"],
+                        "style": row["style"],
+                        "params": json.loads(row["params"]),
+                    },
+                )
                 types[row["instruction_type"]] += 1
                 report.records += 1
                 record = shaper.record(row) if shaper else to_record(row, fmt, formatted(row))
@@ -204,20 +242,32 @@ def export(store: Store, out: Path, *, fmt: str = "native", where: ExportFilter 
     report.dropped = [asdict(d) for d in deduplicator.dropped]
     report.dropped_by = deduplicator.counts() if dedup != "off" else {}
     manifest = {
-        "file": out.name, "records": report.records, "sha256": report.sha256,
+        "file": out.name,
+        "records": report.records,
+        "sha256": report.sha256,
         "created_at": datetime.now(UTC).isoformat(timespec="seconds"),
-        "gristmill_version": __version__, "database": str(Path(store.path).resolve()), "format": fmt,
+        "gristmill_version": __version__,
+        "database": str(Path(store.path).resolve()),
+        "format": fmt,
         "filters": {k: v for k, v in asdict(where).items() if v not in (None, ())},
-        "runs": {str(k): v for k, v in sorted(runs.items())}, "types": dict(sorted(types.items())),
-        "dedup": {"rule": dedup, "enabled": dedup != "off", "threshold": dedup_threshold if dedup != "off" else None,
-                  "accepted": report.accepted, "removed": len(report.dropped), "removed_by": report.dropped_by,
-                  "pairs": report.dropped},
+        "runs": {str(k): v for k, v in sorted(runs.items())},
+        "types": dict(sorted(types.items())),
+        "dedup": {
+            "rule": dedup,
+            "enabled": dedup != "off",
+            "threshold": dedup_threshold if dedup != "off" else None,
+            "accepted": report.accepted,
+            "removed": len(report.dropped),
+            "removed_by": report.dropped_by,
+            "pairs": report.dropped,
+        },
     }
     if shaper:
         report.details = shaper.summary()
         manifest.update(shaper.manifest())
     manifest_path = out.with_name(out.name + ".manifest.json")
-    atomic_write(manifest_path, iter([json.dumps(manifest, ensure_ascii=False, indent=2).encode() + b"\n"]),
-                 _output_mode())
+    atomic_write(
+        manifest_path, iter([json.dumps(manifest, ensure_ascii=False, indent=2).encode() + b"\n"]), _output_mode()
+    )
     report.manifest_path = str(manifest_path)
     return report

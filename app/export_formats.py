@@ -29,8 +29,12 @@ from gristmill.db.runs import RunRecord
 from gristmill.models import Engine
 
 FORMATS = ("prompt-completion", "dpo", "kto", "tokens")
-FIELDS = {"prompt-completion": ["prompt", "completion"], "dpo": ["prompt", "chosen", "rejected"],
-          "kto": ["prompt", "completion", "label"], "tokens": ["id", "input_ids", "completion_mask"]}
+FIELDS = {
+    "prompt-completion": ["prompt", "completion"],
+    "dpo": ["prompt", "chosen", "rejected"],
+    "kto": ["prompt", "completion", "label"],
+    "tokens": ["id", "input_ids", "completion_mask"],
+}
 
 
 class TokenizerMissing(ValueError):
@@ -67,13 +71,14 @@ def _split_parts(style: Style, instruction: str, input_text: str, response: str)
     if marker is None:
         head, tail = fill(template, values), ""
     else:
-        head, tail = fill(template[:marker.start()], values), fill(template[marker.end():], values)
+        head, tail = fill(template[: marker.start()], values), fill(template[marker.end() :], values)
     prompt = head.rstrip()
-    return prompt, head[len(prompt):], tail
+    return prompt, head[len(prompt) :], tail
 
 
-def generated_ids(engine: Engine, ids: Sequence[int], stored: str, separator: str,
-                  answer: str) -> tuple[list[int], bool] | None:
+def generated_ids(
+    engine: Engine, ids: Sequence[int], stored: str, separator: str, answer: str
+) -> tuple[list[int], bool] | None:
     """The sampled ids that spell the answer, and whether they spell the separator before it too.
 
     `stored` is the completion as stored (the model's leading whitespace, the answer, perhaps trailing
@@ -95,9 +100,9 @@ def generated_ids(engine: Engine, ids: Sequence[int], stored: str, separator: st
     sep = separator.encode("utf-8")
     start = lead - len(sep)
     if start >= 0 and full[start:lead] == sep and start in bounds:
-        return list(ids[bounds.index(start):bounds.index(end)]), True
+        return list(ids[bounds.index(start) : bounds.index(end)]), True
     if lead in bounds:
-        return list(ids[bounds.index(lead):bounds.index(end)]), False
+        return list(ids[bounds.index(lead) : bounds.index(end)]), False
     return None
 
 
@@ -129,8 +134,14 @@ class Shaper:
     write, same manifest, to which `manifest()` adds the derivation.
     """
 
-    def __init__(self, store: Store, fmt: str, *, deduplicator: Deduplicator | None = None,
-                 options: FormatOptions = FormatOptions()):
+    def __init__(
+        self,
+        store: Store,
+        fmt: str,
+        *,
+        deduplicator: Deduplicator | None = None,
+        options: FormatOptions = FormatOptions(),
+    ):
         if fmt not in FORMATS:
             raise ValueError(f"unknown training format {fmt!r}")
         self.store, self.fmt, self.options, self.deduplicator = store, fmt, options, deduplicator
@@ -146,8 +157,11 @@ class Shaper:
         if self.fmt in ("prompt-completion", "tokens"):
             yield from exports_db.accepted(self.store, where)
             return
-        source = (training_db.pairs(self.store, where) if self.fmt == "dpo"
-                  else training_db.labeled(self.store, where, self.options.reasons))
+        source = (
+            training_db.pairs(self.store, where)
+            if self.fmt == "dpo"
+            else training_db.labeled(self.store, where, self.options.reasons)
+        )
         for row in source:
             row["_record"] = record = self._dpo(row) if self.fmt == "dpo" else self._kto(row)
             if self.fmt == "dpo" and record["chosen"] == record["rejected"]:
@@ -234,16 +248,19 @@ class Shaper:
                     ids += self._bare_ids(tokenizer, tail)
         if ids is None:
             joined = engine.tokenize(prompt + completion)
-            if joined[:len(prompt_ids)] == prompt_ids:
-                ids = joined[len(prompt_ids):]
+            if joined[: len(prompt_ids)] == prompt_ids:
+                ids = joined[len(prompt_ids) :]
             else:
                 self.derivation.prefix_mismatch += 1
                 ids = self._bare_ids(tokenizer, completion)
         self.derivation.ids[source] += 1
         if tokenizer.eos_id is not None:
             ids = [*ids, tokenizer.eos_id]
-        return {"id": row["id"], "input_ids": [*prompt_ids, *ids],
-                "completion_mask": [0] * len(prompt_ids) + [1] * len(ids)}, source
+        return {
+            "id": row["id"],
+            "input_ids": [*prompt_ids, *ids],
+            "completion_mask": [0] * len(prompt_ids) + [1] * len(ids),
+        }, source
 
     @staticmethod
     def _bare_ids(tokenizer: _Tokenizer, text: str) -> list[int]:
@@ -300,15 +317,17 @@ class Shaper:
         part: dict = {
             "fields": FIELDS[self.fmt],
             "prompt": "the style's training prompt: formatted_text before the answer (the answer's leading "
-                      "whitespace belongs to the completion)",
+            "whitespace belongs to the completion)",
             **self.summary(),
             "derivation": self.derivation.records,
         }
         if self.fmt == "kto" and self.options.reasons:
             part["kto_reject_reasons_kept"] = list(self.options.reasons)
         if self.fmt == "tokens":
-            part["tokenizers"] = {str(run_id): {"path": t.path, "fingerprint": t.fingerprint, "eos_appended": t.eos_id}
-                                  for run_id, t in sorted(self._run_tokenizer.items())}
+            part["tokenizers"] = {
+                str(run_id): {"path": t.path, "fingerprint": t.fingerprint, "eos_appended": t.eos_id}
+                for run_id, t in sorted(self._run_tokenizer.items())
+            }
         return part
 
     def close(self) -> None:
@@ -329,8 +348,10 @@ def _open_tokenizer(run: RunRecord, path: str | None, add_bos: bool | None, give
     else:
         if not path or not Path(path).is_file():
             where = f"with {path}, which is not there" if path else "without recording its model path"
-            raise TokenizerMissing(f"export: the tokens format needs the generating model's tokenizer; run {run.id} was "
-                                   f"generated {where}: give that GGUF with --tokenizer PATH")
+            raise TokenizerMissing(
+                f"export: the tokens format needs the generating model's tokenizer; run {run.id} was "
+                f"generated {where}: give that GGUF with --tokenizer PATH"
+            )
         engine = create_engine("llama_cpp", model_path=path, vocab_only=True)
         if engine.info().fingerprint == run.model_fingerprint and add_bos is not None and add_bos != engine.add_bos:
             engine.close()

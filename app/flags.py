@@ -39,7 +39,7 @@ def trim_leak(text: str, stops: Sequence[str]) -> tuple[str, bool]:
 
 def repetition_ratio(text: str, n: int = REPETITION_NGRAM) -> float:
     words = text.split()
-    grams = [tuple(words[i:i + n]) for i in range(len(words) - n + 1)]
+    grams = [tuple(words[i : i + n]) for i in range(len(words) - n + 1)]
     if len(grams) < REPETITION_MIN_NGRAMS:
         return 0.0
     return 1 - len(set(grams)) / len(grams)

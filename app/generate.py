@@ -52,9 +52,13 @@ class RunSettings:
     @classmethod
     def from_run(cls, run: RunRecord) -> RunSettings:
         settings = run.settings
-        return cls(style=settings["style"], samples=settings["samples"],
-                   params=GenerationParams.from_dict(settings["params"]), types=tuple(settings.get("types", ())),
-                   pool=settings.get("pool", "builtin"))
+        return cls(
+            style=settings["style"],
+            samples=settings["samples"],
+            params=GenerationParams.from_dict(settings["params"]),
+            types=tuple(settings.get("types", ())),
+            pool=settings.get("pool", "builtin"),
+        )
 
 
 def style_fingerprint(style: Style) -> str:
@@ -65,8 +69,14 @@ def style_fingerprint(style: Style) -> str:
 def legacy_config_hash(engine: Engine, style: Style, settings: RunSettings) -> str:
     """How runs made before m006 were identified; used only to find them once and give them an identity."""
     info = engine.info()
-    identity = {"engine": info.engine, "model": info.fingerprint, "add_bos": info.add_bos, "n_ctx": info.n_ctx,
-                "style": style_fingerprint(style), "settings": settings.to_dict()}
+    identity = {
+        "engine": info.engine,
+        "model": info.fingerprint,
+        "add_bos": info.add_bos,
+        "n_ctx": info.n_ctx,
+        "style": style_fingerprint(style),
+        "settings": settings.to_dict(),
+    }
     return hashlib.sha256(json.dumps(identity, sort_keys=True).encode()).hexdigest()
 
 
@@ -78,8 +88,12 @@ def canonical_settings(settings: RunSettings) -> dict:
         if isinstance(value, float) and isinstance(params.get(name), (int, float)):
             params[name] = float(params[name])
     params["stop"] = sorted(set(params["stop"]))
-    return {"samples": int(settings.samples), "params": params, "types": sorted(set(settings.types)),
-            "pool": settings.pool}
+    return {
+        "samples": int(settings.samples),
+        "params": params,
+        "types": sorted(set(settings.types)),
+        "pool": settings.pool,
+    }
 
 
 def config_hash(engine: Engine, style: Style, settings: RunSettings) -> str:
@@ -90,13 +104,25 @@ def config_hash(engine: Engine, style: Style, settings: RunSettings) -> str:
     is refused, never cut, so a larger context changes only which items are refused: --retry-refused.
     """
     info = engine.info()
-    identity = {"engine": info.engine, "model": info.fingerprint, "add_bos": bool(info.add_bos),
-                "style": style_digest(style), "settings": canonical_settings(settings)}
+    identity = {
+        "engine": info.engine,
+        "model": info.fingerprint,
+        "add_bos": bool(info.add_bos),
+        "style": style_digest(style),
+        "settings": canonical_settings(settings),
+    }
     return hashlib.sha256(json.dumps(identity, sort_keys=True).encode()).hexdigest()
 
 
-def open_run(store: Store, engine: Engine, settings: RunSettings, *, run_id: int | None = None,
-             new_run: bool = False, engine_settings: dict | None = None) -> tuple[RunRecord, Style, RunSettings]:
+def open_run(
+    store: Store,
+    engine: Engine,
+    settings: RunSettings,
+    *,
+    run_id: int | None = None,
+    new_run: bool = False,
+    engine_settings: dict | None = None,
+) -> tuple[RunRecord, Style, RunSettings]:
     """Continue `run_id` with its own settings, else the run with this identity, else a new one.
 
     A run from before m006 is found by its old config hash and given its identity. Then enqueue every
@@ -111,12 +137,15 @@ def open_run(store: Store, engine: Engine, settings: RunSettings, *, run_id: int
         settings = RunSettings.from_run(run)
         style = run_style(run)
         if run.model_fingerprint != info.fingerprint:
-            raise LookupError(f"run {run_id} used model {run.model} ({run.model_fingerprint}); "
-                              f"load that model to continue it")
+            raise LookupError(
+                f"run {run_id} used model {run.model} ({run.model_fingerprint}); load that model to continue it"
+            )
         stored_bos = run_add_bos(run)
         if stored_bos is not None and stored_bos != info.add_bos:
-            raise LookupError(f"run {run_id} was fed {'with' if stored_bos else 'without'} BOS; continue it with "
-                              f"{'--add-bos' if stored_bos else '--no-add-bos'} (or leave the option out)")
+            raise LookupError(
+                f"run {run_id} was fed {'with' if stored_bos else 'without'} BOS; continue it with "
+                f"{'--add-bos' if stored_bos else '--no-add-bos'} (or leave the option out)"
+            )
     else:
         style = load_style(settings.style)
         digest = config_hash(engine, style, settings)
@@ -127,21 +156,37 @@ def open_run(store: Store, engine: Engine, settings: RunSettings, *, run_id: int
                 run = runs_db.adopt(store, legacy.id, digest)
         if run is None:
             run = runs_db.create(
-                store, engine=info.engine, model=info.name, model_fingerprint=info.fingerprint,
-                style=style.name, params={**settings.params.to_dict(), "add_bos": info.add_bos,
-                                          "n_ctx": info.n_ctx, "samples": settings.samples},
-                seed=settings.params.seed, samples=settings.samples,
+                store,
+                engine=info.engine,
+                model=info.name,
+                model_fingerprint=info.fingerprint,
+                style=style.name,
+                params={
+                    **settings.params.to_dict(),
+                    "add_bos": info.add_bos,
+                    "n_ctx": info.n_ctx,
+                    "samples": settings.samples,
+                },
+                seed=settings.params.seed,
+                samples=settings.samples,
                 settings={**settings.to_dict(), "model_path": info.path, "style_digest": style_digest(style)},
-                config_hash=digest, version=__version__, style_definition=style_to_json(style),
-                identity=digest, new_run=new_run,
+                config_hash=digest,
+                version=__version__,
+                style_definition=style_to_json(style),
+                identity=digest,
+                new_run=new_run,
             )
         style = run_style(run)
         settings = RunSettings.from_run(run)
     if engine_settings is not None and run.settings.get("engine") != engine_settings:
         runs_db.record_settings(store, run.id, engine=engine_settings)
-    added = generations_db.enqueue(store, run.id, settings.samples,
-                                   lambda content_hash, k: item_seed(run.seed, content_hash, k),
-                                   list(settings.types) or None)
+    added = generations_db.enqueue(
+        store,
+        run.id,
+        settings.samples,
+        lambda content_hash, k: item_seed(run.seed, content_hash, k),
+        list(settings.types) or None,
+    )
     if added and run.finished_at:
         runs_db.mark_finished(store, run.id, False)
     return run, style, settings
@@ -164,10 +209,12 @@ def style_file_drift(run: RunRecord) -> str | None:
     try:
         on_disk = load_style(name)
     except (StyleError, OSError):
-        return (f"style file {name} no longer loads; run {run.id} continues with the style stored on it")
+        return f"style file {name} no longer loads; run {run.id} continues with the style stored on it"
     if style_digest(on_disk) != style_digest(run_style(run)):
-        return (f"style file {name} has changed since run {run.id} started; the run continues with the style "
-                f"stored on it (run `generate --style {name}` without --run for a run with the new file)")
+        return (
+            f"style file {name} has changed since run {run.id} started; the run continues with the style "
+            f"stored on it (run `generate --style {name}` without --run for a run with the new file)"
+        )
     return None
 
 
@@ -178,12 +225,22 @@ def run_style(run: RunRecord) -> Style:
     return load_style(run.settings.get("style", run.style))
 
 
-def run_generation(store: Store, engine: Engine, run: RunRecord, style: Style, settings: RunSettings, *,
-                   limit: int | None = None, retry_failed: bool = False, retry_refused: bool = False,
-                   on_progress: Callable[[Progress], None] | None = None,
-                   should_stop: Callable[[], bool] = lambda: False,
-                   on_piece: Callable[[str], None] | None = None,
-                   concurrent: ConcurrentEngine | None = None, prefix_order: bool = True) -> Progress:
+def run_generation(
+    store: Store,
+    engine: Engine,
+    run: RunRecord,
+    style: Style,
+    settings: RunSettings,
+    *,
+    limit: int | None = None,
+    retry_failed: bool = False,
+    retry_refused: bool = False,
+    on_progress: Callable[[Progress], None] | None = None,
+    should_stop: Callable[[], bool] = lambda: False,
+    on_piece: Callable[[str], None] | None = None,
+    concurrent: ConcurrentEngine | None = None,
+    prefix_order: bool = True,
+) -> Progress:
     """Work through the run's queue; every outcome is committed the moment it exists.
 
     `concurrent` advances several sequences at once (`--batch N`, remote servers); without it the plain
@@ -194,18 +251,29 @@ def run_generation(store: Store, engine: Engine, run: RunRecord, style: Style, s
     def extra(item: WorkItem) -> Sequence[Example]:
         return _accepted_pool(store, item, examples_by_type) if settings.pool == "accepted" else ()
 
-    scheduler = Scheduler(store, engine, concurrent or SerialSequences(engine), run, style, settings, limit=limit,
-                          retry_failed=retry_failed, retry_refused=retry_refused,
-                          on_progress=on_progress, should_stop=should_stop,
-                          on_piece=on_piece, prefix_order=prefix_order, extra_examples=extra)
+    scheduler = Scheduler(
+        store,
+        engine,
+        concurrent or SerialSequences(engine),
+        run,
+        style,
+        settings,
+        limit=limit,
+        retry_failed=retry_failed,
+        retry_refused=retry_refused,
+        on_progress=on_progress,
+        should_stop=should_stop,
+        on_piece=on_piece,
+        prefix_order=prefix_order,
+        extra_examples=extra,
+    )
     state = scheduler.run()
     if generations_db.status_counts(store, run.id)["pending"] == 0:
         runs_db.mark_finished(store, run.id, True)
     return state
 
 
-def _accepted_pool(store: Store, item: WorkItem,
-                   cache: dict[str, list[tuple[int, Example]]]) -> list[Example]:
+def _accepted_pool(store: Store, item: WorkItem, cache: dict[str, list[tuple[int, Example]]]) -> list[Example]:
     """Accepted records of the item's type as extra few-shot examples, never the item's own instruction.
 
     An example that answers the very instruction being generated would leak the answer into the prompt.
@@ -213,8 +281,12 @@ def _accepted_pool(store: Store, item: WorkItem,
     """
     if item.instruction_type not in cache:
         cache[item.instruction_type] = [
-            (iid, Example(id=f"accepted-{gid}", instruction=ins, input=inp or "", response=resp,
-                          type=item.instruction_type))
+            (
+                iid,
+                Example(
+                    id=f"accepted-{gid}", instruction=ins, input=inp or "", response=resp, type=item.instruction_type
+                ),
+            )
             for gid, iid, ins, inp, resp in generations_db.accepted_examples(store, item.instruction_type)
         ]
     return [example for iid, example in cache[item.instruction_type] if iid != item.instruction_id]

@@ -32,15 +32,28 @@ class JobRequest:
 
 def settings_for(config: GenerateConfig) -> RunSettings:
     """RunSettings from a config, exactly as the CLI builds them (a bad value raises ValueError)."""
-    params = GenerationParams(max_tokens=config.max_tokens, temperature=config.temperature, top_p=config.top_p,
-                              top_k=config.top_k, min_p=config.min_p, repeat_penalty=config.repeat_penalty,
-                              stop=tuple(config.stop), seed=config.seed)
+    params = GenerationParams(
+        max_tokens=config.max_tokens,
+        temperature=config.temperature,
+        top_p=config.top_p,
+        top_k=config.top_k,
+        min_p=config.min_p,
+        repeat_penalty=config.repeat_penalty,
+        stop=tuple(config.stop),
+        seed=config.seed,
+    )
     return RunSettings(style=config.style, samples=config.samples, params=params, pool=config.pool)
 
 
 def merged(config: GenerateConfig, request: JobRequest) -> GenerateConfig:
-    return replace(config, style=request.style, samples=request.samples, max_tokens=request.max_tokens,
-                   temperature=request.temperature, model=request.model or config.model)
+    return replace(
+        config,
+        style=request.style,
+        samples=request.samples,
+        max_tokens=request.max_tokens,
+        temperature=request.temperature,
+        model=request.model or config.model,
+    )
 
 
 def style_names(directory: Path | None = None) -> list[str]:
@@ -57,9 +70,16 @@ class Started:
     already: int
 
 
-def run_job(db_path: Path, config: GenerateConfig, *, on_started: Callable[[Started], None],
-            on_progress: Callable[[Progress], None], on_piece: Callable[[str], None],
-            should_stop: Callable[[], bool], run_id: int | None = None) -> Progress | None:
+def run_job(
+    db_path: Path,
+    config: GenerateConfig,
+    *,
+    on_started: Callable[[Started], None],
+    on_progress: Callable[[Progress], None],
+    on_piece: Callable[[str], None],
+    should_stop: Callable[[], bool],
+    run_id: int | None = None,
+) -> Progress | None:
     """Open the model and the run (`run_id` with its own settings, else the run these settings match, else
     a new one), then generate until done or stopped. Everything finished is committed as it finishes; a
     stop leaves the item in flight pending. Returns the last progress, or None when stopped before the
@@ -81,8 +101,11 @@ def run_job(db_path: Path, config: GenerateConfig, *, on_started: Callable[[Star
         with open_store(db_path) as store:
             run, style, settings = open_run(store, engine, settings, run_id=run_id)
             counts = generations_db.status_counts(store, run.id)
-            on_started(Started(run.id, run.model, style.name, sum(counts.values()), sum(counts.values()) - counts["pending"]))
-            return run_generation(store, engine, run, style, settings, on_progress=on_progress,
-                                  should_stop=should_stop, on_piece=on_piece)
+            on_started(
+                Started(run.id, run.model, style.name, sum(counts.values()), sum(counts.values()) - counts["pending"])
+            )
+            return run_generation(
+                store, engine, run, style, settings, on_progress=on_progress, should_stop=should_stop, on_piece=on_piece
+            )
     finally:
         engine.close()

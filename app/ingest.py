@@ -65,8 +65,12 @@ def _to_instruction(value: object, source: str, keys: KeyMap, forced_type: str |
     instruction = record.pop(keys.instruction, _MISSING)
     if instruction is _MISSING:
         present = ", ".join(repr(k) for k in list(record)[:6])
-        return (f"field '{keys.instruction}': missing (the record has {present}; name the instruction's key "
-                "with --instruction-key)" if present else f"field '{keys.instruction}': missing")
+        return (
+            f"field '{keys.instruction}': missing (the record has {present}; name the instruction's key "
+            "with --instruction-key)"
+            if present
+            else f"field '{keys.instruction}': missing"
+        )
     if type(instruction) is not str:
         return f"field '{keys.instruction}': expected text, got {_json_type(instruction)}"
     if not instruction.strip():
@@ -95,8 +99,15 @@ def _to_instruction(value: object, source: str, keys: KeyMap, forced_type: str |
     bad = _first_bad_text(record)
     if bad is not None or not _is_text(instruction_type) or (type(external_id) is str and not _is_text(external_id)):
         return f"field '{bad or keys.id}': not valid Unicode text (a lone surrogate such as \\ud800)"
-    return NewInstruction(instruction, input_text, instruction_type, source, content_hash(instruction, input_text),
-                          None if external_id is None else str(external_id), record)
+    return NewInstruction(
+        instruction,
+        input_text,
+        instruction_type,
+        source,
+        content_hash(instruction, input_text),
+        None if external_id is None else str(external_id),
+        record,
+    )
 
 
 def _too_deep(value: object) -> bool:
@@ -130,7 +141,9 @@ def _first_bad_text(value: object, key: str = "") -> str | None:
         return None if _is_text(value) else (key or "?")
     if type(value) is dict:
         for name, item in value.items():
-            found = _first_bad_text(item, f"{key}.{name}" if key else str(name)) if _is_text(str(name)) else (key or "?")
+            found = (
+                _first_bad_text(item, f"{key}.{name}" if key else str(name)) if _is_text(str(name)) else (key or "?")
+            )
             if found:
                 return found
     elif type(value) is list:
@@ -145,8 +158,15 @@ _MISSING = object()
 
 
 def _json_type(value: object) -> str:
-    return {dict: "object", list: "list", bool: "boolean", int: "number", float: "number",
-            type(None): "null", str: "text"}.get(type(value), type(value).__name__)
+    return {
+        dict: "object",
+        list: "list",
+        bool: "boolean",
+        int: "number",
+        float: "number",
+        type(None): "null",
+        str: "text",
+    }.get(type(value), type(value).__name__)
 
 
 def import_file(store: Store, path: Path, keys: KeyMap = KeyMap(), forced_type: str | None = None) -> FileReport:
@@ -208,7 +228,8 @@ def import_file(store: Store, path: Path, keys: KeyMap = KeyMap(), forced_type: 
     return report
 
 
-def import_files(store: Store, paths: list[Path], keys: KeyMap = KeyMap(),
-                 forced_type: str | None = None) -> Iterator[FileReport]:
+def import_files(
+    store: Store, paths: list[Path], keys: KeyMap = KeyMap(), forced_type: str | None = None
+) -> Iterator[FileReport]:
     for path in paths:
         yield import_file(store, path, keys, forced_type)

@@ -11,8 +11,15 @@ from gristmill.models.base import token_ids_sha256
 from gristmill.models.gguf import describe_metadata
 
 
-def render_preview(config: GenerateConfig, instruction: str, input_text: str, instruction_type: str,
-                   seed: int, *, show_ids: bool = False) -> str:
+def render_preview(
+    config: GenerateConfig,
+    instruction: str,
+    input_text: str,
+    instruction_type: str,
+    seed: int,
+    *,
+    show_ids: bool = False,
+) -> str:
     style = load_style(config.style)
     rendered = style.render(instruction, input_text, instruction_type, seed=seed)
     engine = open_engine(config, vocab_only=True)

@@ -21,8 +21,20 @@ PLACEHOLDER = re.compile(r"\{\{|\}\}|\{([A-Za-z_]+)\}")
 BUILTIN_STYLES = ("completion", "few-shot", "urial")
 DEFAULT_TRAINING_FORMAT = "Instruction: {instruction}\n{input_block}Response: {response}"
 DEFAULT_TRAINING_INPUT = "Input: {input}\n"
-STYLE_KEYS = {"name", "description", "template", "frames", "input_format", "example_format", "examples",
-              "pool_file", "shots", "stop", "training_format", "training_input_format"}
+STYLE_KEYS = {
+    "name",
+    "description",
+    "template",
+    "frames",
+    "input_format",
+    "example_format",
+    "examples",
+    "pool_file",
+    "shots",
+    "stop",
+    "training_format",
+    "training_input_format",
+}
 EXAMPLE_KEYS = {"id", "type", "instruction", "input", "response"}
 
 
@@ -65,11 +77,17 @@ class Style:
     def draws_examples(self) -> bool:
         return "{examples}" in (self.template or "") and bool(self.examples) and self.shots[1] > 0
 
-    def render(self, instruction: str, input_text: str = "", instruction_type: str = "general", *,
-               seed: int = 0, extra_examples: Sequence[Example] = ()) -> RenderedPrompt:
+    def render(
+        self,
+        instruction: str,
+        input_text: str = "",
+        instruction_type: str = "general",
+        *,
+        seed: int = 0,
+        extra_examples: Sequence[Example] = (),
+    ) -> RenderedPrompt:
         input_block = fill(self.input_format, {"input": input_text}) if input_text else ""
-        values = {"instruction": instruction, "input": input_text, "input_block": input_block,
-                  "type": instruction_type}
+        values = {"instruction": instruction, "input": input_text, "input_block": input_block, "type": instruction_type}
         meta: dict = {}
         if self.template is not None:
             template = self.template
@@ -93,15 +111,24 @@ class Style:
 
     def format_example(self, example: Example) -> str:
         block = fill(self.input_format, {"input": example.input}) if example.input else ""
-        return fill(self.example_format, {"instruction": example.instruction, "input": example.input,
-                                          "input_block": block, "response": example.response,
-                                          "type": example.type})
+        return fill(
+            self.example_format,
+            {
+                "instruction": example.instruction,
+                "input": example.input,
+                "input_block": block,
+                "response": example.response,
+                "type": example.type,
+            },
+        )
 
     def training_text(self, instruction: str, input_text: str, response: str) -> str:
         """`formatted_text` for export: the training format, not the generation prompt."""
         block = fill(self.training_input_format, {"input": input_text}) if input_text else ""
-        return fill(self.training_format, {"instruction": instruction, "input": input_text,
-                                           "input_block": block, "response": response})
+        return fill(
+            self.training_format,
+            {"instruction": instruction, "input": input_text, "input_block": block, "response": response},
+        )
 
 
 def style_to_json(style: Style) -> str:
@@ -127,6 +154,7 @@ def style_digest(style: Style) -> str:
 
 def fill(template: str, values: dict[str, str]) -> str:
     """Replace {name} placeholders in one pass; `{{` and `}}` are literal braces. Values are never re-scanned."""
+
     def replace(match: re.Match) -> str:
         token = match.group(0)
         if token == "{{":
@@ -134,6 +162,7 @@ def fill(template: str, values: dict[str, str]) -> str:
         if token == "}}":
             return "}"
         return values.get(match.group(1), token)
+
     return PLACEHOLDER.sub(replace, template)
 
 
@@ -142,6 +171,7 @@ def placeholders(template: str) -> set[str]:
 
 
 # --- loading -------------------------------------------------------------------------------------
+
 
 def _builtin_dir() -> Path:
     return Path(str(files("gristmill.app.styles")))
@@ -210,15 +240,22 @@ def _load_file(path: Path, source: str) -> Style:
         examples += load_pool(path.parent / pool_file)
     if template and "{examples}" in template and not examples:
         raise StyleError(f"{where}: key 'examples': the template uses {{examples}} but no examples or pool_file")
-    fields_ = {k: expect(k, str) for k in ("description", "input_format", "example_format", "training_format",
-                                           "training_input_format")}
+    fields_ = {
+        k: expect(k, str)
+        for k in ("description", "input_format", "example_format", "training_format", "training_input_format")
+    }
     for key in ("example_format", "training_format"):
         if fields_[key] is not None:
             allowed = {"instruction", "input", "input_block", "response", "type"}
             _check_placeholders(where, key, fields_[key], allowed)
     return Style(
-        name=expect("name", str) or path.stem, template=template, frames=dict(frames),
-        examples=tuple(examples), shots=(shots[0], shots[1]), stop=tuple(stop), source=source,
+        name=expect("name", str) or path.stem,
+        template=template,
+        frames=dict(frames),
+        examples=tuple(examples),
+        shots=(shots[0], shots[1]),
+        stop=tuple(stop),
+        source=source,
         **{k: v for k, v in fields_.items() if v is not None},
     )
 
@@ -226,8 +263,10 @@ def _load_file(path: Path, source: str) -> Style:
 def _check_placeholders(where: str, key: str, text: str, allowed: set[str]) -> None:
     unknown = sorted(placeholders(text) - allowed)
     if unknown:
-        raise StyleError(f"{where}: key '{key}': unknown placeholder {{{unknown[0]}}} "
-                         f"(use {', '.join('{' + a + '}' for a in sorted(allowed))}; write {{{{ for a literal brace)")
+        raise StyleError(
+            f"{where}: key '{key}': unknown placeholder {{{unknown[0]}}} "
+            f"(use {', '.join('{' + a + '}' for a in sorted(allowed))}; write {{{{ for a literal brace)"
+        )
 
 
 def _example(where: str, key: str, value: object) -> Example:
@@ -239,9 +278,13 @@ def _example(where: str, key: str, value: object) -> Example:
     for required in ("instruction", "response"):
         if not isinstance(value.get(required), str) or not value[required].strip():
             raise StyleError(f"{where}: key '{key}.{required}': missing or not text")
-    return Example(id=str(value.get("id") or f"{Path(where).stem}-{key}"), instruction=value["instruction"],
-                   response=value["response"], input=str(value.get("input") or ""),
-                   type=str(value.get("type") or "general"))
+    return Example(
+        id=str(value.get("id") or f"{Path(where).stem}-{key}"),
+        instruction=value["instruction"],
+        response=value["response"],
+        input=str(value.get("input") or ""),
+        type=str(value.get("type") or "general"),
+    )
 
 
 def load_pool(path: Path) -> list[Example]:

@@ -46,7 +46,7 @@ def _decoded_lines(handle: BinaryIO) -> Iterator[tuple[int, str] | Problem]:
     for number, raw in enumerate(handle, start=1):
         if number == 1 and raw.startswith(BOM):
             yield Problem(1, "file starts with a UTF-8 byte-order mark (BOM); save it as UTF-8 without BOM")
-            raw = raw[len(BOM):]
+            raw = raw[len(BOM) :]
         try:
             yield number, raw.decode("utf-8")
         except UnicodeDecodeError as error:
@@ -58,7 +58,7 @@ def _jsonl(handle: BinaryIO) -> Iterator[Row | Problem]:
     for number, raw in enumerate(handle, start=1):
         if number == 1 and raw.startswith(BOM):
             yield Problem(1, "file starts with a UTF-8 byte-order mark (BOM); save it as UTF-8 without BOM")
-            raw = raw[len(BOM):]
+            raw = raw[len(BOM) :]
         if b"\x00" in raw[:4]:  # json.loads would guess UTF-16/32 from the NULs; we accept UTF-8 only
             yield Problem(number, f"not valid UTF-8 (byte 0x00 at column {raw.index(0) + 1})")
             continue
@@ -113,10 +113,16 @@ def _csv(handle: BinaryIO, instruction_key: str | None = None) -> Iterator[Row |
                 if instruction_key is not None and instruction_key not in header:
                     columns = ", ".join(repr(h) for h in header[:8]) + (", ..." if len(header) > 8 else "")
                     separated = [sep for sep in (";", "\t", "|") if len(header) == 1 and sep in header[0]]
-                    hint = (f" (is it separated by {separated[0]!r}? gristmill reads comma-separated files)"
-                            if separated else "")
-                    yield Problem(1, f"the header has no {instruction_key!r} column (columns: {columns}); "
-                                     f"name the instruction column with --instruction-key{hint}")
+                    hint = (
+                        f" (is it separated by {separated[0]!r}? gristmill reads comma-separated files)"
+                        if separated
+                        else ""
+                    )
+                    yield Problem(
+                        1,
+                        f"the header has no {instruction_key!r} column (columns: {columns}); "
+                        f"name the instruction column with --instruction-key{hint}",
+                    )
                     return
                 continue
             if not fields or all(not f.strip() for f in fields):
@@ -129,8 +135,12 @@ def _csv(handle: BinaryIO, instruction_key: str | None = None) -> Iterator[Row |
             record_start = reader.line_num + 1
     except csv.Error as error:
         yield from problems
-        yield Problem(record_start, f"CSV error: {error} (a quote opened here is never closed?)"
-                      if "EOF" in str(error) or "end of data" in str(error) else f"CSV error: {error}")
+        yield Problem(
+            record_start,
+            f"CSV error: {error} (a quote opened here is never closed?)"
+            if "EOF" in str(error) or "end of data" in str(error)
+            else f"CSV error: {error}",
+        )
         return
     yield from problems
     if header is None:
@@ -153,7 +163,9 @@ def _json_array(handle: BinaryIO, chunk_size: int = 1 << 20) -> Iterator[Row | P
         try:
             buffer += reader.decode(raw, final=not raw)
         except UnicodeDecodeError as error:
-            raise _Stop(Problem(line + buffer.count("\n"), f"not valid UTF-8 (byte 0x{error.object[error.start]:02x})")) from None
+            raise _Stop(
+                Problem(line + buffer.count("\n"), f"not valid UTF-8 (byte 0x{error.object[error.start]:02x})")
+            ) from None
         eof = not raw
         return bool(raw)
 

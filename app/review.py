@@ -15,9 +15,28 @@ from gristmill.db import samples as samples_db
 from gristmill.db.reviews import REVIEW_STATES, Decision, QueueFilter
 
 # The app's screens reach storage only through this module (and the other pipeline modules).
-__all__ = ["DatabaseBusy", "QueryTooSlow", "REVIEW_STATES", "QueueFilter", "ReviewItem", "Sample", "Pick", "Store", "open_database", "counts",
-           "load_item", "samples_of", "position", "last_edit", "decide", "pick_best", "undo", "next_in_queue", "previous_in_queue",
-           "unified_diff"]
+__all__ = [
+    "DatabaseBusy",
+    "QueryTooSlow",
+    "REVIEW_STATES",
+    "QueueFilter",
+    "ReviewItem",
+    "Sample",
+    "Pick",
+    "Store",
+    "open_database",
+    "counts",
+    "load_item",
+    "samples_of",
+    "position",
+    "last_edit",
+    "decide",
+    "pick_best",
+    "undo",
+    "next_in_queue",
+    "previous_in_queue",
+    "unified_diff",
+]
 
 
 def open_database(path, *, migrate: bool = True) -> Store:
@@ -63,19 +82,34 @@ def load_item(store: Store, generation_id: int) -> ReviewItem | None:
         return None
     current = reviews_db.current_review(store, generation_id)
     return ReviewItem(
-        generation_id=row["id"], instruction=row["instruction"], input=row["input"] or "",
-        instruction_type=row["instruction_type"], style=row["style"], prompt=row["prompt"] or "",
-        completion=row["completion"] or "", prompt_tokens=row["prompt_tokens"] or 0,
-        completion_tokens=row["completion_tokens"] or 0, finish_reason=row["finish_reason"] or "",
-        flags=json.loads(row["flags"] or "[]"), sample_index=row["sample_index"], samples=row["samples"],
-        run_id=row["run_id"], decision=row["decision"],
+        generation_id=row["id"],
+        instruction=row["instruction"],
+        input=row["input"] or "",
+        instruction_type=row["instruction_type"],
+        style=row["style"],
+        prompt=row["prompt"] or "",
+        completion=row["completion"] or "",
+        prompt_tokens=row["prompt_tokens"] or 0,
+        completion_tokens=row["completion_tokens"] or 0,
+        finish_reason=row["finish_reason"] or "",
+        flags=json.loads(row["flags"] or "[]"),
+        sample_index=row["sample_index"],
+        samples=row["samples"],
+        run_id=row["run_id"],
+        decision=row["decision"],
         edited_response=current["edited_response"] if current else None,
         reviewer=current["reviewer"] if current else None,
     )
 
 
-def decide(store: Store, generation_id: int, decision: str, reviewer: str, edited_response: str | None = None,
-           reason: str | None = None) -> None:
+def decide(
+    store: Store,
+    generation_id: int,
+    decision: str,
+    reviewer: str,
+    edited_response: str | None = None,
+    reason: str | None = None,
+) -> None:
     """Record one decision; `reason` (a reject's, e.g. "wrong") is stored on the review row."""
     reviews_db.record(store, [Decision(generation_id, decision, edited_response, reason)], reviewer)
 
@@ -98,12 +132,21 @@ class Sample:
 
 def samples_of(store: Store, generation_id: int) -> list[Sample]:
     """All samples of this generation's instruction in its run, whatever their status, by number."""
-    return [Sample(generation_id=r["id"], number=r["sample_index"] + 1, status=r["status"],
-                   text=r["edited_response"] if r["edited_response"] is not None else (r["completion"] or ""),
-                   completion_tokens=r["completion_tokens"] or 0, finish_reason=r["finish_reason"] or "",
-                   flags=json.loads(r["flags"] or "[]"), decision=r["decision"],
-                   edited=r["edited_response"] is not None, error=r["error"])
-            for r in samples_db.of_instruction(store, generation_id)]
+    return [
+        Sample(
+            generation_id=r["id"],
+            number=r["sample_index"] + 1,
+            status=r["status"],
+            text=r["edited_response"] if r["edited_response"] is not None else (r["completion"] or ""),
+            completion_tokens=r["completion_tokens"] or 0,
+            finish_reason=r["finish_reason"] or "",
+            flags=json.loads(r["flags"] or "[]"),
+            decision=r["decision"],
+            edited=r["edited_response"] is not None,
+            error=r["error"],
+        )
+        for r in samples_db.of_instruction(store, generation_id)
+    ]
 
 
 @dataclass(frozen=True)
@@ -136,16 +179,23 @@ def pick_best(store: Store, generation_id: int, k: int, reviewer: str) -> Pick:
         return Pick(None, message=f"Sample {k} is {chosen.status}: there is no text to accept")
     pending = [str(s.number) for s in samples if s.status == "pending"]
     if pending:
-        return Pick(None, message=f"Sample {', '.join(pending)} not generated yet: pick again once "
-                                  f"{'it has' if len(pending) == 1 else 'they have'} finished")
+        return Pick(
+            None,
+            message=f"Sample {', '.join(pending)} not generated yet: pick again once "
+            f"{'it has' if len(pending) == 1 else 'they have'} finished",
+        )
     others = tuple(s.generation_id for s in samples if s is not chosen)
     edit = None
     if chosen.decision == "accept" and chosen.edited:
         edit = chosen.text
-    reviews_db.record(store, [Decision(chosen.generation_id, "accept", edit)]
-                      + [Decision(g, "reject") for g in others], reviewer)
-    return Pick(chosen.generation_id, others, f"Accepted sample {k} (#{chosen.generation_id})"
-                + (f"; rejected {len(others)} other(s)" if others else ""))
+    reviews_db.record(
+        store, [Decision(chosen.generation_id, "accept", edit)] + [Decision(g, "reject") for g in others], reviewer
+    )
+    return Pick(
+        chosen.generation_id,
+        others,
+        f"Accepted sample {k} (#{chosen.generation_id})" + (f"; rejected {len(others)} other(s)" if others else ""),
+    )
 
 
 def undo(store: Store, reviewer: str) -> list[int]:

@@ -76,15 +76,21 @@ class Prepared:
     prompt_fields: dict  # prompt, prompt_tokens, prompt_token_ids_sha256, style_meta
 
 
-def prepare(engine: Engine, style: Style, item: WorkItem, params: GenerationParams,
-            extra_examples: Sequence[Example] = ()) -> Prepared | Outcome:
+def prepare(
+    engine: Engine, style: Style, item: WorkItem, params: GenerationParams, extra_examples: Sequence[Example] = ()
+) -> Prepared | Outcome:
     """Render and tokenize one item; a refused prompt comes back as its (refused) Outcome, never fed."""
-    rendered = style.render(item.instruction, item.input, item.instruction_type, seed=item.seed,
-                            extra_examples=extra_examples)
+    rendered = style.render(
+        item.instruction, item.input, item.instruction_type, seed=item.seed, extra_examples=extra_examples
+    )
     ids = engine.tokenize(rendered.text)
     item_params = replace(params, seed=item.seed, stop=tuple(dict.fromkeys((*rendered.stop, *params.stop))))
-    fields = dict(prompt=rendered.text, prompt_tokens=len(ids), prompt_token_ids_sha256=token_ids_sha256(ids),
-                  style_meta=rendered.meta)
+    fields = dict(
+        prompt=rendered.text,
+        prompt_tokens=len(ids),
+        prompt_token_ids_sha256=token_ids_sha256(ids),
+        style_meta=rendered.meta,
+    )
     try:
         engine.check_prompt(ids, item_params.max_tokens)
     except PromptRefused as refusal:
@@ -111,9 +117,16 @@ def outcome_of(prepared: Prepared, result: GenerationResult, batch: int | None =
     timings = dict(result.timings)
     if batch is not None:
         timings["batch"] = batch  # float rounding differs with the batch size: recorded to reproduce a result
-    return Outcome(status="done", completion=text, completion_tokens=result.completion_tokens,
-                   finish_reason=result.finish_reason, flags=tuple(flags), timings=timings,
-                   completion_token_ids=sampled_ids(result), **{**prepared.prompt_fields, "style_meta": meta})
+    return Outcome(
+        status="done",
+        completion=text,
+        completion_tokens=result.completion_tokens,
+        finish_reason=result.finish_reason,
+        flags=tuple(flags),
+        timings=timings,
+        completion_token_ids=sampled_ids(result),
+        **{**prepared.prompt_fields, "style_meta": meta},
+    )
 
 
 def _common_prefix(a: Sequence[int], b: Sequence[int]) -> int:
@@ -161,13 +174,24 @@ class _PieceRelay:
 class Scheduler:
     """One pass over a run's pending work on a `ConcurrentEngine`; `run()` returns the final Progress."""
 
-    def __init__(self, store: Store, engine: Engine, concurrent: ConcurrentEngine, run: RunRecord, style: Style,
-                 settings: RunSettings, *, limit: int | None = None, retry_failed: bool = False,
-                 retry_refused: bool = False,
-                 on_progress: Callable[[Progress], None] | None = None,
-                 should_stop: Callable[[], bool] = lambda: False,
-                 on_piece: Callable[[str], None] | None = None, prefix_order: bool = True,
-                 extra_examples: Callable[[WorkItem], Sequence[Example]] | None = None):
+    def __init__(
+        self,
+        store: Store,
+        engine: Engine,
+        concurrent: ConcurrentEngine,
+        run: RunRecord,
+        style: Style,
+        settings: RunSettings,
+        *,
+        limit: int | None = None,
+        retry_failed: bool = False,
+        retry_refused: bool = False,
+        on_progress: Callable[[Progress], None] | None = None,
+        should_stop: Callable[[], bool] = lambda: False,
+        on_piece: Callable[[str], None] | None = None,
+        prefix_order: bool = True,
+        extra_examples: Callable[[WorkItem], Sequence[Example]] | None = None,
+    ):
         self.store, self.engine, self.concurrent = store, engine, concurrent
         self.run_record, self.style, self.settings = run, style, settings
         self.limit, self.retry_failed, self.retry_refused = limit, retry_failed, retry_refused
@@ -189,16 +213,27 @@ class Scheduler:
     def run(self) -> Progress:
         counts = generations_db.status_counts(self.store, self.run_record.id)
         self.started = time.perf_counter()
-        self.state = Progress(self.run_record.id, sum(counts.values()), counts["done"], counts["refused"],
-                              0 if self.retry_failed else counts["failed"], 0, 0.0)
+        self.state = Progress(
+            self.run_record.id,
+            sum(counts.values()),
+            counts["done"],
+            counts["refused"],
+            0 if self.retry_failed else counts["failed"],
+            0,
+            0.0,
+        )
         if self.retry_refused:
             retried = generations_db.length_refused_count(self.store, self.run_record.id)
             self.state = replace(self.state, refused=self.state.refused - retried)
         # the one place work is taken from the database: claimed before it is generated
         self._source = claims = generations_db.claimed(
-            self.store, self.run_record.id, self.owner,
+            self.store,
+            self.run_record.id,
+            self.owner,
             statuses=("pending", "failed") if self.retry_failed else ("pending",),
-            length_refused=self.retry_refused, batch=max(1, self.concurrent.capacity))
+            length_refused=self.retry_refused,
+            batch=max(1, self.concurrent.capacity),
+        )
         try:
             while True:
                 stopping = self.should_stop()
@@ -231,8 +266,9 @@ class Scheduler:
                 return
             job_items = self._next_job(self.concurrent.free_slots())
             first = job_items[0]
-            job = PromptJob(first.ids, first.params,
-                            tuple(SampleRequest(p.item.generation_id, p.item.seed) for p in job_items))
+            job = PromptJob(
+                first.ids, first.params, tuple(SampleRequest(p.item.generation_id, p.item.seed) for p in job_items)
+            )
             for p in job_items:
                 self.in_flight[p.item.generation_id] = p
                 self.relay.start(p.item.generation_id)
@@ -253,8 +289,9 @@ class Scheduler:
                     try:  # what batching changes (e.g. the per-sequence context) is checked here, before submit
                         self.concurrent.check_prompt(prepared.ids, prepared.params.max_tokens)
                     except PromptRefused as refusal:  # the per-sequence context: a length refusal
-                        prepared = Outcome(status="refused", error=str(refusal), refusal="length",
-                                           **prepared.prompt_fields)
+                        prepared = Outcome(
+                            status="refused", error=str(refusal), refusal="length", **prepared.prompt_fields
+                        )
             except (KeyboardInterrupt, SystemExit):
                 raise
             except Exception as error:  # a tokenizer or style failure fails this item; the run goes on
@@ -279,9 +316,13 @@ class Scheduler:
                 if length > best_len:
                     best, best_len = index, length
         chosen = self.window[best]
-        group = [i for i, p in enumerate(self.window)
-                 if p.ids == chosen.ids and p.params.stop == chosen.params.stop and
-                 replace(p.params, seed=0) == replace(chosen.params, seed=0)]
+        group = [
+            i
+            for i, p in enumerate(self.window)
+            if p.ids == chosen.ids
+            and p.params.stop == chosen.params.stop
+            and replace(p.params, seed=0) == replace(chosen.params, seed=0)
+        ]
         group = [best] + [i for i in group if i != best][: free - 1]
         items = [self.window[i] for i in group]
         for i in sorted(group, reverse=True):
@@ -305,11 +346,14 @@ class Scheduler:
         state = self.state
         self.state = replace(
             state,
-            done=state.done + (outcome.status == "done"), refused=state.refused + (outcome.status == "refused"),
+            done=state.done + (outcome.status == "done"),
+            refused=state.refused + (outcome.status == "refused"),
             failed=state.failed + (outcome.status == "failed"),
             completion_tokens=state.completion_tokens + (outcome.completion_tokens or 0),
-            elapsed_s=time.perf_counter() - self.started, processed=state.processed + 1,
-            last_generation_id=generation_id, last_status=outcome.status,
+            elapsed_s=time.perf_counter() - self.started,
+            processed=state.processed + 1,
+            last_generation_id=generation_id,
+            last_status=outcome.status,
         )
         if self.on_progress:
             self.on_progress(self.state)

@@ -19,8 +19,10 @@ def collect_all(store: Store) -> dict:
     data: dict = dict(stats_db.collect(store))
     groups = {name: stats_detail.acceptance(store, name) for name in ("type", "style", "reviewer", "run")}
     groups["flag"] = stats_detail.acceptance_by_flag(store)
-    data["acceptance"] = {name: {key: {**counts, "rate": rate(counts)} for key, counts in values.items()}
-                          for name, values in groups.items()}
+    data["acceptance"] = {
+        name: {key: {**counts, "rate": rate(counts)} for key, counts in values.items()}
+        for name, values in groups.items()
+    }
     data["response_lengths"] = stats_detail.response_lengths(store)
     data["throughput"] = stats_detail.throughput(store)
     return data

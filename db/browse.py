@@ -13,8 +13,13 @@ from dataclasses import dataclass, field
 from gristmill.db.connection import Store
 
 SORTS = {  # column key -> SQL expression (ties broken by id)
-    "id": "g.id", "run": "g.run_id", "status": "g.status", "decision": "COALESCE(g.decision, '')",
-    "type": "i.instruction_type", "style": "r.style", "chars": "length(g.completion)",
+    "id": "g.id",
+    "run": "g.run_id",
+    "status": "g.status",
+    "decision": "COALESCE(g.decision, '')",
+    "type": "i.instruction_type",
+    "style": "r.style",
+    "chars": "length(g.completion)",
     "tokens": "g.completion_tokens",
 }
 UNREVIEWED = "unreviewed"
@@ -36,10 +41,21 @@ class BrowseFilter:
     search: str | None = None  # words, all of which must occur in the instruction, input or output
 
     def describe(self) -> str:
-        parts = [f"{name}={value}" for name, value in (
-            ("status", self.status), ("decision", self.decision), ("type", self.instruction_type),
-            ("style", self.style), ("flag", self.flag), ("reviewer", self.reviewer), ("run", self.run_id),
-            ("min", self.min_chars), ("max", self.max_chars)) if value not in (None, "")]
+        parts = [
+            f"{name}={value}"
+            for name, value in (
+                ("status", self.status),
+                ("decision", self.decision),
+                ("type", self.instruction_type),
+                ("style", self.style),
+                ("flag", self.flag),
+                ("reviewer", self.reviewer),
+                ("run", self.run_id),
+                ("min", self.min_chars),
+                ("max", self.max_chars),
+            )
+            if value not in (None, "")
+        ]
         if self.search:
             parts.insert(0, f"search '{self.search}'")
         return ", ".join(parts) or "everything"
@@ -144,7 +160,7 @@ def page(store: Store, where: BrowseFilter, sort: Sort = Sort(), offset: int = 0
     sql = f"""SELECT g.id, g.run_id, g.sample_index, g.status, g.decision, i.instruction_type, r.style,
                      COALESCE(length(g.completion), 0) AS chars, substr(i.instruction, 1, 200) AS instruction,
                      substr(COALESCE(g.completion, ''), 1, 200) AS output
-              FROM {source} WHERE {' AND '.join(clauses) or '1'} ORDER BY {order} LIMIT ? OFFSET ?"""
+              FROM {source} WHERE {" AND ".join(clauses) or "1"} ORDER BY {order} LIMIT ? OFFSET ?"""
     rows = store.conn.execute(sql, (*params, limit, offset)).fetchall()
     return Page([BrowseRow(*tuple(r)) for r in rows], offset)
 
@@ -160,28 +176,34 @@ def done_ids(store: Store, where: BrowseFilter) -> list[int]:
     """Ids of the finished (status done) generations in the set: what a bulk decision applies to."""
     source, clauses, params, _ = _from(where, Sort())
     clauses.append("g.status = 'done'")
-    return [r[0] for r in store.conn.execute(f"SELECT g.id FROM {source} WHERE {' AND '.join(clauses)} ORDER BY g.id",
-                                             params)]
+    return [
+        r[0]
+        for r in store.conn.execute(f"SELECT g.id FROM {source} WHERE {' AND '.join(clauses)} ORDER BY g.id", params)
+    ]
 
 
 def choices(store: Store) -> dict[str, list]:
     """Known values for the filter dialogs: types, styles, runs, reviewers."""
+
     def column(sql: str) -> list:
         return [r[0] for r in store.conn.execute(sql)]
 
     return {
         "types": column("SELECT DISTINCT instruction_type FROM instructions ORDER BY 1"),
         "styles": column("SELECT DISTINCT style FROM runs ORDER BY 1"),
-        "runs": [(r[0], f"{r[0]} · {r[1]} · {r[2]}") for r in store.conn.execute(
-            "SELECT id, style, model FROM runs ORDER BY id")],
+        "runs": [
+            (r[0], f"{r[0]} · {r[1]} · {r[2]}")
+            for r in store.conn.execute("SELECT id, style, model FROM runs ORDER BY id")
+        ],
         "reviewers": column("SELECT DISTINCT reviewer FROM reviews ORDER BY 1"),
     }
 
 
 def position(store: Store, where_sql: str, params: list, generation_id: int) -> int:
     """1-based position of a generation among those matching a review-queue WHERE clause (by id)."""
-    return store.conn.execute(f"SELECT count(*) FROM generations g WHERE {where_sql} AND g.id <= ?",
-                              (*params, generation_id)).fetchone()[0]
+    return store.conn.execute(
+        f"SELECT count(*) FROM generations g WHERE {where_sql} AND g.id <= ?", (*params, generation_id)
+    ).fetchone()[0]
 
 
 def count_where(store: Store, where_sql: str, params: list) -> int:

@@ -151,7 +151,11 @@ def connect(path: str | Path, *, create: bool = True) -> sqlite3.Connection:
     """
     target = f"file:{quote(Path(path).absolute().as_posix())}?mode={'rwc' if create else 'rw'}"
     conn = sqlite3.connect(
-        target, uri=True, timeout=BUSY_TIMEOUT_MS / 1000, isolation_level=None, check_same_thread=False,
+        target,
+        uri=True,
+        timeout=BUSY_TIMEOUT_MS / 1000,
+        isolation_level=None,
+        check_same_thread=False,
     )
     conn.row_factory = sqlite3.Row
     conn.execute(f"PRAGMA busy_timeout = {BUSY_TIMEOUT_MS}")
@@ -176,16 +180,17 @@ def check_database_file(path: Path, *, create: bool) -> None:
     if not os.access(path, os.R_OK):
         raise StoreError(f"database {path}: not readable (permission denied)")
     if not os.access(path, os.W_OK):
-        raise StoreError(f"database {path}: not writable (permission denied); gristmill writes to its database "
-                         "(WAL journal, migrations, decisions)")
+        raise StoreError(
+            f"database {path}: not writable (permission denied); gristmill writes to its database "
+            "(WAL journal, migrations, decisions)"
+        )
     with path.open("rb") as handle:
         head = handle.read(16)
     if head and head != b"SQLite format 3\x00":
         raise StoreError(f"database {path}: not a SQLite database")
 
 
-def open_store(path: str | Path, *, migrate: bool = True, stop_before: str | None = None,
-               create: bool = True) -> Store:
+def open_store(path: str | Path, *, migrate: bool = True, stop_before: str | None = None, create: bool = True) -> Store:
     """Open a database (creating it and its directory unless `create=False`) and bring its schema up to date.
 
     `create=False` is for commands that only read or review: a missing file is a `StoreError` naming the path,
@@ -207,8 +212,10 @@ def open_store(path: str | Path, *, migrate: bool = True, stop_before: str | Non
         raise _store_error(path, error) from error
     if foreign:
         store.close()
-        raise StoreError(f"database {path}: a SQLite database, but not gristmill's (it has {foreign}); "
-                         "give a new file or a gristmill database")
+        raise StoreError(
+            f"database {path}: a SQLite database, but not gristmill's (it has {foreign}); "
+            "give a new file or a gristmill database"
+        )
     if migrate:
         try:
             _migrate(store, stop_before)
@@ -222,8 +229,12 @@ def open_store(path: str | Path, *, migrate: bool = True, stop_before: str | Non
 
 def _foreign_tables(store: Store) -> str:
     """Tables of some other application, if that is all the file holds: gristmill never migrates into them."""
-    names = [row[0] for row in store.conn.execute(
-        "SELECT name FROM sqlite_master WHERE type = 'table' AND name NOT LIKE 'sqlite_%' ORDER BY name")]
+    names = [
+        row[0]
+        for row in store.conn.execute(
+            "SELECT name FROM sqlite_master WHERE type = 'table' AND name NOT LIKE 'sqlite_%' ORDER BY name"
+        )
+    ]
     if not names or "_sqlite_migrations" in names or "instructions" in names:
         return ""
     shown = ", ".join(names[:3]) + (f" and {len(names) - 3} more" if len(names) > 3 else "")

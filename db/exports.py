@@ -47,12 +47,17 @@ def responses(store: Store, ids: list[int]) -> list[dict]:
     """`id`, `instruction`, `input` and `response` (edited text if any) of accepted generations, by id."""
     rows: list[dict] = []
     for start in range(0, len(ids), 500):
-        chunk = ids[start:start + 500]
-        rows.extend(dict(r) for r in store.conn.execute(
-            f"""SELECT g.id, i.instruction, i.input, COALESCE(rv.edited_response, g.completion) AS response
+        chunk = ids[start : start + 500]
+        rows.extend(
+            dict(r)
+            for r in store.conn.execute(
+                f"""SELECT g.id, i.instruction, i.input, COALESCE(rv.edited_response, g.completion) AS response
                 FROM generations g JOIN instructions i ON i.id = g.instruction_id
                 JOIN reviews rv ON rv.id = g.review_id
-                WHERE g.id IN ({','.join('?' * len(chunk))})""", chunk))
+                WHERE g.id IN ({",".join("?" * len(chunk))})""",
+                chunk,
+            )
+        )
     return rows
 
 
@@ -93,7 +98,7 @@ def accepted_pages(store: Store, where: ExportFilter, batch: int = 1000) -> Iter
         JOIN instructions i ON i.id = g.instruction_id
         JOIN runs r ON r.id = g.run_id
         JOIN reviews rv ON rv.id = g.review_id
-        WHERE {' AND '.join(clauses)} AND g.id > ? ORDER BY g.id LIMIT ?"""
+        WHERE {" AND ".join(clauses)} AND g.id > ? ORDER BY g.id LIMIT ?"""
     last = 0
     while True:
         rows = store.conn.execute(sql, (*params, last, batch)).fetchall()

@@ -61,8 +61,14 @@ def unpack_token_ids(blob: bytes | None) -> list[int] | None:
     return list(struct.unpack(f"<{len(blob) // 4}I", blob))
 
 
-def enqueue(store: Store, run_id: int, samples: int, seed_for: Callable[[str, int], int],
-            types: Sequence[str] | None = None, chunk: int = ENQUEUE_CHUNK) -> int:
+def enqueue(
+    store: Store,
+    run_id: int,
+    samples: int,
+    seed_for: Callable[[str, int], int],
+    types: Sequence[str] | None = None,
+    chunk: int = ENQUEUE_CHUNK,
+) -> int:
     """Add a pending row for every (instruction, sample) this run lacks. Returns rows added.
 
     The queue is known up front, so progress and ETA are exact; the UNIQUE constraint makes
@@ -117,8 +123,17 @@ def _owner_alive(owner: str) -> bool:
     return True
 
 
-def claim(store: Store, run_id: int, owner: str, *, limit: int = 1, statuses: Sequence[str] = ("pending",),
-          length_refused: bool = False, after_id: int = 0, lease_s: float = LEASE_S) -> list[WorkItem]:
+def claim(
+    store: Store,
+    run_id: int,
+    owner: str,
+    *,
+    limit: int = 1,
+    statuses: Sequence[str] = ("pending",),
+    length_refused: bool = False,
+    after_id: int = 0,
+    lease_s: float = LEASE_S,
+) -> list[WorkItem]:
     """Claim up to `limit` unclaimed items of the run, in id order after `after_id`, for `owner`.
 
     Two processes on one run never generate the same item: an item is claimed in a write transaction
@@ -133,12 +148,14 @@ def claim(store: Store, run_id: int, owner: str, *, limit: int = 1, statuses: Se
         status_sql = f"({status_sql} OR (g.status = 'refused' AND g.refusal = 'length'))"
     with store.write() as conn:
         for (other,) in conn.execute(
-                "SELECT DISTINCT owner FROM claims WHERE run_id = ? AND owner != ?", (run_id, owner)).fetchall():
+            "SELECT DISTINCT owner FROM claims WHERE run_id = ? AND owner != ?", (run_id, owner)
+        ).fetchall():
             if not _owner_alive(other):
                 conn.execute("DELETE FROM claims WHERE run_id = ? AND owner = ?", (run_id, other))
         conn.execute("DELETE FROM claims WHERE run_id = ? AND expires_at < ?", (run_id, now))
-        conn.execute("UPDATE claims SET expires_at = ? WHERE run_id = ? AND owner = ?",
-                     (now + lease_s, run_id, owner))  # renew the claims this process still holds
+        conn.execute(
+            "UPDATE claims SET expires_at = ? WHERE run_id = ? AND owner = ?", (now + lease_s, run_id, owner)
+        )  # renew the claims this process still holds
         rows = conn.execute(
             f"""SELECT g.id, g.instruction_id, g.sample_index, g.seed, i.instruction, i.input,
                        i.instruction_type, i.content_hash
@@ -148,14 +165,34 @@ def claim(store: Store, run_id: int, owner: str, *, limit: int = 1, statuses: Se
                 ORDER BY g.id LIMIT ?""",
             (run_id, *statuses, after_id, limit),
         ).fetchall()
-        conn.executemany("INSERT INTO claims (generation_id, run_id, owner, expires_at) VALUES (?, ?, ?, ?)",
-                         [(r["id"], run_id, owner, now + lease_s) for r in rows])
-    return [WorkItem(r["id"], r["instruction_id"], r["sample_index"], r["seed"], r["instruction"], r["input"],
-                     r["instruction_type"], r["content_hash"]) for r in rows]
+        conn.executemany(
+            "INSERT INTO claims (generation_id, run_id, owner, expires_at) VALUES (?, ?, ?, ?)",
+            [(r["id"], run_id, owner, now + lease_s) for r in rows],
+        )
+    return [
+        WorkItem(
+            r["id"],
+            r["instruction_id"],
+            r["sample_index"],
+            r["seed"],
+            r["instruction"],
+            r["input"],
+            r["instruction_type"],
+            r["content_hash"],
+        )
+        for r in rows
+    ]
 
 
-def claimed(store: Store, run_id: int, owner: str, *, statuses: Sequence[str] = ("pending",),
-            length_refused: bool = False, batch: int = 1) -> Iterator[WorkItem]:
+def claimed(
+    store: Store,
+    run_id: int,
+    owner: str,
+    *,
+    statuses: Sequence[str] = ("pending",),
+    length_refused: bool = False,
+    batch: int = 1,
+) -> Iterator[WorkItem]:
     """Claim and yield work in id order, `batch` items per claim; an item another process holds is skipped.
 
     Whatever the caller leaves unprocessed (stopped, interrupted) is released when the generator closes.
@@ -164,8 +201,9 @@ def claimed(store: Store, run_id: int, owner: str, *, statuses: Sequence[str] = 
     held: list[int] = []  # claimed here and not yet known to be finished (releasing a finished one is a no-op)
     try:
         while True:
-            items = claim(store, run_id, owner, limit=batch, statuses=statuses, length_refused=length_refused,
-                          after_id=last_id)
+            items = claim(
+                store, run_id, owner, limit=batch, statuses=statuses, length_refused=length_refused, after_id=last_id
+            )
             if not items:
                 return
             held = [i.generation_id for i in items]
@@ -184,8 +222,9 @@ def release(store: Store, owner: str, generation_ids: Sequence[int] | None = Non
         if generation_ids is None:
             conn.execute("DELETE FROM claims WHERE owner = ?", (owner,))
         else:
-            conn.executemany("DELETE FROM claims WHERE generation_id = ? AND owner = ?",
-                             [(g, owner) for g in generation_ids])
+            conn.executemany(
+                "DELETE FROM claims WHERE generation_id = ? AND owner = ?", [(g, owner) for g in generation_ids]
+            )
 
 
 def pending(store: Store, run_id: int, *, retry_failed: bool = False, batch: int = 64) -> Iterator[WorkItem]:
@@ -197,7 +236,7 @@ def pending(store: Store, run_id: int, *, retry_failed: bool = False, batch: int
             f"""SELECT g.id, g.instruction_id, g.sample_index, g.seed, i.instruction, i.input,
                        i.instruction_type, i.content_hash
                 FROM generations g JOIN instructions i ON i.id = g.instruction_id
-                WHERE g.run_id = ? AND g.status IN ({','.join('?' * len(statuses))}) AND g.id > ?
+                WHERE g.run_id = ? AND g.status IN ({",".join("?" * len(statuses))}) AND g.id > ?
                 ORDER BY g.id LIMIT ?""",
             (run_id, *statuses, last_id, batch),
         ).fetchall()
@@ -205,8 +244,16 @@ def pending(store: Store, run_id: int, *, retry_failed: bool = False, batch: int
             return
         for r in rows:
             last_id = r["id"]
-            yield WorkItem(r["id"], r["instruction_id"], r["sample_index"], r["seed"],
-                           r["instruction"], r["input"], r["instruction_type"], r["content_hash"])
+            yield WorkItem(
+                r["id"],
+                r["instruction_id"],
+                r["sample_index"],
+                r["seed"],
+                r["instruction"],
+                r["input"],
+                r["instruction_type"],
+                r["content_hash"],
+            )
 
 
 def finish(store: Store, generation_id: int, outcome: Outcome) -> None:
@@ -221,12 +268,23 @@ def finish(store: Store, generation_id: int, outcome: Outcome) -> None:
                    finish_reason = ?, flags = ?, error = ?, style_meta = ?, timings = ?,
                    completion_token_ids = ?, finished_at = ?, refusal = ?
                WHERE id = ? AND status != 'done'""",
-            (outcome.status, outcome.prompt, outcome.prompt_tokens, outcome.prompt_token_ids_sha256,
-             outcome.completion, outcome.completion_tokens, outcome.finish_reason,
-             json.dumps(list(outcome.flags)), outcome.error,
-             json.dumps(outcome.style_meta or {}, ensure_ascii=False),
-             json.dumps(outcome.timings or {}), pack_token_ids(outcome.completion_token_ids), utc_now(),
-             outcome.refusal, generation_id),
+            (
+                outcome.status,
+                outcome.prompt,
+                outcome.prompt_tokens,
+                outcome.prompt_token_ids_sha256,
+                outcome.completion,
+                outcome.completion_tokens,
+                outcome.finish_reason,
+                json.dumps(list(outcome.flags)),
+                outcome.error,
+                json.dumps(outcome.style_meta or {}, ensure_ascii=False),
+                json.dumps(outcome.timings or {}),
+                pack_token_ids(outcome.completion_token_ids),
+                utc_now(),
+                outcome.refusal,
+                generation_id,
+            ),
         )
         conn.execute("DELETE FROM claims WHERE generation_id = ?", (generation_id,))
 
@@ -234,16 +292,14 @@ def finish(store: Store, generation_id: int, outcome: Outcome) -> None:
 def length_refused_count(store: Store, run_id: int) -> int:
     """Items refused because prompt plus max tokens exceeded the context: what --retry-refused retries."""
     return store.conn.execute(
-        "SELECT count(*) FROM generations WHERE run_id = ? AND status = 'refused' AND refusal = 'length'",
-        (run_id,)).fetchone()[0]
+        "SELECT count(*) FROM generations WHERE run_id = ? AND status = 'refused' AND refusal = 'length'", (run_id,)
+    ).fetchone()[0]
 
 
 def status_counts(store: Store, run_id: int | None = None) -> dict[str, int]:
     where, params = ("WHERE run_id = ?", (run_id,)) if run_id is not None else ("", ())
     counts = {"pending": 0, "done": 0, "refused": 0, "failed": 0}
-    for status, n in store.conn.execute(
-        f"SELECT status, count(*) FROM generations {where} GROUP BY status", params
-    ):
+    for status, n in store.conn.execute(f"SELECT status, count(*) FROM generations {where} GROUP BY status", params):
         counts[status] = n
     return counts
 
@@ -260,21 +316,27 @@ def get(store: Store, generation_id: int) -> dict | None:
 
 def siblings(store: Store, generation_id: int) -> list[int]:
     """Ids of the samples of the same instruction in the same run, by sample index (best-of-N)."""
-    return [r[0] for r in store.conn.execute(
-        """SELECT s.id FROM generations g JOIN generations s
+    return [
+        r[0]
+        for r in store.conn.execute(
+            """SELECT s.id FROM generations g JOIN generations s
              ON s.run_id = g.run_id AND s.instruction_id = g.instruction_id
            WHERE g.id = ? AND s.status = 'done' ORDER BY s.sample_index""",
-        (generation_id,),
-    )]
+            (generation_id,),
+        )
+    ]
 
 
 def accepted_examples(store: Store, instruction_type: str, limit: int = 200) -> list[tuple[int, int, str, str, str]]:
     """Accepted (generation id, instruction id, instruction, input, response) of one type: reviewed data
     for few-shot pools. The instruction id lets a caller leave out the item's own instruction."""
-    return [tuple(r) for r in store.conn.execute(
-        """SELECT g.id, g.instruction_id, i.instruction, i.input, COALESCE(rv.edited_response, g.completion)
+    return [
+        tuple(r)
+        for r in store.conn.execute(
+            """SELECT g.id, g.instruction_id, i.instruction, i.input, COALESCE(rv.edited_response, g.completion)
            FROM generations g JOIN instructions i ON i.id = g.instruction_id
            JOIN reviews rv ON rv.id = g.review_id
            WHERE g.decision = 'accept' AND i.instruction_type = ? ORDER BY g.id LIMIT ?""",
-        (instruction_type, limit),
-    )]
+            (instruction_type, limit),
+        )
+    ]

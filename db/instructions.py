@@ -33,8 +33,19 @@ _STAGING_COLUMNS = "external_id, instruction, input, instruction_type, source, c
 
 
 def _rows(batch: Iterable[NewInstruction], now: str) -> list[tuple]:
-    return [(i.external_id, i.instruction, i.input, i.instruction_type, i.source, i.content_hash,
-             json.dumps(i.metadata, ensure_ascii=False) if i.metadata else "{}", now) for i in batch]
+    return [
+        (
+            i.external_id,
+            i.instruction,
+            i.input,
+            i.instruction_type,
+            i.source,
+            i.content_hash,
+            json.dumps(i.metadata, ensure_ascii=False) if i.metadata else "{}",
+            now,
+        )
+        for i in batch
+    ]
 
 
 def stage_begin(store: Store) -> None:
@@ -46,7 +57,8 @@ def stage_begin(store: Store) -> None:
     store.conn.execute(
         """CREATE TEMP TABLE IF NOT EXISTS staging_instructions (
                seq INTEGER PRIMARY KEY, external_id TEXT, instruction TEXT, input TEXT, instruction_type TEXT,
-               source TEXT, content_hash TEXT, metadata TEXT, created_at TEXT)""")
+               source TEXT, content_hash TEXT, metadata TEXT, created_at TEXT)"""
+    )
     store.conn.execute("DELETE FROM temp.staging_instructions")
 
 
@@ -55,7 +67,8 @@ def stage_batch(store: Store, batch: Iterable[NewInstruction]) -> int:
     store.conn.execute("SAVEPOINT stage")  # one temp-only transaction per batch, not one per row
     try:
         store.conn.executemany(
-            f"INSERT INTO temp.staging_instructions ({_STAGING_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?, ?)", rows)
+            f"INSERT INTO temp.staging_instructions ({_STAGING_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?, ?)", rows
+        )
     except BaseException:
         store.conn.execute("ROLLBACK TO stage")
         store.conn.execute("RELEASE stage")
@@ -73,7 +86,8 @@ def stage_commit(store: Store) -> int:
         with store.write() as conn:
             cursor = conn.execute(
                 f"""INSERT OR IGNORE INTO instructions ({_STAGING_COLUMNS})
-                    SELECT {_STAGING_COLUMNS} FROM temp.staging_instructions ORDER BY seq""")
+                    SELECT {_STAGING_COLUMNS} FROM temp.staging_instructions ORDER BY seq"""
+            )
             return cursor.rowcount
     finally:
         stage_discard(store)
@@ -93,5 +107,4 @@ def count(store: Store) -> int:
 
 
 def types(store: Store) -> list[str]:
-    return [r[0] for r in store.conn.execute(
-        "SELECT DISTINCT instruction_type FROM instructions ORDER BY 1")]
+    return [r[0] for r in store.conn.execute("SELECT DISTINCT instruction_type FROM instructions ORDER BY 1")]

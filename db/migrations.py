@@ -81,7 +81,7 @@ def m001_initial(db: Database) -> None:
             created_at TEXT NOT NULL
         );
         CREATE INDEX idx_reviews_generation ON reviews(generation_id, id);
-        """
+        """,
     )
 
 
@@ -97,7 +97,7 @@ def m002_run_identity(db: Database) -> None:
         CREATE INDEX idx_runs_config ON runs(config_hash);
         ALTER TABLE generations ADD COLUMN style_meta TEXT NOT NULL DEFAULT '{}';
         ALTER TABLE generations ADD COLUMN timings TEXT NOT NULL DEFAULT '{}';
-        """
+        """,
     )
 
 
@@ -120,7 +120,7 @@ def m003_review_state(db: Database) -> None:
         ALTER TABLE generations ADD COLUMN review_id INTEGER;
         CREATE INDEX idx_generations_queue ON generations(status, decision, id);
         CREATE INDEX idx_reviews_reviewer ON reviews(reviewer, id);
-        """
+        """,
     )
     # Databases made before this migration may already hold reviews: derive the cache from the log.
     db.execute(
@@ -226,11 +226,11 @@ def m005_review_log_triggers(db: Database) -> None:
         END"""
     )
     # Re-derive everything: cancellations where the log holds undo rows, then every cache value.
-    for (generation_id,) in db.execute(
-        "SELECT DISTINCT generation_id FROM reviews WHERE decision = 'undo'"
-    ).fetchall():
-        db.execute(f"INSERT INTO review_cancellations (review_id, undo_id, generation_id) {_REPLAY.format(g=':g')}",
-                   {"g": generation_id})
+    for (generation_id,) in db.execute("SELECT DISTINCT generation_id FROM reviews WHERE decision = 'undo'").fetchall():
+        db.execute(
+            f"INSERT INTO review_cancellations (review_id, undo_id, generation_id) {_REPLAY.format(g=':g')}",
+            {"g": generation_id},
+        )
     db.execute(
         """UPDATE generations SET (decision, review_id) = (
             SELECT r.decision, r.id FROM reviews r
@@ -255,7 +255,7 @@ def m008_token_ids_and_reject_reasons(db: Database) -> None:
         """
         ALTER TABLE generations ADD COLUMN completion_token_ids BLOB;
         ALTER TABLE reviews ADD COLUMN reason TEXT
-        """
+        """,
     )
 
 
@@ -292,7 +292,7 @@ def m006_claims_and_run_identity(db: Database) -> None:
         CREATE INDEX IF NOT EXISTS idx_reviews_undoes ON reviews(undoes_review_id)
             WHERE undoes_review_id IS NOT NULL;
         CREATE INDEX idx_reviews_action ON reviews(action_id)
-        """
+        """,
     )
 
 
@@ -306,15 +306,17 @@ SEARCH_TRIGGERS = (
         END""",
     f"""CREATE TRIGGER search_index_generation_update AFTER UPDATE OF completion, instruction_id ON generations BEGIN
           INSERT INTO search_index (search_index, rowid, instruction, input, output)
-          SELECT 'delete', * FROM ({_SEARCH_ROW.format(gid="old.id", completion="old.completion",
-                                                          iid="old.instruction_id")});
+          SELECT 'delete', * FROM ({
+        _SEARCH_ROW.format(gid="old.id", completion="old.completion", iid="old.instruction_id")
+    });
           INSERT INTO search_index (rowid, instruction, input, output)
           {_SEARCH_ROW.format(gid="new.id", completion="new.completion", iid="new.instruction_id")};
         END""",
     f"""CREATE TRIGGER search_index_generation_delete AFTER DELETE ON generations BEGIN
           INSERT INTO search_index (search_index, rowid, instruction, input, output)
-          SELECT 'delete', * FROM ({_SEARCH_ROW.format(gid="old.id", completion="old.completion",
-                                                          iid="old.instruction_id")});
+          SELECT 'delete', * FROM ({
+        _SEARCH_ROW.format(gid="old.id", completion="old.completion", iid="old.instruction_id")
+    });
         END""",
     """CREATE TRIGGER search_index_instruction_update AFTER UPDATE OF instruction, input ON instructions BEGIN
           INSERT INTO search_index (search_index, rowid, instruction, input, output)

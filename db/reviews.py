@@ -15,8 +15,7 @@ from gristmill.db.connection import Store, utc_now
 DECISIONS = ("accept", "reject", "skip")
 # a review row in force: a decision that no `undo` row cancelled (the triggers resolve undo rows, targeted
 # or not, into `review_cancellations`, keyed by the cancelled row: one index seek)
-IN_FORCE = ("r.decision != 'undo' AND NOT EXISTS "
-            "(SELECT 1 FROM review_cancellations c WHERE c.review_id = r.id)")
+IN_FORCE = "r.decision != 'undo' AND NOT EXISTS (SELECT 1 FROM review_cancellations c WHERE c.review_id = r.id)"
 REVIEW_STATES = ("unreviewed", "accept", "reject", "skip", "all")
 
 
@@ -127,8 +126,7 @@ def current_review(store: Store, generation_id: int) -> dict | None:
     return dict(row) if row else None
 
 
-def neighbour(store: Store, queue: QueueFilter, after: int | None = None,
-              before: int | None = None) -> int | None:
+def neighbour(store: Store, queue: QueueFilter, after: int | None = None, before: int | None = None) -> int | None:
     """The next (or previous) generation id in the queue: one index seek, whatever the table's size."""
     where, params = queue.where()
     if before is not None:

@@ -29,20 +29,41 @@ class RunRecord:
 
 def _record(row) -> RunRecord:
     return RunRecord(
-        id=row["id"], engine=row["engine"], model=row["model"],
-        model_fingerprint=row["model_fingerprint"], style=row["style"],
-        params=json.loads(row["params"]), seed=row["seed"], samples=row["samples"],
-        settings=json.loads(row["settings"]), config_hash=row["config_hash"],
-        version=row["version"], started_at=row["started_at"], finished_at=row["finished_at"],
+        id=row["id"],
+        engine=row["engine"],
+        model=row["model"],
+        model_fingerprint=row["model_fingerprint"],
+        style=row["style"],
+        params=json.loads(row["params"]),
+        seed=row["seed"],
+        samples=row["samples"],
+        settings=json.loads(row["settings"]),
+        config_hash=row["config_hash"],
+        version=row["version"],
+        started_at=row["started_at"],
+        finished_at=row["finished_at"],
         style_definition=row["style_definition"],
         identity=row["identity"] if "identity" in row.keys() else None,
     )
 
 
-def create(store: Store, *, engine: str, model: str, model_fingerprint: str, style: str,
-           params: dict, seed: int, samples: int, settings: dict, config_hash: str,
-           version: str, style_definition: str | None = None, identity: str | None = None,
-           new_run: bool = False) -> RunRecord:
+def create(
+    store: Store,
+    *,
+    engine: str,
+    model: str,
+    model_fingerprint: str,
+    style: str,
+    params: dict,
+    seed: int,
+    samples: int,
+    settings: dict,
+    config_hash: str,
+    version: str,
+    style_definition: str | None = None,
+    identity: str | None = None,
+    new_run: bool = False,
+) -> RunRecord:
     """Insert a run, or (same `identity`, not `new_run`) return the one that exists: insert-or-select in one
     write transaction, backed by a unique index, so two processes starting the same run create one.
 
@@ -62,9 +83,21 @@ def create(store: Store, *, engine: str, model: str, model_fingerprint: str, sty
             """INSERT INTO runs (engine, model, model_fingerprint, style, params, seed, samples,
                                  settings, config_hash, version, started_at, style_definition, identity)
                VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)""",
-            (engine, model, model_fingerprint, style, json.dumps(params, sort_keys=True), seed,
-             samples, json.dumps(settings, sort_keys=True), config_hash, version, utc_now(),
-             style_definition, identity),
+            (
+                engine,
+                model,
+                model_fingerprint,
+                style,
+                json.dumps(params, sort_keys=True),
+                seed,
+                samples,
+                json.dumps(settings, sort_keys=True),
+                config_hash,
+                version,
+                utc_now(),
+                style_definition,
+                identity,
+            ),
         )
         run_id = cursor.lastrowid
     return get(store, run_id)  # type: ignore[return-value]
@@ -115,12 +148,13 @@ def all_runs(store: Store) -> list[RunRecord]:
 
 def mark_finished(store: Store, run_id: int, finished: bool) -> None:
     with store.write() as conn:
-        conn.execute("UPDATE runs SET finished_at = ? WHERE id = ?",
-                     (utc_now() if finished else None, run_id))
+        conn.execute("UPDATE runs SET finished_at = ? WHERE id = ?", (utc_now() if finished else None, run_id))
 
 
 def record_servers(store: Store, run_id: int, servers: list[dict]) -> None:
     """Remote runs keep the endpoints that served them and what each `GET /v1/models` said (latest session)."""
     with store.write() as conn:
-        conn.execute("UPDATE runs SET settings = json_set(settings, '$.servers', json(?)) WHERE id = ?",
-                     (json.dumps(servers, sort_keys=True), run_id))
+        conn.execute(
+            "UPDATE runs SET settings = json_set(settings, '$.servers', json(?)) WHERE id = ?",
+            (json.dumps(servers, sort_keys=True), run_id),
+        )

@@ -15,11 +15,17 @@ def collect(store: Store) -> dict[str, dict[str, int]]:
         "generations": grouped("SELECT status, count(*) FROM generations GROUP BY 1 ORDER BY 1"),
         "decisions": grouped("SELECT decision, count(*) FROM generations WHERE status = 'done' GROUP BY 1 ORDER BY 1"),
         # the reasons given with the rejects in force ("none": rejected without one)
-        "reject_reasons": {str(k or "none"): n for k, n in store.conn.execute(
-            """SELECT rv.reason, count(*) FROM generations g JOIN reviews rv ON rv.id = g.review_id
-               WHERE g.decision = 'reject' GROUP BY 1 ORDER BY 1""")},
-        "runs": {"total": store.conn.execute("SELECT count(*) FROM runs").fetchone()[0],
-                 "finished": store.conn.execute("SELECT count(*) FROM runs WHERE finished_at IS NOT NULL").fetchone()[0]},
+        "reject_reasons": {
+            str(k or "none"): n
+            for k, n in store.conn.execute(
+                """SELECT rv.reason, count(*) FROM generations g JOIN reviews rv ON rv.id = g.review_id
+               WHERE g.decision = 'reject' GROUP BY 1 ORDER BY 1"""
+            )
+        },
+        "runs": {
+            "total": store.conn.execute("SELECT count(*) FROM runs").fetchone()[0],
+            "finished": store.conn.execute("SELECT count(*) FROM runs WHERE finished_at IS NOT NULL").fetchone()[0],
+        },
     }
 
 
@@ -28,7 +34,8 @@ def health(store: Store) -> dict[str, str]:
         "integrity_check": store.conn.execute("PRAGMA integrity_check").fetchone()[0],
         "journal_mode": store.conn.execute("PRAGMA journal_mode").fetchone()[0],
         "synchronous": {0: "OFF", 1: "NORMAL", 2: "FULL", 3: "EXTRA"}.get(
-            store.conn.execute("PRAGMA synchronous").fetchone()[0], "?"),
+            store.conn.execute("PRAGMA synchronous").fetchone()[0], "?"
+        ),
         "foreign_keys": "on" if store.conn.execute("PRAGMA foreign_keys").fetchone()[0] else "off",
         "busy_timeout_ms": str(store.conn.execute("PRAGMA busy_timeout").fetchone()[0]),
     }

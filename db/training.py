@@ -23,7 +23,9 @@ _IS_PICK = """(rv.action_id IS NOT NULL AND EXISTS (SELECT 1 FROM reviews o WHER
                 AND o.id != rv.id AND o.decision = 'reject'))"""
 
 
-def filter_clauses(where: ExportFilter, response: str = "COALESCE(rv.edited_response, g.completion)") -> tuple[list[str], list]:
+def filter_clauses(
+    where: ExportFilter, response: str = "COALESCE(rv.edited_response, g.completion)"
+) -> tuple[list[str], list]:
     """The export filters as SQL over aliases g (generation), i, r and rv (its review in force)."""
     clauses, params = ["g.status = 'done'"], []
     if where.instruction_type:
@@ -70,7 +72,7 @@ def labeled(store: Store, where: ExportFilter, reasons: tuple[str, ...] = ()) ->
         JOIN instructions i ON i.id = g.instruction_id
         JOIN runs r ON r.id = g.run_id
         JOIN reviews rv ON rv.id = g.review_id
-        WHERE {' AND '.join(clauses)} ORDER BY g.id"""
+        WHERE {" AND ".join(clauses)} ORDER BY g.id"""
     for row in store.conn.execute(sql, params):
         yield dict(row)
 
@@ -120,6 +122,7 @@ def accepted_extras(store: Store, generation_id: int) -> tuple[bool, bytes | Non
     """For an accepted generation: whether a best-of-N pick accepted it, and its stored sampled ids."""
     row = store.conn.execute(
         f"""SELECT {_IS_PICK}, g.completion_token_ids FROM generations g JOIN reviews rv ON rv.id = g.review_id
-            WHERE g.id = ?""", (generation_id,)).fetchone()
+            WHERE g.id = ?""",
+        (generation_id,),
+    ).fetchone()
     return (bool(row[0]), row[1]) if row else (False, None)
-

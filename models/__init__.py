@@ -12,6 +12,14 @@ from gristmill.models.base import (
 from gristmill.models.registry import create_engine, engine_names, register_engine
 
 __all__ = [
-    "Engine", "EngineError", "GenerationParams", "GenerationResult", "ModelInfo", "PromptRefused",
-    "TextPiece", "create_engine", "engine_names", "register_engine",
+    "Engine",
+    "EngineError",
+    "GenerationParams",
+    "GenerationResult",
+    "ModelInfo",
+    "PromptRefused",
+    "TextPiece",
+    "create_engine",
+    "engine_names",
+    "register_engine",
 ]

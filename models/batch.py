@@ -68,7 +68,7 @@ class ConcurrentEngine(ABC):
     def free_slots(self) -> int:
         return self.capacity - self.in_flight()
 
-    def check_prompt(self, ids: tuple[int, ...], max_tokens: int) -> None:
+    def check_prompt(self, ids: tuple[int, ...], max_tokens: int) -> None:  # noqa: B027 - optional hook
         """Raise PromptRefused if this engine cannot run the prompt (e.g. a per-sequence context smaller than the
         model's). The plain engine's own `check_prompt` runs first; this adds only what batching changes."""
 

@@ -21,9 +21,21 @@ class FakeEngine(Engine):
         self.calls = 0
 
     def info(self) -> ModelInfo:
-        return ModelInfo(engine=self.name, path="fake", name="fake", fingerprint="sha256:fake", size_bytes=0,
-                         architecture="fake", context_length=self.n_ctx, n_ctx=self.n_ctx, bos_id=None,
-                         eos_id=None, add_bos=False, add_bos_source="gguf", has_chat_template=False)
+        return ModelInfo(
+            engine=self.name,
+            path="fake",
+            name="fake",
+            fingerprint="sha256:fake",
+            size_bytes=0,
+            architecture="fake",
+            context_length=self.n_ctx,
+            n_ctx=self.n_ctx,
+            bos_id=None,
+            eos_id=None,
+            add_bos=False,
+            add_bos_source="gguf",
+            has_chat_template=False,
+        )
 
     def tokenize(self, text: str) -> list[int]:
         return [ord(c) for c in text]
@@ -36,8 +48,10 @@ class FakeEngine(Engine):
 
     def check_prompt(self, ids: Sequence[int], max_tokens: int) -> None:
         if len(ids) + max_tokens > self.n_ctx:
-            raise PromptRefused(f"prompt has {len(ids)} tokens; with max_tokens {max_tokens} that exceeds "
-                                f"the context of {self.n_ctx} tokens")
+            raise PromptRefused(
+                f"prompt has {len(ids)} tokens; with max_tokens {max_tokens} that exceeds "
+                f"the context of {self.n_ctx} tokens"
+            )
 
     def stream(self, ids: Sequence[int], params: GenerationParams) -> Iterator[TextPiece | GenerationResult]:
         self.check_prompt(ids, params.max_tokens)
@@ -62,5 +76,10 @@ class FakeEngine(Engine):
         if not matcher.stopped and (tail := matcher.flush()):
             yield TextPiece(tail)
         finish = "stop" if matcher.stopped else ("length" if len(reply) > params.max_tokens else "eos")
-        yield GenerationResult(matcher.text, count, finish, {"prompt_ms": 0.0, "generate_ms": 0.0},
-                               token_ids=tuple(ord(c) for c in reply[:count]))
+        yield GenerationResult(
+            matcher.text,
+            count,
+            finish,
+            {"prompt_ms": 0.0, "generate_ms": 0.0},
+            token_ids=tuple(ord(c) for c in reply[:count]),
+        )

@@ -84,7 +84,7 @@ def fingerprint(path: Path, on_progress: Progress | None = None) -> str:
     parts = model_parts(path)
     cache = _load_cache()
     keys = [_key(part) for part in parts]
-    todo = sum(part.stat().st_size for part, key in zip(parts, keys) if key not in cache)
+    todo = sum(part.stat().st_size for part, key in zip(parts, keys, strict=False) if key not in cache)
     done = 0
 
     def advance(n: int) -> None:
@@ -94,7 +94,7 @@ def fingerprint(path: Path, on_progress: Progress | None = None) -> str:
             on_progress(done, todo)
 
     digests, changed = [], False
-    for part, key in zip(parts, keys):
+    for part, key in zip(parts, keys, strict=False):
         if key not in cache:
             cache[key] = _file_sha256(part, advance)
             changed = True

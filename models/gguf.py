@@ -13,8 +13,17 @@ from dataclasses import dataclass, field
 INSTRUCT_WORDS = re.compile(r"\b(instruct|chat|it|sft|dpo|rlhf|assistant)\b", re.IGNORECASE)
 # general.finetune values that name a pretrained checkpoint, not a tune (e.g. Gemma's "pt", "Base" models)
 BASE_WORDS = re.compile(r"^\s*(base|pt|pretrain(ed)?|pre[- ]?trained)\s*$", re.IGNORECASE)
-CHAT_TOKENS = ("<|im_start|>", "<|im_end|>", "<start_of_turn>", "<end_of_turn>", "<|start_header_id|>",
-               "<|eot_id|>", "[INST]", "<|user|>", "<|assistant|>")
+CHAT_TOKENS = (
+    "<|im_start|>",
+    "<|im_end|>",
+    "<start_of_turn>",
+    "<end_of_turn>",
+    "<|start_header_id|>",
+    "<|eot_id|>",
+    "[INST]",
+    "<|user|>",
+    "<|assistant|>",
+)
 
 
 @dataclass(frozen=True)
@@ -50,9 +59,13 @@ def describe_metadata(metadata: dict[str, str], chat_tokens_in_vocab: list[str] 
             evidence.append(f"{key} = {value!r} names an instruction/chat tune")
     if not instruct:
         given = [f"{key} = {value!r}" for key, value in named.items() if value]
-        said = (f"neither {' nor '.join(given)} names an instruction/chat tune" if len(given) == 2 else
-                f"{given[0]} names no instruction/chat tune" if given else
-                "neither general.name nor general.basename is set")
+        said = (
+            f"neither {' nor '.join(given)} names an instruction/chat tune"
+            if len(given) == 2
+            else f"{given[0]} names no instruction/chat tune"
+            if given
+            else "neither general.name nor general.basename is set"
+        )
         if finetune:
             evidence.append(said)
         else:
@@ -60,11 +73,17 @@ def describe_metadata(metadata: dict[str, str], chat_tokens_in_vocab: list[str] 
     if template:
         notes.append("a chat template is present (base Qwen2.5 GGUFs ship one too); it is never rendered")
     if chat_tokens_in_vocab:
-        notes.append(f"chat-turn markers are control tokens in the vocabulary ({', '.join(chat_tokens_in_vocab)}), "
-                     "as in base Qwen and Gemma vocabularies; they are never fed")
+        notes.append(
+            f"chat-turn markers are control tokens in the vocabulary ({', '.join(chat_tokens_in_vocab)}), "
+            "as in base Qwen and Gemma vocabularies; they are never fed"
+        )
     first_line = template.strip().splitlines()[0][:120] if template and template.strip() else None
     return ModelDescription(
-        name=name, architecture=metadata.get("general.architecture", "unknown"),
-        has_chat_template=bool(template), chat_template_first_line=first_line,
-        looks_instruction_tuned=instruct, evidence=evidence, notes=notes,
+        name=name,
+        architecture=metadata.get("general.architecture", "unknown"),
+        has_chat_template=bool(template),
+        chat_template_first_line=first_line,
+        looks_instruction_tuned=instruct,
+        evidence=evidence,
+        notes=notes,
     )

@@ -40,7 +40,7 @@ class _Slot:
     cached: list[int] = field(default_factory=list)
     key: int | None = None  # None: free (its cache stays, as a prefix cache)
     todo: list[int] = field(default_factory=list)  # prompt tokens still to decode
-    leader: "_Slot | None" = None  # a sample waiting for this slot's prompt, to copy it
+    leader: _Slot | None = None  # a sample waiting for this slot's prompt, to copy it
     sampler: object = None
     completion: Completion | None = None
     next_token: int | None = None  # sampled, not yet decoded
@@ -52,8 +52,14 @@ class _Slot:
 class LlamaBatchEngine(ConcurrentEngine):
     """N sequences of one loaded `LlamaCppEngine` advanced together by `poll`."""
 
-    def __init__(self, engine: LlamaCppEngine, n_seq: int, *, n_ctx_seq: int | None = None,
-                 logit_bias: dict[int, float] | None = None):
+    def __init__(
+        self,
+        engine: LlamaCppEngine,
+        n_seq: int,
+        *,
+        n_ctx_seq: int | None = None,
+        logit_bias: dict[int, float] | None = None,
+    ):
         if n_seq < 1:
             raise ValueError("batch must be at least 1")
         lib = engine._lib
@@ -92,7 +98,8 @@ class LlamaBatchEngine(ConcurrentEngine):
             raise PromptRefused(
                 f"prompt has {len(ids)} tokens; with max_tokens {max_tokens} that is {len(ids) + max_tokens}, "
                 f"more than the {self.n_ctx_seq} tokens each of the {self.n_seq} batched sequences has "
-                f"(never truncated: shorten the prompt, lower --max-tokens or raise --n-ctx)")
+                f"(never truncated: shorten the prompt, lower --max-tokens or raise --n-ctx)"
+            )
 
     def submit(self, job: PromptJob) -> None:
         free = [slot for slot in self.slots if slot.key is None]
@@ -116,7 +123,7 @@ class LlamaBatchEngine(ConcurrentEngine):
         del leader.cached[reuse:]
         now = time.perf_counter()
         followers = [slot for slot in free if slot is not leader]
-        for slot, sample in zip([leader, *followers], job.samples):
+        for slot, sample in zip([leader, *followers], job.samples, strict=False):
             slot.key, slot.submitted_at, slot.first_at, slot.next_token = sample.key, now, None, None
             slot.sampler = self._sampler(job, sample.seed)
             slot.completion = Completion(self.engine, job.params)
@@ -133,8 +140,7 @@ class LlamaBatchEngine(ConcurrentEngine):
         code = self._lib.llama_decode(self._ctx, self._batch)
         self.decode_calls += 1
         if code != 0:
-            return self._fail_all(f"llama_decode returned {code}"
-                                  + (" (no free cache cell)" if code == 1 else ""))
+            return self._fail_all(f"llama_decode returned {code}" + (" (no free cache cell)" if code == 1 else ""))
         events: list[SequenceEvent] = []
         for slot, tokens, logits_index in entries:
             slot.cached.extend(tokens)
@@ -226,11 +232,13 @@ class LlamaBatchEngine(ConcurrentEngine):
         tail = completion.close()
         if tail:
             events.append(SequenceEvent(slot.key, TextPiece(tail)))
-        result: GenerationResult = completion.result({
-            "prompt_ms": round((slot.first_at - slot.submitted_at) * 1000, 2),
-            "generate_ms": round((now - slot.first_at) * 1000, 2),
-            "prompt_tokens_evaluated": slot.prompt_evaluated,
-        })
+        result: GenerationResult = completion.result(
+            {
+                "prompt_ms": round((slot.first_at - slot.submitted_at) * 1000, 2),
+                "generate_ms": round((now - slot.first_at) * 1000, 2),
+                "prompt_tokens_evaluated": slot.prompt_evaluated,
+            }
+        )
         events.append(SequenceEvent(slot.key, result))
         self._release(slot)
         return events
@@ -242,7 +250,14 @@ class LlamaBatchEngine(ConcurrentEngine):
             slot.cached = []
         if slot.sampler:
             self._lib.llama_sampler_free(slot.sampler)
-        slot.key, slot.sampler, slot.completion, slot.next_token, slot.todo, slot.leader = None, None, None, None, [], None
+        slot.key, slot.sampler, slot.completion, slot.next_token, slot.todo, slot.leader = (
+            None,
+            None,
+            None,
+            None,
+            [],
+            None,
+        )
 
     def _fail_all(self, message: str) -> list[SequenceEvent]:
         events = []
@@ -260,11 +275,17 @@ class LlamaBatchEngine(ConcurrentEngine):
         chain = lib.llama_sampler_chain_init(lib.llama_sampler_chain_default_params())
         if self.logit_bias:
             biases = (lib.llama_logit_bias * len(self.logit_bias))(
-                *(lib.llama_logit_bias(token, bias) for token, bias in self.logit_bias.items()))
-            lib.llama_sampler_chain_add(chain, lib.llama_sampler_init_logit_bias(
-                self._n_vocab, len(self.logit_bias), ctypes.cast(biases, lib.llama_logit_bias_p)))
-        lib.llama_sampler_chain_add(chain, lib.llama_sampler_init_penalties(
-            self._n_vocab, PENALTY_LAST_N, p.repeat_penalty, 0.0, 0.0))
+                *(lib.llama_logit_bias(token, bias) for token, bias in self.logit_bias.items())
+            )
+            lib.llama_sampler_chain_add(
+                chain,
+                lib.llama_sampler_init_logit_bias(
+                    self._n_vocab, len(self.logit_bias), ctypes.cast(biases, lib.llama_logit_bias_p)
+                ),
+            )
+        lib.llama_sampler_chain_add(
+            chain, lib.llama_sampler_init_penalties(self._n_vocab, PENALTY_LAST_N, p.repeat_penalty, 0.0, 0.0)
+        )
         if p.temperature == 0:
             lib.llama_sampler_chain_add(chain, lib.llama_sampler_init_greedy())
         else:

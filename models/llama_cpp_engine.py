@@ -28,9 +28,18 @@ CONTROL_ATTR = 1 << 3  # LLAMA_TOKEN_ATTR_CONTROL
 class LlamaCppEngine(Engine):
     name = "llama_cpp"
 
-    def __init__(self, model_path: str | Path, *, n_ctx: int | None = None, n_ctx_cap: int = DEFAULT_N_CTX_CAP,
-                 n_threads: int | None = None, n_gpu_layers: int = 0, add_bos: bool | None = None,
-                 vocab_only: bool = False, n_batch: int = 512):
+    def __init__(
+        self,
+        model_path: str | Path,
+        *,
+        n_ctx: int | None = None,
+        n_ctx_cap: int = DEFAULT_N_CTX_CAP,
+        n_threads: int | None = None,
+        n_gpu_layers: int = 0,
+        add_bos: bool | None = None,
+        vocab_only: bool = False,
+        n_batch: int = 512,
+    ):
         from gristmill.models import native_log
 
         native_log.install()
@@ -43,8 +52,13 @@ class LlamaCppEngine(Engine):
         self.path = path
         try:
             self._llm = llama_cpp.Llama(
-                str(path), n_ctx=n_ctx or n_ctx_cap, n_threads=n_threads or os.cpu_count() or 2,
-                n_gpu_layers=n_gpu_layers, vocab_only=vocab_only, verbose=False, n_batch=n_batch,
+                str(path),
+                n_ctx=n_ctx or n_ctx_cap,
+                n_threads=n_threads or os.cpu_count() or 2,
+                n_gpu_layers=n_gpu_layers,
+                vocab_only=vocab_only,
+                verbose=False,
+                n_batch=n_batch,
             )
         except (ValueError, RuntimeError) as error:
             raise EngineError(f"cannot load {path}: {error}") from error
@@ -70,12 +84,19 @@ class LlamaCppEngine(Engine):
         if self._info is None:
             description = describe_metadata(self.metadata)
             self._info = ModelInfo(
-                engine=self.name, path=str(self.path), name=description.name,
-                fingerprint=fingerprint(self.path), size_bytes=total_size(self.path),
-                architecture=description.architecture, context_length=self.context_length,
-                n_ctx=self.n_ctx, bos_id=self.bos_id if self.bos_id >= 0 else None,
-                eos_id=self.eos_id if self.eos_id >= 0 else None, add_bos=self.add_bos,
-                add_bos_source=self._add_bos_source, has_chat_template=description.has_chat_template,
+                engine=self.name,
+                path=str(self.path),
+                name=description.name,
+                fingerprint=fingerprint(self.path),
+                size_bytes=total_size(self.path),
+                architecture=description.architecture,
+                context_length=self.context_length,
+                n_ctx=self.n_ctx,
+                bos_id=self.bos_id if self.bos_id >= 0 else None,
+                eos_id=self.eos_id if self.eos_id >= 0 else None,
+                add_bos=self.add_bos,
+                add_bos_source=self._add_bos_source,
+                has_chat_template=description.has_chat_template,
                 metadata={k: v for k, v in self.metadata.items() if not k.startswith("tokenizer.chat_template")},
             )
         return self._info
@@ -119,12 +140,14 @@ class LlamaCppEngine(Engine):
             if self.is_control(token_id):
                 raise PromptRefused(
                     f"prompt contains control token {token_id} ({self.token_text(token_id)!r}) at position "
-                    f"{position}; control tokens are never fed")
+                    f"{position}; control tokens are never fed"
+                )
         if len(ids) + max_tokens > self.n_ctx:
             raise PromptRefused(
                 f"prompt has {len(ids)} tokens; with max_tokens {max_tokens} that is {len(ids) + max_tokens}, "
                 f"more than the context of {self.n_ctx} tokens (never truncated: shorten the prompt, lower "
-                f"--max-tokens or raise --n-ctx)")
+                f"--max-tokens or raise --n-ctx)"
+            )
 
     # --- generation --------------------------------------------------------------------------
     def is_end(self, token_id: int) -> bool:
@@ -137,8 +160,13 @@ class LlamaCppEngine(Engine):
         started = time.perf_counter()
         first_token_at = None
         tokens = self._llm.generate(
-            list(ids), top_k=params.top_k, top_p=params.top_p, min_p=params.min_p,
-            temp=params.temperature, repeat_penalty=params.repeat_penalty, reset=True,
+            list(ids),
+            top_k=params.top_k,
+            top_p=params.top_p,
+            min_p=params.min_p,
+            temp=params.temperature,
+            repeat_penalty=params.repeat_penalty,
+            reset=True,
             logits_processor=self.logits_processor,
         )
         try:
@@ -157,8 +185,9 @@ class LlamaCppEngine(Engine):
             yield TextPiece(tail)
         ended = time.perf_counter()
         first = first_token_at or ended
-        yield completion.result({"prompt_ms": round((first - started) * 1000, 2),
-                                 "generate_ms": round((ended - first) * 1000, 2)})
+        yield completion.result(
+            {"prompt_ms": round((first - started) * 1000, 2), "generate_ms": round((ended - first) * 1000, 2)}
+        )
 
     def close(self) -> None:
         llm = getattr(self, "_llm", None)
@@ -214,9 +243,14 @@ class Completion:
         return tail
 
     def result(self, timings: dict) -> GenerationResult:
-        return GenerationResult(text=self.matcher.text, completion_tokens=len(self.sampled),
-                                finish_reason=self.finish or "length", token_ids=tuple(self.sampled),
-                                timings=timings, control_token=self.control_token)
+        return GenerationResult(
+            text=self.matcher.text,
+            completion_tokens=len(self.sampled),
+            finish_reason=self.finish or "length",
+            token_ids=tuple(self.sampled),
+            timings=timings,
+            control_token=self.control_token,
+        )
 
 
 def chat_control_tokens(engine: LlamaCppEngine, candidates: tuple[str, ...]) -> list[str]:

@@ -27,12 +27,30 @@ from pathlib import Path
 from gristmill.models.base import Engine, EngineError, GenerationParams, GenerationResult, ModelInfo, TextPiece
 from gristmill.models.batch import ConcurrentEngine, PromptJob, SampleRequest, SequenceEvent
 from gristmill.models.remote_http import (
-    ClientPool, Endpoint, EndpointPool, Fault, Rejected, RetryPolicy, Secret, fetch, log, normalize_url,
+    ClientPool,
+    Endpoint,
+    EndpointPool,
+    Fault,
+    Rejected,
+    RetryPolicy,
+    Secret,
+    fetch,
+    log,
+    normalize_url,
     unreachable,
 )
 from gristmill.models.remote_protocol import (
-    COMPLETIONS_PATH, LLAMA_SERVER, MODELS_PATH, SERVER_KINDS, VLLM, Answer, Choice, ProtocolFault,
-    build_request, detect_models, parse_answer,
+    COMPLETIONS_PATH,
+    LLAMA_SERVER,
+    MODELS_PATH,
+    SERVER_KINDS,
+    VLLM,
+    Answer,
+    Choice,
+    ProtocolFault,
+    build_request,
+    detect_models,
+    parse_answer,
 )
 from gristmill.models.remote_tokenizer import RemoteTokenizer, open_tokenizer
 from gristmill.models.stops import StopMatcher, Utf8Stream
@@ -54,9 +72,18 @@ class _Group:
 class RemoteEngine(Engine, ConcurrentEngine):
     name = "remote"
 
-    def __init__(self, servers: Sequence[str], tokenizer: str | Path | RemoteTokenizer, *, concurrency: int = 4,
-                 api_key: Secret | str | None = None, server_kind: str | None = None, add_bos: bool | None = None,
-                 policy: RetryPolicy | None = None, **_ignored):
+    def __init__(
+        self,
+        servers: Sequence[str],
+        tokenizer: str | Path | RemoteTokenizer,
+        *,
+        concurrency: int = 4,
+        api_key: Secret | str | None = None,
+        server_kind: str | None = None,
+        add_bos: bool | None = None,
+        policy: RetryPolicy | None = None,
+        **_ignored,
+    ):
         if not servers:
             raise EngineError("no --server given")
         if concurrency < 1:
@@ -112,8 +139,10 @@ class RemoteEngine(Engine, ConcurrentEngine):
         served = [e.served for e in self.pool.endpoints]
         if len({s.model_id for s in served}) > 1 or len({s.kind for s in served}) > 1:
             listing = ", ".join(f"{e.url}: {e.served.kind} {e.served.model_id!r}" for e in self.pool.endpoints)
-            raise EngineError(f"the servers do not serve the same model ({listing}); give them one name "
-                              f"(llama-server --alias, vllm --served-model-name)")
+            raise EngineError(
+                f"the servers do not serve the same model ({listing}); give them one name "
+                f"(llama-server --alias, vllm --served-model-name)"
+            )
 
     # --- what is served ----------------------------------------------------------------------
     @property
@@ -134,13 +163,25 @@ class RemoteEngine(Engine, ConcurrentEngine):
             tok = self.tokenizer
             identity = f"{self.kind}|{self.model_id}|{tok.fingerprint()}"
             self._info = ModelInfo(
-                engine=self.name, path=" ".join(e.url for e in self.pool.endpoints), name=self.model_id,
-                fingerprint="remote:sha256:" + hashlib.sha256(identity.encode()).hexdigest(), size_bytes=0,
-                architecture=tok.architecture, context_length=tok.context_length, n_ctx=self.n_ctx or 0,
-                bos_id=tok.bos_id, eos_id=tok.eos_id, add_bos=tok.add_bos, add_bos_source=tok.add_bos_source,
+                engine=self.name,
+                path=" ".join(e.url for e in self.pool.endpoints),
+                name=self.model_id,
+                fingerprint="remote:sha256:" + hashlib.sha256(identity.encode()).hexdigest(),
+                size_bytes=0,
+                architecture=tok.architecture,
+                context_length=tok.context_length,
+                n_ctx=self.n_ctx or 0,
+                bos_id=tok.bos_id,
+                eos_id=tok.eos_id,
+                add_bos=tok.add_bos,
+                add_bos_source=tok.add_bos_source,
                 has_chat_template=tok.has_chat_template,
-                metadata={"tokenizer": str(tok.path), "tokenizer_fingerprint": tok.fingerprint(),
-                          "server_kind": self.kind, "servers": self.servers()},
+                metadata={
+                    "tokenizer": str(tok.path),
+                    "tokenizer_fingerprint": tok.fingerprint(),
+                    "server_kind": self.kind,
+                    "servers": self.servers(),
+                },
             )
         return self._info
 
@@ -149,9 +190,14 @@ class RemoteEngine(Engine, ConcurrentEngine):
         return [{**e.describe(), "models": e.served.raw if e.served else None} for e in self.pool.endpoints]
 
     def describe(self) -> dict:
-        return {"capacity": self.capacity, "mode": "remote", "server_kind": self.kind,
-                "concurrency": self.concurrency, "endpoints": [e.describe() for e in self.pool.endpoints],
-                "out_of_rotation": self.pool.out_of_rotation()}
+        return {
+            "capacity": self.capacity,
+            "mode": "remote",
+            "server_kind": self.kind,
+            "concurrency": self.concurrency,
+            "endpoints": [e.describe() for e in self.pool.endpoints],
+            "out_of_rotation": self.pool.out_of_rotation(),
+        }
 
     # --- Engine ------------------------------------------------------------------------------
     def tokenize(self, text: str) -> list[int]:
@@ -246,17 +292,19 @@ class RemoteEngine(Engine, ConcurrentEngine):
         except Exception as error:  # a bug must end the samples, not leave the scheduler waiting for them
             log.exception("remote request failed unexpectedly")
             outcomes = [EngineError(f"{type(error).__name__}: {error}")] * len(group.samples)
-        for sample, outcome in zip(group.samples, outcomes):
+        for sample, outcome in zip(group.samples, outcomes, strict=False):
             self._events.put(SequenceEvent(sample.key, outcome))
 
-    async def _run_group(self, ids: tuple[int, ...], params: GenerationParams,
-                         group: _Group) -> list[GenerationResult | EngineError]:
+    async def _run_group(
+        self, ids: tuple[int, ...], params: GenerationParams, group: _Group
+    ) -> list[GenerationResult | EngineError]:
         n = len(group.samples)
         reason, endpoint = "no attempt", None
         for attempt in range(self.policy.attempts):
             endpoint = self.pool.pick(avoid=endpoint)
-            payload = build_request(endpoint.served.kind, endpoint.served.model_id, list(ids), params,
-                                    group.samples[0].seed, n)
+            payload = build_request(
+                endpoint.served.kind, endpoint.served.model_id, list(ids), params, group.samples[0].seed, n
+            )
             endpoint.in_flight += n
             endpoint.requests += 1
             try:
@@ -279,14 +327,14 @@ class RemoteEngine(Engine, ConcurrentEngine):
                 return [EngineError(f"{TOKENIZED_DIFFERENTLY}: {mismatch} ({endpoint.url})")] * n
             finally:
                 endpoint.in_flight -= n
-            log.info("request to %s failed (%s); try %d of %d", endpoint.url, reason, attempt + 1,
-                     self.policy.attempts)
+            log.info("request to %s failed (%s); try %d of %d", endpoint.url, reason, attempt + 1, self.policy.attempts)
             if attempt + 1 < self.policy.attempts:
                 await asyncio.sleep(self.policy.backoff(attempt, retry_after))
         return [EngineError(f"gave up after {self.policy.attempts} tries; last error: {reason}")] * n
 
-    def _result(self, answer: Answer, choice: Choice, ids: tuple[int, ...], params: GenerationParams,
-                endpoint: Endpoint) -> GenerationResult | EngineError:
+    def _result(
+        self, answer: Answer, choice: Choice, ids: tuple[int, ...], params: GenerationParams, endpoint: Endpoint
+    ) -> GenerationResult | EngineError:
         if answer.prompt_tokens != len(ids):
             raise Mismatch(f"it counted {answer.prompt_tokens} prompt tokens, we fed {len(ids)}")
         if answer.prompt_token_ids is not None and answer.prompt_token_ids != ids:
@@ -294,8 +342,12 @@ class RemoteEngine(Engine, ConcurrentEngine):
         timings = {**answer.timings, "endpoint": endpoint.url, "server_kind": endpoint.served.kind}
         if choice.token_ids is None:  # an older server: keep its text, say the ids were not checked
             finish = _server_finish(choice)
-            return GenerationResult(text=choice.text, completion_tokens=choice.completion_tokens or 0,
-                                    finish_reason=finish, timings={**timings, "ids_checked": False})
+            return GenerationResult(
+                text=choice.text,
+                completion_tokens=choice.completion_tokens or 0,
+                finish_reason=finish,
+                timings={**timings, "ids_checked": False},
+            )
         return self._render(choice, params, timings)
 
     def _render(self, choice: Choice, params: GenerationParams, timings: dict) -> GenerationResult:
@@ -326,8 +378,13 @@ class RemoteEngine(Engine, ConcurrentEngine):
             extra["control_tokens"] = control
         if matcher.text != choice.text:
             extra["server_text_differs"] = True
-        return GenerationResult(text=matcher.text, completion_tokens=len(kept), finish_reason=finish,
-                                token_ids=tuple(kept), timings={**timings, **extra})
+        return GenerationResult(
+            text=matcher.text,
+            completion_tokens=len(kept),
+            finish_reason=finish,
+            token_ids=tuple(kept),
+            timings={**timings, **extra},
+        )
 
 
 def _server_finish(choice: Choice) -> str:

@@ -70,7 +70,7 @@ class RetryPolicy:
 
     def backoff(self, attempt: int, retry_after: float | None = None) -> float:
         """Exponential with equal jitter (half fixed, half random), never shorter than Retry-After."""
-        delay = min(self.max_s, self.base_s * (2 ** attempt))
+        delay = min(self.max_s, self.base_s * (2**attempt))
         delay = delay / 2 + random.uniform(0, delay / 2)
         if retry_after is not None:
             delay = max(delay, min(retry_after, self.max_retry_after_s))
@@ -83,8 +83,10 @@ def normalize_url(url: str) -> str:
     if parts.scheme not in ("http", "https") or not parts.hostname:
         raise ValueError(f"--server {url!r}: expected http://HOST:PORT or https://HOST:PORT")
     if parts.username or parts.password:
-        raise ValueError("--server: credentials in the URL are not accepted (they would be stored with the "
-                         "run); put the key in the environment variable named by --api-key-env")
+        raise ValueError(
+            "--server: credentials in the URL are not accepted (they would be stored with the "
+            "run); put the key in the environment variable named by --api-key-env"
+        )
     path = parts.path.rstrip("/")
     if path.endswith("/v1"):
         path = path[:-3]
@@ -120,11 +122,16 @@ class Endpoint:
     last_error: str | None = None
 
     def describe(self) -> dict:
-        return {"url": self.url, "kind": self.served.kind if self.served else None,
-                "model": self.served.model_id if self.served else None,
-                "n_ctx": self.served.n_ctx if self.served else None, "concurrency": self.concurrency,
-                "requests": self.requests, "failures": self.failures,
-                "in_rotation": self.benched_until <= time.monotonic()}
+        return {
+            "url": self.url,
+            "kind": self.served.kind if self.served else None,
+            "model": self.served.model_id if self.served else None,
+            "n_ctx": self.served.n_ctx if self.served else None,
+            "concurrency": self.concurrency,
+            "requests": self.requests,
+            "failures": self.failures,
+            "in_rotation": self.benched_until <= time.monotonic(),
+        }
 
 
 @dataclass
@@ -157,8 +164,13 @@ class EndpointPool:
         if endpoint.consecutive_failures >= self.policy.bench_after and endpoint.benched_until <= time.monotonic():
             endpoint.bench_s = min(self.policy.max_bench_s, endpoint.bench_s * 2 or self.policy.bench_s)
             endpoint.benched_until = time.monotonic() + endpoint.bench_s
-            log.warning("endpoint %s left the rotation after %d failures in a row (%s); tried again in %.0f s",
-                        endpoint.url, endpoint.consecutive_failures, reason, endpoint.bench_s)
+            log.warning(
+                "endpoint %s left the rotation after %d failures in a row (%s); tried again in %.0f s",
+                endpoint.url,
+                endpoint.consecutive_failures,
+                reason,
+                endpoint.bench_s,
+            )
 
     def out_of_rotation(self) -> list[str]:
         now = time.monotonic()
@@ -184,8 +196,13 @@ class ClientPool:
     def acquire(self) -> httpx.AsyncClient:
         if self._idle:
             return self._idle.pop()
-        client = httpx.AsyncClient(headers=self._headers, trust_env=False, timeout=self._timeout, verify=self._tls,
-                                   limits=httpx.Limits(max_connections=1, max_keepalive_connections=1))
+        client = httpx.AsyncClient(
+            headers=self._headers,
+            trust_env=False,
+            timeout=self._timeout,
+            verify=self._tls,
+            limits=httpx.Limits(max_connections=1, max_keepalive_connections=1),
+        )
         self._all.append(client)
         return client
 
@@ -221,11 +238,14 @@ async def request_json(client: httpx.AsyncClient, method: str, url: str, payload
         raise Fault(f"{type(error).__name__} ({_short(error)})") from None
     status = response.status_code
     if status == 429 or status == 408 or status >= 500:
-        raise Fault(f"HTTP {status}: {error_message(response.content)}",
-                    parse_retry_after(response.headers.get("Retry-After")))
+        raise Fault(
+            f"HTTP {status}: {error_message(response.content)}", parse_retry_after(response.headers.get("Retry-After"))
+        )
     if status == 401 or status == 403:
-        raise Rejected(f"HTTP {status}: {error_message(response.content)} (is the API key in the environment "
-                       f"variable named by --api-key-env?)")
+        raise Rejected(
+            f"HTTP {status}: {error_message(response.content)} (is the API key in the environment "
+            f"variable named by --api-key-env?)"
+        )
     if status >= 400:
         raise Rejected(f"HTTP {status}: {error_message(response.content)}")
     return response.content

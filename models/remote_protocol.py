@@ -67,7 +67,9 @@ class Choice:
 
     text: str
     finish_reason: str  # the server's: stop | length (| eos where it says so)
-    stop_detail: str | None  # why it ended, where the server says: "eos", "word" (a stop string), "limit"; None: unknown
+    stop_detail: (
+        str | None
+    )  # why it ended, where the server says: "eos", "word" (a stop string), "limit"; None: unknown
     token_ids: tuple[int, ...] | None
     completion_tokens: int | None
 
@@ -90,8 +92,9 @@ def detect_models(body: object, forced_kind: str | None = None) -> ServedModel:
     owner = str(card.get("owned_by", "")).lower()
     kind = forced_kind or (LLAMA_SERVER if owner.startswith("llama") else VLLM if owner == "vllm" else None)
     if kind is None:
-        raise ProtocolFault(f"cannot tell the server kind from owned_by={owner!r}; give --server-kind "
-                            f"({' or '.join(SERVER_KINDS)})")
+        raise ProtocolFault(
+            f"cannot tell the server kind from owned_by={owner!r}; give --server-kind ({' or '.join(SERVER_KINDS)})"
+        )
     n_ctx = None
     meta = card.get("meta")
     if kind == LLAMA_SERVER and isinstance(meta, dict) and isinstance(meta.get("n_ctx"), int):
@@ -104,23 +107,55 @@ def detect_models(body: object, forced_kind: str | None = None) -> ServedModel:
 def build_request(kind: str, model_id: str, ids: list[int], params: GenerationParams, seed: int, n: int) -> dict:
     """Every field explicit: nothing is left to a server default the run did not record."""
     common = {
-        "model": model_id, "prompt": list(ids), "n": n, "max_tokens": params.max_tokens,
-        "temperature": params.temperature, "top_p": params.top_p, "top_k": params.top_k, "min_p": params.min_p,
-        "frequency_penalty": 0.0, "presence_penalty": 0.0, "seed": seed, "stop": list(params.stop),
-        "stream": False, "echo": False,
+        "model": model_id,
+        "prompt": list(ids),
+        "n": n,
+        "max_tokens": params.max_tokens,
+        "temperature": params.temperature,
+        "top_p": params.top_p,
+        "top_k": params.top_k,
+        "min_p": params.min_p,
+        "frequency_penalty": 0.0,
+        "presence_penalty": 0.0,
+        "seed": seed,
+        "stop": list(params.stop),
+        "stream": False,
+        "echo": False,
     }
     if kind == LLAMA_SERVER:
         if n != 1:
             raise ValueError("llama-server requests carry one sample (see the module docstring)")
-        return {**common, "repeat_penalty": params.repeat_penalty, "repeat_last_n": REPEAT_LAST_N,
-                "typical_p": 1.0, "top_n_sigma": -1.0, "xtc_probability": 0.0, "dynatemp_range": 0.0,
-                "mirostat": 0, "dry_multiplier": 0.0, "ignore_eos": False, "n_probs": 0,
-                "samplers": LLAMA_SAMPLERS, "cache_prompt": False, "return_tokens": True, "verbose": True,
-                "response_fields": ["tokens", "stop_type", "tokens_evaluated"]}
-    return {**common, "repetition_penalty": params.repeat_penalty, "stop_token_ids": [],
-            "include_stop_str_in_output": False, "ignore_eos": False, "min_tokens": 0,
-            "skip_special_tokens": False, "spaces_between_special_tokens": False, "return_token_ids": True,
-            "truncate_prompt_tokens": None, "use_beam_search": False}
+        return {
+            **common,
+            "repeat_penalty": params.repeat_penalty,
+            "repeat_last_n": REPEAT_LAST_N,
+            "typical_p": 1.0,
+            "top_n_sigma": -1.0,
+            "xtc_probability": 0.0,
+            "dynatemp_range": 0.0,
+            "mirostat": 0,
+            "dry_multiplier": 0.0,
+            "ignore_eos": False,
+            "n_probs": 0,
+            "samplers": LLAMA_SAMPLERS,
+            "cache_prompt": False,
+            "return_tokens": True,
+            "verbose": True,
+            "response_fields": ["tokens", "stop_type", "tokens_evaluated"],
+        }
+    return {
+        **common,
+        "repetition_penalty": params.repeat_penalty,
+        "stop_token_ids": [],
+        "include_stop_str_in_output": False,
+        "ignore_eos": False,
+        "min_tokens": 0,
+        "skip_special_tokens": False,
+        "spaces_between_special_tokens": False,
+        "return_token_ids": True,
+        "truncate_prompt_tokens": None,
+        "use_beam_search": False,
+    }
 
 
 def _int_list(value: object, what: str) -> tuple[int, ...]:
@@ -161,17 +196,30 @@ def parse_answer(kind: str, raw: bytes, n: int) -> Answer:
             if choice.get("prompt_token_ids") is not None:
                 prompt_ids = _int_list(choice["prompt_token_ids"], "choice.prompt_token_ids")
             reason = choice.get("stop_reason")  # a stop string, a stop token id, or null for EOS / length
-            detail = ("limit" if finish == "length" else "word" if isinstance(reason, str) else "eos")
+            detail = "limit" if finish == "length" else "word" if isinstance(reason, str) else "eos"
             count = len(ids) if ids is not None else (usage.get("completion_tokens") if n == 1 else None)
-        parsed.append(Choice(text=choice["text"], finish_reason=finish, stop_detail=detail, token_ids=ids,
-                             completion_tokens=count))
+        parsed.append(
+            Choice(
+                text=choice["text"], finish_reason=finish, stop_detail=detail, token_ids=ids, completion_tokens=count
+            )
+        )
     timings = body.get("timings") if isinstance(body.get("timings"), dict) else {}
-    cached = (usage.get("prompt_tokens_details") or {}).get("cached_tokens") if isinstance(
-        usage.get("prompt_tokens_details"), dict) else None
-    extra = {"server_prompt_ms": timings.get("prompt_ms"), "server_predicted_ms": timings.get("predicted_ms"),
-             "cached_tokens": cached}
-    return Answer(prompt_tokens=usage["prompt_tokens"], prompt_token_ids=prompt_ids, choices=tuple(parsed),
-                  timings={k: v for k, v in extra.items() if v is not None})
+    cached = (
+        (usage.get("prompt_tokens_details") or {}).get("cached_tokens")
+        if isinstance(usage.get("prompt_tokens_details"), dict)
+        else None
+    )
+    extra = {
+        "server_prompt_ms": timings.get("prompt_ms"),
+        "server_predicted_ms": timings.get("predicted_ms"),
+        "cached_tokens": cached,
+    }
+    return Answer(
+        prompt_tokens=usage["prompt_tokens"],
+        prompt_token_ids=prompt_ids,
+        choices=tuple(parsed),
+        timings={k: v for k, v in extra.items() if v is not None},
+    )
 
 
 def error_message(raw: bytes) -> str:

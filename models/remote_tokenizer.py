@@ -60,18 +60,20 @@ class RemoteTokenizer(ABC):
             if position == 0 and self.add_bos and token_id == self.bos_id:
                 continue
             if self.is_control(token_id):
-                raise PromptRefused(f"prompt contains control token {token_id} at position {position}; "
-                                    f"control tokens are never fed")
+                raise PromptRefused(
+                    f"prompt contains control token {token_id} at position {position}; control tokens are never fed"
+                )
         if n_ctx and len(ids) + max_tokens > n_ctx:
             raise PromptRefused(
                 f"prompt has {len(ids)} tokens; with max_tokens {max_tokens} that is {len(ids) + max_tokens}, "
                 f"more than the server's context of {n_ctx} tokens per sequence (never truncated: shorten the "
-                f"prompt, lower --max-tokens or give the server a larger context)")
+                f"prompt, lower --max-tokens or give the server a larger context)"
+            )
 
     @abstractmethod
     def fingerprint(self) -> str: ...
 
-    def close(self) -> None:
+    def close(self) -> None:  # noqa: B027 - most tokenizers hold nothing to free
         """Free the vocabulary."""
 
 
@@ -138,8 +140,9 @@ class HfTokenizer(RemoteTokenizer):
         self.add_bos_source = "tokenizer.json" if add_bos is None else "override"
         eos_text = config.get("eos_token")
         self.eos_id = self._special.get(eos_text) if isinstance(eos_text, str) else None
-        self.context_length = int(config.get("model_max_length") or 0) if str(
-            config.get("model_max_length", "")).isdigit() else 0
+        self.context_length = (
+            int(config.get("model_max_length") or 0) if str(config.get("model_max_length", "")).isdigit() else 0
+        )
         self.name = path.parent.name or path.name
         self.architecture = "unknown"
         self.has_chat_template = bool(config.get("chat_template"))

@@ -45,7 +45,7 @@ class StopMatcher:
         else:
             cut = len(self._pending) - self._hold if self._hold else len(self._pending)
             # never split a held-back surrogate pair: text here is str, so a cut is always safe
-            emit, self._pending = self._pending[: max(cut, 0)], self._pending[max(cut, 0):]
+            emit, self._pending = self._pending[: max(cut, 0)], self._pending[max(cut, 0) :]
         self.text += emit
         return emit
 

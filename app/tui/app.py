@@ -34,7 +34,11 @@ def _room_screen(module: str, name: str):
     import importlib
 
     return getattr(importlib.import_module(f"gristmill.app.tui.{module}"), name)()
-LOOKUP_STEPS = 50_000  # SQLite steps a lookup may take on the event loop (about a millisecond); longer ones go to a thread
+
+
+LOOKUP_STEPS = (
+    50_000  # SQLite steps a lookup may take on the event loop (about a millisecond); longer ones go to a thread
+)
 
 
 @dataclass
@@ -66,9 +70,16 @@ class GristmillApp(App):
         "stats": lambda: _room_screen("stats_screen", "StatsScreen"),
     }
 
-    def __init__(self, db_path: Path, *, reviewer: str, keymap: dict[str, str] | None = None,
-                 store: Store | None = None, reject_reasons: Sequence[str] = DEFAULT_REJECT_REASONS,
-                 generate_config: GenerateConfig | None = None):
+    def __init__(
+        self,
+        db_path: Path,
+        *,
+        reviewer: str,
+        keymap: dict[str, str] | None = None,
+        store: Store | None = None,
+        reject_reasons: Sequence[str] = DEFAULT_REJECT_REASONS,
+        generate_config: GenerateConfig | None = None,
+    ):
         super().__init__()
         self.reject_reasons = list(reject_reasons)
         self.generate_config = generate_config or GenerateConfig()  # the generate room's defaults
@@ -234,9 +245,15 @@ class GristmillApp(App):
         self.store.close()
 
 
-def make_app(db_path: Path, *, reviewer: str, keymap: dict[str, str] | None = None,
-             reject_reasons: Sequence[str] = DEFAULT_REJECT_REASONS,
-             generate_config: GenerateConfig | None = None) -> GristmillApp:
+def make_app(
+    db_path: Path,
+    *,
+    reviewer: str,
+    keymap: dict[str, str] | None = None,
+    reject_reasons: Sequence[str] = DEFAULT_REJECT_REASONS,
+    generate_config: GenerateConfig | None = None,
+) -> GristmillApp:
     """The one factory used by the CLI and the tests."""
-    return GristmillApp(db_path, reviewer=reviewer, keymap=keymap, reject_reasons=reject_reasons,
-                        generate_config=generate_config)
+    return GristmillApp(
+        db_path, reviewer=reviewer, keymap=keymap, reject_reasons=reject_reasons, generate_config=generate_config
+    )

@@ -17,8 +17,10 @@ def _select(options, value, prompt: str, widget_id: str) -> Select:
 
 class BrowseFilterScreen(ModalScreen[BrowseFilter | None]):
     CSS_PATH = "browse_filter.tcss"
-    BINDINGS = [Binding("escape", "cancel", "Cancel", id="cancel_browse_filter"),
-                Binding("ctrl+s", "apply", "Apply", id="apply_browse_filter")]
+    BINDINGS = [
+        Binding("escape", "cancel", "Cancel", id="cancel_browse_filter"),
+        Binding("ctrl+s", "apply", "Apply", id="apply_browse_filter"),
+    ]
 
     def __init__(self, current: BrowseFilter, choices: dict[str, list]):
         super().__init__()
@@ -39,10 +41,18 @@ class BrowseFilterScreen(ModalScreen[BrowseFilter | None]):
                 yield _select([(r, r) for r in k.get("reviewers", [])], c.reviewer, "reviewer (any)", "reviewer")
             with Horizontal():
                 yield _select([(label, run_id) for run_id, label in k.get("runs", [])], c.run_id, "run (any)", "run")
-                yield Input(str(c.min_chars if c.min_chars is not None else ""), placeholder="min chars",
-                            type="integer", id="min")
-                yield Input(str(c.max_chars if c.max_chars is not None else ""), placeholder="max chars",
-                            type="integer", id="max")
+                yield Input(
+                    str(c.min_chars if c.min_chars is not None else ""),
+                    placeholder="min chars",
+                    type="integer",
+                    id="min",
+                )
+                yield Input(
+                    str(c.max_chars if c.max_chars is not None else ""),
+                    placeholder="max chars",
+                    type="integer",
+                    id="max",
+                )
             yield Button("Apply", variant="primary", id="apply")
 
     def value(self) -> BrowseFilter:
@@ -54,10 +64,18 @@ class BrowseFilterScreen(ModalScreen[BrowseFilter | None]):
             text = self.query_one(f"#{widget_id}", Input).value.strip()
             return int(text) if text.lstrip("-").isdigit() else None
 
-        return BrowseFilter(status=chosen("status"), decision=chosen("decision"), instruction_type=chosen("type"),
-                            style=chosen("style"), flag=chosen("flag"), reviewer=chosen("reviewer"),
-                            run_id=chosen("run"), min_chars=number("min"), max_chars=number("max"),
-                            search=self.current.search)
+        return BrowseFilter(
+            status=chosen("status"),
+            decision=chosen("decision"),
+            instruction_type=chosen("type"),
+            style=chosen("style"),
+            flag=chosen("flag"),
+            reviewer=chosen("reviewer"),
+            run_id=chosen("run"),
+            min_chars=number("min"),
+            max_chars=number("max"),
+            search=self.current.search,
+        )
 
     def on_input_submitted(self) -> None:
         self.action_apply()

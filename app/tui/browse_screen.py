@@ -23,11 +23,28 @@ from gristmill.app.textsafe import visible
 from gristmill.app.tui.keyhints import KeyHints
 
 PAGE_SIZE = 100
-HINTS = (("enter", "open"), ("search", "search"), ("browse_filter", "filter"), ("browse_sort", "sort"),
-         ("browse_reverse", "reverse"), ("bulk_accept", "accept all"), ("bulk_reject", "reject all"),
-         ("browse_undo", "undo"), ("next_page", "page"), ("previous_page", "page"))
-COLUMNS = (("id", "id"), ("status", "status"), ("decision", "decision"), ("type", "type"), ("style", "style"),
-           ("chars", "chars"), ("instruction", "instruction"), ("output", "output"))
+HINTS = (
+    ("enter", "open"),
+    ("search", "search"),
+    ("browse_filter", "filter"),
+    ("browse_sort", "sort"),
+    ("browse_reverse", "reverse"),
+    ("bulk_accept", "accept all"),
+    ("bulk_reject", "reject all"),
+    ("browse_undo", "undo"),
+    ("next_page", "page"),
+    ("previous_page", "page"),
+)
+COLUMNS = (
+    ("id", "id"),
+    ("status", "status"),
+    ("decision", "decision"),
+    ("type", "type"),
+    ("style", "style"),
+    ("chars", "chars"),
+    ("instruction", "instruction"),
+    ("output", "output"),
+)
 SORTABLE = tuple(key for key, _ in COLUMNS if key in browse.SORTS)
 
 
@@ -101,8 +118,9 @@ class BrowseScreen(Screen):
             self.count_pending = True
         self._show_meta(loading=True)
         if self._bounded(self.view):  # one index or FTS5 seek and LIMIT: no thread round trip needed
-            self.on_page_loaded(PageLoaded(self.view, browse.page(self.app.store, self.view.where, self.view.sort,
-                                                                  0, PAGE_SIZE)))
+            self.on_page_loaded(
+                PageLoaded(self.view, browse.page(self.app.store, self.view.where, self.view.sort, 0, PAGE_SIZE))
+            )
         else:
             self.fetch_page(self.view)
 
@@ -138,9 +156,17 @@ class BrowseScreen(Screen):
         table = self.query_one(DataTable)
         table.clear()
         for row in message.page.rows:
-            table.add_row(str(row.generation_id), row.status, row.decision or "-", row.instruction_type,
-                          row.style, str(row.chars), one_line(row.instruction), one_line(row.output),
-                          key=str(row.generation_id))
+            table.add_row(
+                str(row.generation_id),
+                row.status,
+                row.decision or "-",
+                row.instruction_type,
+                row.style,
+                str(row.chars),
+                one_line(row.instruction),
+                one_line(row.output),
+                key=str(row.generation_id),
+            )
         self._show_meta()
         if self.count_pending:
             self.count_pending = False
@@ -162,8 +188,9 @@ class BrowseScreen(Screen):
         else:
             where = f"nothing matches (of {total})" if self.total is not None else "nothing matches"
         arrow = "↓" if v.sort.descending else "↑"
-        self.query_one("#browse-meta", Static).update(Text(
-            f"{where} · sort {v.sort.column} {arrow} · {v.where.describe()}"))
+        self.query_one("#browse-meta", Static).update(
+            Text(f"{where} · sort {v.sort.column} {arrow} · {v.where.describe()}")
+        )
 
     @on(DataTable.RowHighlighted)
     def _moved(self) -> None:
@@ -251,9 +278,14 @@ class BrowseScreen(Screen):
             self.app.refresh_counts()
             self.load()
 
-        self.app.push_screen(ConfirmScreen(
-            f"{verb} all {n:,} finished generation(s) in this view ({where.describe()})?\n"
-            f"Recorded as one action: one u undoes it.", yes=f"{verb} {n:,}"), answered)
+        self.app.push_screen(
+            ConfirmScreen(
+                f"{verb} all {n:,} finished generation(s) in this view ({where.describe()})?\n"
+                f"Recorded as one action: one u undoes it.",
+                yes=f"{verb} {n:,}",
+            ),
+            answered,
+        )
 
     def action_undo(self) -> None:
         touched = review.undo(self.app.store, self.app.reviewer)

@@ -11,8 +11,10 @@ from textual.widgets import Button, Label
 
 class ConfirmScreen(ModalScreen[bool]):
     CSS_PATH = "confirm.tcss"
-    BINDINGS = [Binding("y", "answer(True)", "Yes", id="confirm_yes"),
-                Binding("n,escape", "answer(False)", "No", id="confirm_no")]
+    BINDINGS = [
+        Binding("y", "answer(True)", "Yes", id="confirm_yes"),
+        Binding("n,escape", "answer(False)", "No", id="confirm_no"),
+    ]
 
     def __init__(self, question: str, yes: str = "Yes"):
         super().__init__()

@@ -25,8 +25,9 @@ DEFAULT_FILE = "export.jsonl"
 def describe(report: ExportReport) -> Text:
     text = Text()
     text.append(f"{report.records:,} record(s) written\n", style="bold")
-    text.append(f"dedup dropped {len(report.dropped):,}" + (" (the manifest lists each pair)\n" if report.dropped
-                                                            else "\n"))
+    text.append(
+        f"dedup dropped {len(report.dropped):,}" + (" (the manifest lists each pair)\n" if report.dropped else "\n")
+    )
     text.append(f"file: {Path(report.path).resolve()}\nmanifest: {Path(report.manifest_path).resolve()}\n")
     text.append(f"sha256 {report.sha256}", style="dim")
     return text
@@ -34,8 +35,10 @@ def describe(report: ExportReport) -> Text:
 
 class ExportScreen(ModalScreen[ExportReport | None]):
     CSS_PATH = "export_screen.tcss"
-    BINDINGS = [Binding("escape", "close", "Close", id="close_export"),
-                Binding("ctrl+s", "export", "Export", id="run_export")]
+    BINDINGS = [
+        Binding("escape", "close", "Close", id="close_export"),
+        Binding("ctrl+s", "export", "Export", id="run_export"),
+    ]
 
     def __init__(self) -> None:
         super().__init__()
@@ -76,8 +79,14 @@ class ExportScreen(ModalScreen[ExportReport | None]):
             text = self.query_one(f"#{widget_id}", Input).value.strip()
             return int(text) if text.isdigit() else None
 
-        return ExportFilter(instruction_type=chosen("type"), style=chosen("style"), run_id=chosen("run"),
-                            reviewer=chosen("reviewer"), min_chars=number("min"), max_chars=number("max"))
+        return ExportFilter(
+            instruction_type=chosen("type"),
+            style=chosen("style"),
+            run_id=chosen("run"),
+            reviewer=chosen("reviewer"),
+            min_chars=number("min"),
+            max_chars=number("max"),
+        )
 
     @on(Input.Submitted)
     @on(Button.Pressed, "#go")
@@ -89,8 +98,9 @@ class ExportScreen(ModalScreen[ExportReport | None]):
             self.query_one("#result", Static).update(Text(f"directory {path.parent} does not exist", style="red"))
             return
         self.query_one("#result", Static).update("Exporting…")
-        self.worker = self.run_export(path, str(self.query_one("#format", Select).value), self.where(),
-                                      self.query_one("#dedup", Checkbox).value)
+        self.worker = self.run_export(
+            path, str(self.query_one("#format", Select).value), self.where(), self.query_one("#dedup", Checkbox).value
+        )
 
     @work(thread=True, exclusive=True, exit_on_error=False, group="export", description="export")
     def run_export(self, path: Path, fmt: str, where: ExportFilter, dedup: bool) -> ExportReport:

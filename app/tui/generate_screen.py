@@ -28,8 +28,12 @@ from gristmill.app.textsafe import visible
 from gristmill.app.tui.keyhints import KeyHints
 
 LIVE_TAIL = 4000  # characters of the item in flight kept on screen
-HINTS = (("start_generation", "start/resume"), ("stop_generation", "stop"), ("leave_field", "leave field"),
-         ("tab", "next field"))
+HINTS = (
+    ("start_generation", "start/resume"),
+    ("stop_generation", "stop"),
+    ("leave_field", "leave field"),
+    ("tab", "next field"),
+)
 
 
 @dataclass
@@ -61,8 +65,11 @@ def clock(seconds: float | None) -> str:
     if seconds is None:
         return "-"
     seconds = int(seconds)
-    return f"{seconds // 3600}:{seconds // 60 % 60:02d}:{seconds % 60:02d}" if seconds >= 3600 else \
-        f"{seconds // 60}:{seconds % 60:02d}"
+    return (
+        f"{seconds // 3600}:{seconds // 60 % 60:02d}:{seconds % 60:02d}"
+        if seconds >= 3600
+        else f"{seconds // 60}:{seconds % 60:02d}"
+    )
 
 
 class GenerateScreen(Screen):
@@ -106,8 +113,9 @@ class GenerateScreen(Screen):
                 yield Button("Start", variant="success", id="start")
                 yield Button("Stop", variant="error", id="stop", disabled=True)
         yield ProgressBar(total=1, show_eta=False, id="bar")  # not running: a still bar, no animation
-        yield Static("Not running. Choose settings and press Start (ctrl+s); the same settings resume "
-                     "their run.", id="status")
+        yield Static(
+            "Not running. Choose settings and press Start (ctrl+s); the same settings resume their run.", id="status"
+        )
         with VerticalScroll(id="live"):
             yield Static(id="live-text")
         yield KeyHints(HINTS)
@@ -135,10 +143,14 @@ class GenerateScreen(Screen):
             self.notify("samples and max tokens must be at least 1, temperature at least 0", severity="error")
             return None
         run = self.query_one("#run", Select).value
-        return JobRequest(style=str(self.query_one("#style", Select).value), samples=samples,
-                          max_tokens=max_tokens, temperature=temperature,
-                          model=self.query_one("#model", Input).value.strip() or None,
-                          run_id=None if run is Select.NULL else int(run))
+        return JobRequest(
+            style=str(self.query_one("#style", Select).value),
+            samples=samples,
+            max_tokens=max_tokens,
+            temperature=temperature,
+            model=self.query_one("#model", Input).value.strip() or None,
+            run_id=None if run is Select.NULL else int(run),
+        )
 
     @on(Button.Pressed, "#start")
     def action_start(self) -> None:
@@ -186,9 +198,15 @@ class GenerateScreen(Screen):
             live.clear()
             self.post_message(Progressed(progress))
 
-        return run_job(self.app.db_path, merged(self.app.generate_config, request),
-                       on_started=lambda s: self.post_message(RunStarted(s)), on_progress=progressed,
-                       on_piece=piece, should_stop=lambda: worker.is_cancelled, run_id=request.run_id)
+        return run_job(
+            self.app.db_path,
+            merged(self.app.generate_config, request),
+            on_started=lambda s: self.post_message(RunStarted(s)),
+            on_progress=progressed,
+            on_piece=piece,
+            should_stop=lambda: worker.is_cancelled,
+            run_id=request.run_id,
+        )
 
     # --- reports --------------------------------------------------------------------------------
     def on_run_started(self, message: RunStarted) -> None:
@@ -208,8 +226,11 @@ class GenerateScreen(Screen):
         self.query_one("#live", VerticalScroll).scroll_end(animate=False)
 
     def on_worker_state_changed(self, event: Worker.StateChanged) -> None:
-        if event.worker is not self.worker or event.state not in (WorkerState.SUCCESS, WorkerState.ERROR,
-                                                                   WorkerState.CANCELLED):
+        if event.worker is not self.worker or event.state not in (
+            WorkerState.SUCCESS,
+            WorkerState.ERROR,
+            WorkerState.CANCELLED,
+        ):
             return
         self._buttons(running=False)
         run = f"run {self.started.run_id}" if self.started else "the run"
@@ -246,8 +267,10 @@ class GenerateScreen(Screen):
         if s is not None:
             parts.append(f"run {s.run_id} · {s.style} · {s.model}")
         if p is not None:
-            parts.append(f"{p.finished:,}/{p.total:,} · {p.tokens_per_s:.1f} tok/s · ETA {clock(p.eta_s)} · "
-                         f"refused {p.refused} · failed {p.failed}")
+            parts.append(
+                f"{p.finished:,}/{p.total:,} · {p.tokens_per_s:.1f} tok/s · ETA {clock(p.eta_s)} · "
+                f"refused {p.refused} · failed {p.failed}"
+            )
         elif s is not None:
             parts.append(f"{s.already:,}/{s.total:,} already done · generating…")
         self.query_one("#status", Static).update(Text("\n".join(parts)))

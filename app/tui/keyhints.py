@@ -6,8 +6,19 @@ from rich.text import Text
 from textual.binding import Binding
 from textual.widgets import Static
 
-KEY_NAMES = {"question_mark": "?", "slash": "/", "right_square_bracket": "]", "left_square_bracket": "[",
-             "escape": "esc", "enter": "enter", "pagedown": "pgdn", "pageup": "pgup", "ctrl+s": "^s", "ctrl+x": "^x", "number_sign": "#"}
+KEY_NAMES = {
+    "question_mark": "?",
+    "slash": "/",
+    "right_square_bracket": "]",
+    "left_square_bracket": "[",
+    "escape": "esc",
+    "enter": "enter",
+    "pagedown": "pgdn",
+    "pageup": "pgup",
+    "ctrl+s": "^s",
+    "ctrl+x": "^x",
+    "number_sign": "#",
+}
 
 
 def typed(keys: str) -> str:
@@ -28,8 +39,7 @@ class KeyHints(Static):
         self.hints = hints
 
     def on_mount(self) -> None:
-        by_id = {b.id: b for node in (self.screen, self.app) for b in node.BINDINGS
-                 if isinstance(b, Binding) and b.id}
+        by_id = {b.id: b for node in (self.screen, self.app) for b in node.BINDINGS if isinstance(b, Binding) and b.id}
         line = Text()
         for binding_id, label in self.hints:
             binding = by_id.get(binding_id)

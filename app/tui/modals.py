@@ -58,9 +58,11 @@ class EditScreen(ModalScreen[str | None]):
     """
 
     CSS_PATH = "modals.tcss"
-    BINDINGS = [Binding("ctrl+s", "save", "Save and accept", id="save_edit"),
-                Binding("ctrl+o", "original", "Model output", id="original_edit"),
-                Binding("escape", "cancel", "Cancel", id="cancel_edit")]
+    BINDINGS = [
+        Binding("ctrl+s", "save", "Save and accept", id="save_edit"),
+        Binding("ctrl+o", "original", "Model output", id="original_edit"),
+        Binding("escape", "cancel", "Cancel", id="cancel_edit"),
+    ]
 
     def __init__(self, text: str, *, instruction: str = "", original: str | None = None, restored: bool = False):
         super().__init__()
@@ -121,8 +123,10 @@ class FilterScreen(ModalScreen[QueueFilter | None]):
     """
 
     CSS_PATH = "modals.tcss"
-    BINDINGS = [Binding("escape", "cancel", "Cancel", id="cancel_filter"),
-                Binding("enter", "apply", "Apply", id="apply_filter", priority=True)]
+    BINDINGS = [
+        Binding("escape", "cancel", "Cancel", id="cancel_filter"),
+        Binding("enter", "apply", "Apply", id="apply_filter", priority=True),
+    ]
 
     def __init__(self, current: QueueFilter, choices: dict[str, list] | None = None):
         super().__init__()
@@ -132,8 +136,10 @@ class FilterScreen(ModalScreen[QueueFilter | None]):
     def check_action(self, action: str, parameters: tuple) -> bool | None:
         if action == "apply":  # let an open Select list, a button or a text field take Enter themselves
             focused = self.focused
-            return not (focused is not None and (isinstance(focused, (Button, Input))
-                                                 or type(focused).__name__ == "SelectOverlay"))
+            return not (
+                focused is not None
+                and (isinstance(focused, (Button, Input)) or type(focused).__name__ == "SelectOverlay")
+            )
         return True
 
     def action_apply(self) -> None:
@@ -146,21 +152,44 @@ class FilterScreen(ModalScreen[QueueFilter | None]):
             yield Select([(s, s) for s in REVIEW_STATES], value=c.state, allow_blank=False, id="state")
             k = self.choices
             with Horizontal():
-                yield Select([(t, t) for t in k.get("types", [])], value=c.instruction_type or Select.NULL,
-                             prompt="type (any)", id="type")
-                yield Select([(t, t) for t in k.get("styles", [])], value=c.style or Select.NULL,
-                             prompt="style (any)", id="style")
+                yield Select(
+                    [(t, t) for t in k.get("types", [])],
+                    value=c.instruction_type or Select.NULL,
+                    prompt="type (any)",
+                    id="type",
+                )
+                yield Select(
+                    [(t, t) for t in k.get("styles", [])],
+                    value=c.style or Select.NULL,
+                    prompt="style (any)",
+                    id="style",
+                )
             with Horizontal():
-                yield Select([(label, run_id) for run_id, label in k.get("runs", [])],
-                             value=c.run_id if c.run_id is not None else Select.NULL, prompt="run (any)", id="run")
-                yield Select([(f, f) for f in ALL_FLAGS], value=c.flag or Select.NULL, prompt="flag (any)",
-                             id="flag")
+                yield Select(
+                    [(label, run_id) for run_id, label in k.get("runs", [])],
+                    value=c.run_id if c.run_id is not None else Select.NULL,
+                    prompt="run (any)",
+                    id="run",
+                )
+                yield Select([(f, f) for f in ALL_FLAGS], value=c.flag or Select.NULL, prompt="flag (any)", id="flag")
             with Horizontal():
                 # digits only: Textual's "integer" type lets a lone "-" through, which int() refuses
-                yield Input(str(c.min_chars or ""), placeholder="min chars", type="integer", restrict=r"[0-9]*",
-                            max_length=9, id="min")
-                yield Input(str(c.max_chars or ""), placeholder="max chars", type="integer", restrict=r"[0-9]*",
-                            max_length=9, id="max")
+                yield Input(
+                    str(c.min_chars or ""),
+                    placeholder="min chars",
+                    type="integer",
+                    restrict=r"[0-9]*",
+                    max_length=9,
+                    id="min",
+                )
+                yield Input(
+                    str(c.max_chars or ""),
+                    placeholder="max chars",
+                    type="integer",
+                    restrict=r"[0-9]*",
+                    max_length=9,
+                    id="max",
+                )
             yield Button("Apply", variant="primary", id="apply")
 
     def _value(self) -> QueueFilter:
@@ -175,9 +204,15 @@ class FilterScreen(ModalScreen[QueueFilter | None]):
             value = self.query_one(f"#{widget_id}", Select).value
             return None if value is Select.NULL else value
 
-        return QueueFilter(state=str(self.query_one("#state", Select).value), instruction_type=chosen("type"),
-                           style=chosen("style"), run_id=chosen("run"), flag=chosen("flag"),
-                           min_chars=number("min"), max_chars=number("max"))
+        return QueueFilter(
+            state=str(self.query_one("#state", Select).value),
+            instruction_type=chosen("type"),
+            style=chosen("style"),
+            run_id=chosen("run"),
+            flag=chosen("flag"),
+            min_chars=number("min"),
+            max_chars=number("max"),
+        )
 
     def on_input_submitted(self) -> None:
         self.dismiss(self._value())

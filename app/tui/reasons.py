@@ -34,8 +34,9 @@ class ReasonScreen(ModalScreen[str | None]):
     def compose(self) -> ComposeResult:
         with Vertical(id="reason-dialog"):
             yield Label(f"Reject #{self.generation_id} because… (digit or enter; escape cancels)")
-            yield OptionList(*[Option(Text(f"{n}  {reason}"), id=reason) for n, reason in enumerate(self.reasons, 1)],
-                             id="reasons")
+            yield OptionList(
+                *[Option(Text(f"{n}  {reason}"), id=reason) for n, reason in enumerate(self.reasons, 1)], id="reasons"
+            )
 
     def on_mount(self) -> None:
         self.query_one(OptionList).focus()

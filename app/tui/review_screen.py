@@ -30,9 +30,19 @@ def plain(text: str, style: str = "") -> Text:
     return Text(visible(text), style=style)
 
 
-HINTS = (("accept", "acc"), ("reject", "rej"), ("edit", "edit"), ("skip", "skip"), ("undo", "undo"),
-         ("next", "next"), ("previous", "back"), ("1-9", "pick"), ("toggle_compare", "cmp"),
-         ("filter", "filter"), ("jump", "id"))
+HINTS = (
+    ("accept", "acc"),
+    ("reject", "rej"),
+    ("edit", "edit"),
+    ("skip", "skip"),
+    ("undo", "undo"),
+    ("next", "next"),
+    ("previous", "back"),
+    ("1-9", "pick"),
+    ("toggle_compare", "cmp"),
+    ("filter", "filter"),
+    ("jump", "id"),
+)
 
 
 class ReviewScreen(Screen):
@@ -87,11 +97,16 @@ class ReviewScreen(Screen):
     def show(self, generation_id: int | None) -> None:
         store = self.app.store
         self.item = review.load_item(store, generation_id) if generation_id else None
-        meta, instruction, output, prompt = (self.query_one(f"#{i}", Static)
-                                             for i in ("meta", "instruction", "output", "prompt"))
+        meta, instruction, output, prompt = (
+            self.query_one(f"#{i}", Static) for i in ("meta", "instruction", "output", "prompt")
+        )
         if self.item is None:
-            meta.update(Text(f"Nothing to review in this view ({self._describe_queue()}). New generations "
-                             "appear as they are written: g generates, f changes the filter, b browses."))
+            meta.update(
+                Text(
+                    f"Nothing to review in this view ({self._describe_queue()}). New generations "
+                    "appear as they are written: g generates, f changes the filter, b browses."
+                )
+            )
             for widget in (instruction, output, prompt):
                 widget.update("")
             self._show_compare(False)
@@ -111,8 +126,12 @@ class ReviewScreen(Screen):
             body.append_text(plain(item.input))
         instruction.update(body)
         shown = Text()
-        shown.append("Edited response (original kept; d shows the diff)\n" if item.edited_response is not None
-                      else "Model output\n", style="bold")
+        shown.append(
+            "Edited response (original kept; d shows the diff)\n"
+            if item.edited_response is not None
+            else "Model output\n",
+            style="bold",
+        )
         shown.append_text(plain(item.response))
         output.update(shown)
         prompt.update(plain(item.prompt))
@@ -133,12 +152,20 @@ class ReviewScreen(Screen):
             return
         flags = ", ".join(item.flags) or "none"
         decision = f" · {item.decision} by {item.reviewer}" if item.decision else ""
-        where = (f"item {self.position[0]:,} of {self.position[1]:,}" if self.position and self.position[0]
-                 else "not in this queue" if self.position else "item … of …")
-        self.query_one("#meta", Static).update(Text(
-            f"{where} · queue: {self._describe_queue()}\n"
-            f"#{item.generation_id} · sample {item.sample_index + 1} of {item.samples} · {item.instruction_type} · "
-            f"{item.style} · {item.completion_tokens} tok · {item.finish_reason} · flags: {flags}{decision}"))
+        where = (
+            f"item {self.position[0]:,} of {self.position[1]:,}"
+            if self.position and self.position[0]
+            else "not in this queue"
+            if self.position
+            else "item … of …"
+        )
+        self.query_one("#meta", Static).update(
+            Text(
+                f"{where} · queue: {self._describe_queue()}\n"
+                f"#{item.generation_id} · sample {item.sample_index + 1} of {item.samples} · {item.instruction_type} · "
+                f"{item.style} · {item.completion_tokens} tok · {item.finish_reason} · flags: {flags}{decision}"
+            )
+        )
 
     @work(thread=True, exclusive=True, exit_on_error=False, group="position", description="queue position")
     def find_position(self, queue: QueueFilter, generation_id: int) -> None:
@@ -199,9 +226,18 @@ class ReviewScreen(Screen):
 
     def _describe_queue(self) -> str:
         q = self.queue
-        parts = [q.state] + [f"{k}={v}" for k, v in (("type", q.instruction_type), ("style", q.style),
-                                                      ("run", q.run_id), ("flag", q.flag), ("min", q.min_chars),
-                                                      ("max", q.max_chars)) if v]
+        parts = [q.state] + [
+            f"{k}={v}"
+            for k, v in (
+                ("type", q.instruction_type),
+                ("style", q.style),
+                ("run", q.run_id),
+                ("flag", q.flag),
+                ("min", q.min_chars),
+                ("max", q.max_chars),
+            )
+            if v
+        ]
         return ", ".join(parts)
 
     def on_screen_resume(self) -> None:
@@ -214,7 +250,9 @@ class ReviewScreen(Screen):
         if self.item is None or not self.has_class("comparing"):
             return False
         shown = [(s.generation_id, s.status, s.decision) for s in self.query_one(ComparePanes).samples]
-        now = [(s.generation_id, s.status, s.decision) for s in review.samples_of(self.app.store, self.item.generation_id)]
+        now = [
+            (s.generation_id, s.status, s.decision) for s in review.samples_of(self.app.store, self.item.generation_id)
+        ]
         return shown != now
 
     def _recheck_when_empty(self) -> None:
@@ -235,8 +273,12 @@ class ReviewScreen(Screen):
         """After a decision: the next item in the queue after this one, else the first from the start."""
         current = self.item.generation_id if self.item else 0
         queue = self.queue
-        self.app.lookup(lambda store: review.next_in_queue(store, queue, after=current)
-                        or review.next_in_queue(store, queue, after=0), self.show)
+        self.app.lookup(
+            lambda store: (
+                review.next_in_queue(store, queue, after=current) or review.next_in_queue(store, queue, after=0)
+            ),
+            self.show,
+        )
 
     # --- decisions ------------------------------------------------------------------------------
     def _decide(self, decision: str, edited: str | None = None, reason: str | None = None) -> None:
@@ -250,7 +292,9 @@ class ReviewScreen(Screen):
             self._adjust_total(item.decision, decision)
             verb = {"accept": "Accepted", "reject": "Rejected", "skip": "Skipped"}[decision]
             because = f" ({reason})" if reason else ""
-            self.notify(f"{verb} #{decided}{because}" + (" with your edit" if edited is not None else "") + " · u undoes")
+            self.notify(
+                f"{verb} #{decided}{because}" + (" with your edit" if edited is not None else "") + " · u undoes"
+            )
             self._remember(decided)
             self._advance()
 
@@ -303,8 +347,10 @@ class ReviewScreen(Screen):
             return
         if self._samples_changed():  # never decide on text the reviewer has not seen
             self._show_compare(True)
-            self.notify("The samples changed since they were shown (one finished or was decided): "
-                        "look again, then pick", severity="warning")
+            self.notify(
+                "The samples changed since they were shown (one finished or was decided): look again, then pick",
+                severity="warning",
+            )
             return
         pick = review.pick_best(self.app.store, self.item.generation_id, k, self.app.reviewer)
         if not pick.ok:
@@ -327,8 +373,15 @@ class ReviewScreen(Screen):
             if text is not None and self.item is not None and self.item.generation_id == item.generation_id:
                 self._decide("accept", None if text == item.completion else text)
 
-        self.app.push_screen(EditScreen(last if last is not None else item.response, instruction=item.instruction,
-                                        original=item.completion, restored=last is not None), saved)
+        self.app.push_screen(
+            EditScreen(
+                last if last is not None else item.response,
+                instruction=item.instruction,
+                original=item.completion,
+                restored=last is not None,
+            ),
+            saved,
+        )
 
     def action_diff(self) -> None:
         if self.item is None:

@@ -85,8 +85,12 @@ class StatsScreen(Screen):
         self._lengths(data["response_lengths"])
         t = data["throughput"]
         self.query_one("#throughput", Sparkline).data = t["generations"] or [0]
-        label = (f"throughput, run {t['run_id']}: generations per minute over {len(t['minutes'])} minute(s), "
-                 f"peak {max(t['generations'], default=0)}" if t["run_id"] else "throughput: no run yet")
+        label = (
+            f"throughput, run {t['run_id']}: generations per minute over {len(t['minutes'])} minute(s), "
+            f"peak {max(t['generations'], default=0)}"
+            if t["run_id"]
+            else "throughput: no run yet"
+        )
         self.query_one("#throughput-label", Label).update(label)
 
     @staticmethod
@@ -96,8 +100,12 @@ class StatsScreen(Screen):
         plt.clear_figure()
         names = [name for name, c in groups.items() if c["rate"] is not None]
         if names:
-            plt.bar([n[:12] for n in names], [round(100 * groups[n]["rate"]) for n in names],
-                    orientation="horizontal", width=0.3)
+            plt.bar(
+                [n[:12] for n in names],
+                [round(100 * groups[n]["rate"]) for n in names],
+                orientation="horizontal",
+                width=0.3,
+            )
             plt.xlim(0, 100)
         plt.title(f"accept % by {title}" + ("" if names else ": none yet"))
         widget.refresh()
