@@ -88,10 +88,12 @@ def open_remote_engine(config: GenerateConfig) -> Engine:
 
     tokenizer = config.tokenizer or config.model
     if not tokenizer:
-        raise EngineError(
+        raise BadInput(
             "--server needs --tokenizer PATH: the served model's GGUF (read vocab-only) or its "
             "tokenizer.json; gristmill tokenizes every prompt itself and sends ids"
         )
+    if not Path(tokenizer).expanduser().is_file():
+        raise BadInput(f"--tokenizer {tokenizer}: tokenizer file not found")
     policy = RetryPolicy(attempts=max(1, config.retries), timeout_s=config.request_timeout)
     return create_engine(
         "remote",

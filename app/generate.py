@@ -244,17 +244,20 @@ def run_generation(
     """Work through the run's queue; every outcome is committed the moment it exists.
 
     `concurrent` advances several sequences at once (`--batch N`, remote servers); without it the plain
-    engine runs one sequence at a time behind the same scheduler.
+    engine runs one sequence at a time behind the same scheduler, in id order.
     """
     examples_by_type: dict[str, list[tuple[int, Example]]] = {}
 
     def extra(item: WorkItem) -> Sequence[Example]:
         return _accepted_pool(store, item, examples_by_type) if settings.pool == "accepted" else ()
 
+    concurrent = concurrent or SerialSequences(engine)
+    # one sequence at a time runs in id order, as it always did; reordering pays only with several in flight
+    prefix_order = prefix_order and concurrent.capacity > 1
     scheduler = Scheduler(
         store,
         engine,
-        concurrent or SerialSequences(engine),
+        concurrent,
         run,
         style,
         settings,

@@ -43,11 +43,12 @@ async def test_start_watch_stop_and_resume_on_the_real_model(tmp_path, gemma_pat
         await pilot.press("ctrl+s")
         live = screen.query_one("#live-text", Static)
         await wait_until(pilot, lambda: live.render().plain != "")  # the first item is streaming
-        assert screen.progress is None  # ... and not finished (it has 12 tokens to go)
+        # a short answer may finish before the stop lands: what matters is what the stop leaves behind
         await pilot.press("ctrl+x")  # stop: checked on every piece, the item in flight stays pending
         await wait_until(pilot, lambda: not screen.running)
         assert "resumable" in str(screen.query_one("#status", Static).render())
-        assert set(statuses(db).values()) == {"pending"}  # nothing half-written, nothing failed
+        left = list(statuses(db).values())
+        assert set(left) <= {"pending", "done"} and "pending" in left  # nothing half-written, nothing failed
         run_id = screen.started.run_id
     # a new session with other defaults (no model named): choosing the run resumes it with its own
     # settings and the model file it was made with

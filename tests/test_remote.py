@@ -359,6 +359,9 @@ def test_generate_server_without_tokenizer_or_with_unknown_kind_is_bad_input(tmp
 
     from gristmill.app.cli import app
 
+    from gristmill.db import open_store
+
+    open_store(tmp_path / "x.db").close()  # generate works on an existing database
     runner = CliRunner()
     result = runner.invoke(app, ["--db", str(tmp_path / "x.db"), "generate", "--server", "http://127.0.0.1:9"])
     assert result.exit_code == 2 and "--server needs --tokenizer" in result.output

@@ -49,15 +49,15 @@ def training_db(tmp_path) -> Path:
         engine = FakeEngine(replies=REPLIES)
         run, style, settings = open_run(store, engine, RunSettings(samples=3, params=GenerationParams(max_tokens=40)))
         run_generation(store, engine, run, style, settings)
-        assert pick_best(store, 1, 2, "ann") == 2
-        assert pick_best(store, 4, 1, "ann") == 4
+        assert pick_best(store, 1, 2, "ann").chosen == 2
+        assert pick_best(store, 4, 1, "ann").chosen == 4
         assert undo(store, "ann") == [4, 5, 6]
         decide(store, 4, "accept", "ann", "Four (2+2=4).")
         decide(store, 5, "reject", "ann", reason="wrong")
         decide(store, 7, "accept", "ann")
         decide(store, 8, "reject", "ann", reason="incomplete")
         decide(store, 9, "reject", "ann")
-        assert pick_best(store, 10, 3, "ann") == 12
+        assert pick_best(store, 10, 3, "ann").chosen == 12
         decide(store, 12, "accept", "ann", "The tide turns twice a day, pulled by the Moon.")
     return db
 
