@@ -52,7 +52,10 @@ demo: install
 	@if [ -t 0 ] && [ -t 1 ]; then $(BIN)/gristmill --db $(DEMO_DB) review; \
 	else echo "not a terminal: skipping the review app; run '$(BIN)/gristmill --db $(DEMO_DB) review'"; fi
 
+# ruff keeps the house clean on every test run; the type checker runs in `make lint` (not yet clean: see README)
 test: $(VENV)/.test-installed
+	$(BIN)/ruff check $(LINTED)
+	$(BIN)/ruff format --check $(LINTED)
 	$(BIN)/python -m pytest -q -p no:cacheprovider
 
 # ruff and mypy over app/, models/, db/. mypy checks the installed layout (gristmill.app, ...): the
