@@ -205,6 +205,9 @@ def claimed(
                 store, run_id, owner, limit=batch, statuses=statuses, length_refused=length_refused, after_id=last_id
             )
             if not items:
+                # every item yielded was taken by the caller, who may still be generating it (a batch in
+                # flight): its claims stay until `finish` (or the caller's own release) ends them
+                held = []
                 return
             held = [i.generation_id for i in items]
             for item in items:

@@ -209,3 +209,15 @@ def test_a_run_from_before_m006_keeps_resuming(tmp_path):
         assert store.query("SELECT completion FROM generations WHERE id = 1")[0][0] == "kept"
         again, _, _ = open_run(store, engine, RunSettings(params=GenerationParams(max_tokens=8)))
         assert again.id == 1
+
+
+def test_claims_taken_by_a_batch_outlive_the_end_of_the_queue(store, tmp_path):
+    """Running out of work must not hand back items still being generated: another process would redo them."""
+    write(tmp_path / "a.txt", "one\ntwo\nthree\n")
+    assert import_file(store, tmp_path / "a.txt").ok
+    run, _, _ = open_run(store, FakeEngine(), RunSettings())
+    work = generations_db.claimed(store, run.id, "me:1:x", batch=2)
+    taken = list(work)  # the whole queue taken, the generator exhausted; none of it finished yet
+    assert len(taken) == 3
+    assert store.query("SELECT count(*) FROM claims")[0][0] == 3
+    assert generations_db.claim(store, run.id, "other:2:y", limit=5) == []
