@@ -112,9 +112,10 @@ def generate(
     Failures are raised, never caught here: the command line's one boundary reports them.
     """
     from gristmill.app.engines import open_concurrent, open_engine
-    from gristmill.app.generate import RunSettings, open_run, style_file_drift
+    from gristmill.app.generate import open_run, style_file_drift
+    from gristmill.app.generate_session import settings_for
     from gristmill.app.prompts import StyleError, load_style
-    from gristmill.models import EngineError, GenerationParams
+    from gristmill.models import EngineError
 
     if run is not None:  # the run's own BOS rule and model, unless the user names them
         model, add_bos = _stored_engine_options(run, model, add_bos)
@@ -141,24 +142,13 @@ def generate(
     )
     check_generate(config, lambda key: f"generate: --{key.replace('_', '-')} (or generate.{key} in the config)")
     try:
-        params = GenerationParams(
-            max_tokens=config.max_tokens,
-            temperature=config.temperature,
-            top_p=config.top_p,
-            top_k=config.top_k,
-            min_p=config.min_p,
-            repeat_penalty=config.repeat_penalty,
-            stop=tuple(config.stop),
-            seed=config.seed,
-        )
+        settings = settings_for(config)  # the same RunSettings the app's generate room builds
     except ValueError as error:
         raise BadInput(f"generate: {error}") from error
     if run is None:
         load_style(config.style)  # a bad style file is bad input: say so before loading a model
     type_list = sorted({t.strip().lower() for t in types.split(",") if t.strip()}) if types else []
-    settings = RunSettings(
-        style=config.style, samples=config.samples, params=params, types=tuple(type_list), pool=config.pool
-    )
+    settings = replace(settings, types=tuple(type_list))
     store = open_db()  # an existing database only: `add` makes one; a typo in --db creates nothing
     store.on_busy = _say_waiting
     run_record = None
@@ -297,9 +287,23 @@ def _rotation_note(engine) -> str:
 
 
 def _drive(store, engine, concurrent, run_record, style_obj, settings, limit, retry_failed, retry_refused, quiet):
+    from functools import partial
+
     from gristmill.app.generate import run_generation
     from gristmill.db import generations as generations_db
 
+    generate_all = partial(
+        run_generation,
+        store,
+        engine,
+        run_record,
+        style_obj,
+        settings,
+        limit=limit,
+        retry_failed=retry_failed,
+        retry_refused=retry_refused,
+        concurrent=concurrent,
+    )
     counts = generations_db.status_counts(store, run_record.id)
     total = sum(counts.values())
     retried_refused = generations_db.length_refused_count(store, run_record.id) if retry_refused else 0
@@ -316,18 +320,7 @@ def _drive(store, engine, concurrent, run_record, style_obj, settings, limit, re
                     f"{p.tokens_per_s:.1f} tok/s, ETA {eta}{escape(_rotation_note(engine))}"
                 )
 
-        return run_generation(
-            store,
-            engine,
-            run_record,
-            style_obj,
-            settings,
-            limit=limit,
-            retry_failed=retry_failed,
-            retry_refused=retry_refused,
-            on_progress=log_progress,
-            concurrent=concurrent,
-        )
+        return generate_all(on_progress=log_progress)
 
     columns = (
         TextColumn("[bold]generating"),
@@ -362,18 +355,7 @@ def _drive(store, engine, concurrent, run_record, style_obj, settings, limit, re
                 rotation=_rotation_note(engine),
             )
 
-        return run_generation(
-            store,
-            engine,
-            run_record,
-            style_obj,
-            settings,
-            limit=limit,
-            retry_failed=retry_failed,
-            retry_refused=retry_refused,
-            on_progress=show,
-            concurrent=concurrent,
-        )
+        return generate_all(on_progress=show)
 
 
 def _summary(store, run_id: int, final=None) -> None:
