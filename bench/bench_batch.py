@@ -3,14 +3,17 @@ in the same run on the same loaded model (the goal is relative: a faster single 
 
 1. Minimal loop: N distinct prompts evaluated (untimed), then fixed-length decoding of all N together, one
    sampler chain per sequence: the most batching can give on this machine. Aggregate tokens/s at N = 1..16.
-2. Pipeline: `run_generation` (render, tokenize, check, schedule, commit every item to SQLite) at --batch N
-   (1 = the plain engine, one sequence at a time, as `generate --batch 1`). Goal: gain(N) >= 90% of the loop's.
+2. Pipeline: `run_generation` (render, tokenize, evaluate each prompt, schedule, commit every item to SQLite)
+   at --batch N (1 = the plain engine, one sequence at a time, as `generate --batch 1`) on the shipped sample
+   instructions (numbered variants), K items per sequence in flight so the drain at the end of a run (slots
+   emptying one by one) weighs the same at every N, as it would in a long run. Goal: gain(N) >= 90% of the
+   loop's. Unlike the loop, the pipeline also evaluates every prompt: the share of prompt tokens is printed.
 3. The whole default pipeline against a bare single-sequence llama-cpp-python loop (Llama.generate).
 4. Prompt tokens evaluated for --samples 4 / (4 x prompt tokens) (goal <= 0.30).
 5. Few-shot and URIAL runs' prompt tokens evaluated: prefix-aware order with cache reuse / the same prompts each
    evaluated in full, and / naive (id) order with the same cache.
 
-Usage: python bench/bench_batch.py [--quick] [--counts-only] [--threads T] [--items K] [--tokens M]
+Usage: python bench/bench_batch.py [--quick] [--counts-only] [--threads T] [--items-per-seq K] [--tokens M]
 """
 
 from __future__ import annotations
@@ -40,8 +43,9 @@ def _option(name: str, default: int | None) -> int | None:
 
 QUICK = "--quick" in sys.argv
 BATCHES = (1, 2, 4) if QUICK else (1, 2, 4, 8, 16)
-MAX_TOKENS = _option("--tokens", 16 if QUICK else 32)
-N_ITEMS = _option("--items", 8 if QUICK else 32)
+MAX_TOKENS = _option("--tokens", 16 if QUICK else 128)  # the demo's length; the default --max-tokens is 256
+ITEMS_PER_SEQ = _option("--items-per-seq", 2 if QUICK else 12)
+N_ITEMS = 32  # the prompt-token counts (part 4, 5)
 THREADS = _option("--threads", None)
 COUNTS_ONLY = "--counts-only" in sys.argv  # only the prompt-token counts (deterministic), no timings
 PARAMS = GenerationParams(max_tokens=MAX_TOKENS, temperature=0.8, seed=11)
@@ -120,8 +124,9 @@ def bare_single(engine, prompts: list[list[int]]) -> float:
 
 
 def pipeline(engine, work: Path, source: Path, batch: int, *, samples: int = 1, style: str = "completion",
-             prefix_order: bool = True, max_tokens: int = MAX_TOKENS) -> tuple[float, int, int]:
-    """Aggregate completion tokens/s of run_generation; also prompt tokens evaluated and prompt tokens stored."""
+             prefix_order: bool = True, max_tokens: int = MAX_TOKENS) -> tuple[float, int, int, int]:
+    """Aggregate completion tokens/s of run_generation; also prompt tokens evaluated, prompt tokens stored and
+    completion tokens."""
     concurrent = open_concurrent(engine, batch)
     db = work / f"run-{time.monotonic_ns()}.db"
     try:
@@ -136,37 +141,52 @@ def pipeline(engine, work: Path, source: Path, batch: int, *, samples: int = 1, 
             elapsed = time.perf_counter() - start
             stored = store.conn.execute("SELECT sum(prompt_tokens) FROM generations").fetchone()[0]
         evaluated = getattr(concurrent, "prompt_tokens_evaluated", stored)
-        return final.completion_tokens / elapsed, evaluated, stored
+        return final.completion_tokens / elapsed, evaluated, stored, final.completion_tokens
     finally:
         concurrent.close()
         db.unlink(missing_ok=True)
 
 
+def sample_instructions(count: int) -> list[str]:
+    """The shipped sample instructions, numbered past the first round so every item is its own."""
+    path = Path(__import__("gristmill.app", fromlist=["x"]).__file__).parent / "data" / "sample_instructions.jsonl"
+    base = [json.loads(line)["instruction"] for line in path.read_text().splitlines() if line.strip()]
+    return [base[i % len(base)] + ("" if i < len(base) else f" ({i // len(base) + 1})") for i in range(count)]
+
+
+def write_items(path: Path, instructions: list[str]) -> Path:
+    path.write_text("".join(json.dumps({"instruction": text, "instruction_type": "question"}) + "\n"
+                            for text in instructions))
+    return path
+
+
 def main() -> None:
     model = default_model_path()
     work = Path(tempfile.mkdtemp())
-    source = work / "items.jsonl"
-    source.write_text("".join(json.dumps({"instruction": f"Describe item number {i} in one sentence.",
-                                          "instruction_type": "question"}) + "\n" for i in range(N_ITEMS)))
+    source = write_items(work / "items.jsonl", [f"Describe item number {i} in one sentence." for i in range(N_ITEMS)])
     engine = create_engine("llama_cpp", model_path=model, n_ctx=1024, n_threads=THREADS)
-    prompts = [engine.tokenize(f"Describe item number {i} in one sentence.") for i in range(16)]
+    prompts = [engine.tokenize(text) for text in sample_instructions(16)]
     import llama_cpp
 
     print(f"model {model.name}; CPU {cpu_model()}, {engine.n_threads} threads; llama-cpp-python "
           f"{llama_cpp.__version__}; {llama_cpp.llama_print_system_info().decode().strip()}")
-    print(f"{N_ITEMS} items x {MAX_TOKENS} max tokens; loop: {MAX_TOKENS} decode steps per sequence")
+    print(f"pipeline: {ITEMS_PER_SEQ} sample instructions per sequence in flight, {MAX_TOKENS} max tokens; "
+          f"loop: {MAX_TOKENS} decode steps per sequence")
     loop, pipe = {}, {}
     for n in () if COUNTS_ONLY else BATCHES:  # alternate the two so machine noise hits both alike
         loop[n] = minimal_loop(engine, n, prompts, MAX_TOKENS)
-        pipe[n] = pipeline(engine, work, source, n)[0]
+        items = write_items(work / f"items-{n}.jsonl", sample_instructions(ITEMS_PER_SEQ * n))
+        pipe[n], evaluated, _, generated = pipeline(engine, work, items, n)
         print(f"N={n:2d}  minimal loop {loop[n]:7.1f} tok/s (x{loop[n] / loop[1]:.2f})   "
               f"pipeline --batch {n} {pipe[n]:7.1f} tok/s (x{pipe[n] / pipe[1]:.2f})   "
-              f"pipeline gain / loop gain {(pipe[n] / pipe[1]) / (loop[n] / loop[1]):.2f} (goal >= 0.90)")
+              f"pipeline gain / loop gain {(pipe[n] / pipe[1]) / (loop[n] / loop[1]):.2f} (goal >= 0.90)   "
+              f"[{ITEMS_PER_SEQ * n} items, {generated} tokens generated, {evaluated} prompt tokens evaluated]")
     if COUNTS_ONLY:
         return _counts(engine, work, source)
-    bare = bare_single(engine, [engine.tokenize(f"Describe item number {i} in one sentence.")
-                                for i in range(N_ITEMS)])
-    default = pipe.get(DEFAULT_BATCH) or pipeline(engine, work, source, DEFAULT_BATCH)[0]
+    default_items = sample_instructions(ITEMS_PER_SEQ * DEFAULT_BATCH)
+    bare = bare_single(engine, [engine.tokenize(text) for text in default_items[: ITEMS_PER_SEQ * 2]])
+    default = pipe.get(DEFAULT_BATCH) or pipeline(engine, work, write_items(work / "d.jsonl", default_items),
+                                                  DEFAULT_BATCH)[0]
     loop_gain = loop.get(DEFAULT_BATCH, loop[max(loop)]) / loop[1]
     print(f"default pipeline (--batch {DEFAULT_BATCH}) {default:.1f} tok/s / bare Llama.generate loop {bare:.1f} "
           f"tok/s = x{default / bare:.2f}; minimal loop gain at that N x{loop_gain:.2f}; "
@@ -176,13 +196,13 @@ def main() -> None:
 
 def _counts(engine, work: Path, source: Path) -> None:
     """Prompt tokens evaluated: exact counts, not timings, so they hold on a busy machine too."""
-    _, evaluated, stored = pipeline(engine, work, source, DEFAULT_BATCH, samples=4, max_tokens=4)
+    _, evaluated, stored, _ = pipeline(engine, work, source, DEFAULT_BATCH, samples=4, max_tokens=4)
     print(f"--samples 4: prompt tokens evaluated {evaluated} / (4 x prompt tokens) {stored} = "
           f"{evaluated / stored:.3f} (goal <= 0.30)")
 
     for style in ("few-shot", "urial"):
-        _, aware, stored = pipeline(engine, work, source, DEFAULT_BATCH, style=style, max_tokens=4)
-        _, naive, _ = pipeline(engine, work, source, DEFAULT_BATCH, style=style, max_tokens=4, prefix_order=False)
+        _, aware, stored, _ = pipeline(engine, work, source, DEFAULT_BATCH, style=style, max_tokens=4)
+        _, naive, _, _ = pipeline(engine, work, source, DEFAULT_BATCH, style=style, max_tokens=4, prefix_order=False)
         print(f"{style} run: prompt tokens evaluated, prefix-aware order {aware}, naive order with the same cache "
               f"{naive}, every prompt in full {stored}: aware/full {aware / stored:.3f} (goal <= 0.5), "
               f"aware/naive {aware / naive:.3f}")

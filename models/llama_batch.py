@@ -179,40 +179,36 @@ class LlamaBatchEngine(ConcurrentEngine):
     def _fill_batch(self) -> list[tuple[_Slot, list[int], int | None]]:
         """Every decoding sequence's last sampled token, then prompt chunks up to n_batch tokens in all.
 
+        The tokens go into the batch in sequence-id order: with one cache stream per sequence, llama.cpp splits a
+        batch into micro-batches of consecutive sequence ids (equal tokens each), and every micro-batch reads all
+        the weights once; out-of-order ids would split one step into several passes.
         Returns (slot, tokens added, batch index of its logits or None) per slot in the batch.
         """
-        batch, count = self._batch, 0
-        entries: list[tuple[_Slot, list[int], int | None]] = []
-
-        def put(slot: _Slot, token: int, logits: bool) -> int:
-            nonlocal count
-            batch.token[count] = token
-            batch.pos[count] = len(slot.cached) + len(added)
-            batch.n_seq_id[count] = 1
-            batch.seq_id[count][0] = slot.seq
-            batch.logits[count] = logits
-            count += 1
-            return count - 1
-
+        planned: list[tuple[_Slot, list[int], bool]] = []  # (slot, tokens, whether its last token needs logits)
+        room = self.n_batch
         for slot in self.slots:
             if slot.key is not None and slot.next_token is not None:
-                added: list[int] = []
-                index = put(slot, slot.next_token, True)
-                entries.append((slot, [slot.next_token], index))
+                planned.append((slot, [slot.next_token], True))
+                room -= 1
         for slot in sorted((s for s in self.slots if s.key is not None and s.todo), key=lambda s: s.submitted_at):
-            room = self.n_batch - count
             if room <= 0:
                 break
             chunk, slot.todo = slot.todo[:room], slot.todo[room:]
-            added = []
-            index = None
-            for position, token in enumerate(chunk):
-                last = position == len(chunk) - 1 and not slot.todo
-                i = put(slot, token, last)
-                added.append(token)
-                index = i if last else index
-            entries.append((slot, chunk, index))
+            planned.append((slot, chunk, not slot.todo))
+            room -= len(chunk)
             self.prompt_tokens_evaluated += len(chunk)
+        batch, count = self._batch, 0
+        entries: list[tuple[_Slot, list[int], int | None]] = []
+        for slot, tokens, wants_logits in sorted(planned, key=lambda entry: entry[0].seq):
+            start = len(slot.cached)
+            for offset, token in enumerate(tokens):
+                batch.token[count] = token
+                batch.pos[count] = start + offset
+                batch.n_seq_id[count] = 1
+                batch.seq_id[count][0] = slot.seq
+                batch.logits[count] = wants_logits and offset == len(tokens) - 1
+                count += 1
+            entries.append((slot, tokens, count - 1 if wants_logits else None))
         batch.n_tokens = count
         return entries
 
