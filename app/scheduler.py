@@ -67,13 +67,32 @@ class Progress:
 
 
 @dataclass(frozen=True)
+class PromptRecord:
+    """What is stored of a prompt, whatever becomes of it: the text fed, its token count and fingerprint."""
+
+    prompt: str
+    prompt_tokens: int
+    prompt_token_ids_sha256: str
+    style_meta: dict
+
+    def outcome(self, status: str, **fields) -> Outcome:
+        return Outcome(
+            status=status,
+            prompt=self.prompt,
+            prompt_tokens=self.prompt_tokens,
+            prompt_token_ids_sha256=self.prompt_token_ids_sha256,
+            **{"style_meta": self.style_meta, **fields},
+        )
+
+
+@dataclass(frozen=True)
 class Prepared:
     """An item rendered, tokenized and checked: ready to submit. `ids` is exactly what the engine is fed."""
 
     item: WorkItem
     ids: tuple[int, ...]
     params: GenerationParams  # the item's seed and stops
-    prompt_fields: dict  # prompt, prompt_tokens, prompt_token_ids_sha256, style_meta
+    record: PromptRecord
 
 
 def prepare(
@@ -85,18 +104,13 @@ def prepare(
     )
     ids = engine.tokenize(rendered.text)
     item_params = replace(params, seed=item.seed, stop=tuple(dict.fromkeys((*rendered.stop, *params.stop))))
-    fields = dict(
-        prompt=rendered.text,
-        prompt_tokens=len(ids),
-        prompt_token_ids_sha256=token_ids_sha256(ids),
-        style_meta=rendered.meta,
-    )
+    record = PromptRecord(rendered.text, len(ids), token_ids_sha256(ids), rendered.meta)
     try:
         engine.check_prompt(ids, item_params.max_tokens)
     except PromptRefused as refusal:
         too_long = len(ids) + item_params.max_tokens > engine.info().n_ctx
-        return Outcome(status="refused", error=str(refusal), refusal="length" if too_long else "control", **fields)
-    return Prepared(item, tuple(ids), item_params, fields)
+        return record.outcome("refused", error=str(refusal), refusal="length" if too_long else "control")
+    return Prepared(item, tuple(ids), item_params, record)
 
 
 def sampled_ids(result: GenerationResult) -> tuple[int, ...] | None:
@@ -107,7 +121,7 @@ def sampled_ids(result: GenerationResult) -> tuple[int, ...] | None:
 def outcome_of(prepared: Prepared, result: GenerationResult, batch: int | None = None) -> Outcome:
     """The stored outcome of one finished sequence: leak trimmed, flags set, how it was batched recorded."""
     text, leaked = trim_leak(result.text, prepared.params.stop)
-    meta = dict(prepared.prompt_fields["style_meta"])
+    meta = dict(prepared.record.style_meta)
     if leaked:
         meta["untrimmed_completion"] = result.text
     flags = quality_flags(text, result.finish_reason, leaked)
@@ -117,15 +131,15 @@ def outcome_of(prepared: Prepared, result: GenerationResult, batch: int | None =
     timings = dict(result.timings)
     if batch is not None:
         timings["batch"] = batch  # float rounding differs with the batch size: recorded to reproduce a result
-    return Outcome(
-        status="done",
+    return prepared.record.outcome(
+        "done",
         completion=text,
         completion_tokens=result.completion_tokens,
         finish_reason=result.finish_reason,
         flags=tuple(flags),
         timings=timings,
         completion_token_ids=sampled_ids(result),
-        **{**prepared.prompt_fields, "style_meta": meta},
+        style_meta=meta,
     )
 
 
@@ -226,7 +240,7 @@ class Scheduler:
             retried = generations_db.length_refused_count(self.store, self.run_record.id)
             self.state = replace(self.state, refused=self.state.refused - retried)
         # the one place work is taken from the database: claimed before it is generated
-        self._source = claims = generations_db.claimed(
+        claims = generations_db.claimed(
             self.store,
             self.run_record.id,
             self.owner,
@@ -234,6 +248,7 @@ class Scheduler:
             length_refused=self.retry_refused,
             batch=max(1, self.concurrent.capacity),
         )
+        self._source = claims
         try:
             while True:
                 stopping = self.should_stop()
@@ -289,9 +304,7 @@ class Scheduler:
                     try:  # what batching changes (e.g. the per-sequence context) is checked here, before submit
                         self.concurrent.check_prompt(prepared.ids, prepared.params.max_tokens)
                     except PromptRefused as refusal:  # the per-sequence context: a length refusal
-                        prepared = Outcome(
-                            status="refused", error=str(refusal), refusal="length", **prepared.prompt_fields
-                        )
+                        prepared = prepared.record.outcome("refused", error=str(refusal), refusal="length")
             except (KeyboardInterrupt, SystemExit):
                 raise
             except Exception as error:  # a tokenizer or style failure fails this item; the run goes on

@@ -8,7 +8,7 @@ import socket
 import struct
 import time
 import uuid
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Generator, Iterator, Sequence
 from dataclasses import dataclass
 
 from gristmill.db.connection import Store, utc_now
@@ -192,7 +192,7 @@ def claimed(
     statuses: Sequence[str] = ("pending",),
     length_refused: bool = False,
     batch: int = 1,
-) -> Iterator[WorkItem]:
+) -> Generator[WorkItem, None, None]:
     """Claim and yield work in id order, `batch` items per claim; an item another process holds is skipped.
 
     Whatever the caller leaves unprocessed (stopped, interrupted) is released when the generator closes.

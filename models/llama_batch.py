@@ -217,17 +217,18 @@ class LlamaBatchEngine(ConcurrentEngine):
         now = time.perf_counter()
         if slot.first_at is None:
             slot.first_at = now
-        completion = slot.completion
+        completion, key = slot.completion, slot.key
+        assert completion is not None and key is not None, "only a busy slot is sampled"
         events = []
         emit = completion.feed(token)
         if emit:
-            events.append(SequenceEvent(slot.key, TextPiece(emit)))
+            events.append(SequenceEvent(key, TextPiece(emit)))
         if completion.finish is None:
             slot.next_token = token
             return events
         tail = completion.close()
         if tail:
-            events.append(SequenceEvent(slot.key, TextPiece(tail)))
+            events.append(SequenceEvent(key, TextPiece(tail)))
         result: GenerationResult = completion.result(
             {
                 "prompt_ms": round((slot.first_at - slot.submitted_at) * 1000, 2),
@@ -235,7 +236,7 @@ class LlamaBatchEngine(ConcurrentEngine):
                 "prompt_tokens_evaluated": slot.prompt_evaluated,
             }
         )
-        events.append(SequenceEvent(slot.key, result))
+        events.append(SequenceEvent(key, result))
         self._release(slot)
         return events
 
