@@ -43,7 +43,7 @@ class ExportScreen(ModalScreen[ExportReport | None]):
     def __init__(self) -> None:
         super().__init__()
         self.report: ExportReport | None = None
-        self.worker: Worker | None = None
+        self.worker: Worker[ExportReport] | None = None
 
     def compose(self) -> ComposeResult:
         known = browse.choices(self.app.store)
@@ -110,13 +110,14 @@ class ExportScreen(ModalScreen[ExportReport | None]):
             return export(store, path, fmt=fmt, where=where, dedup=False)
 
     def on_worker_state_changed(self, event: Worker.StateChanged) -> None:
-        if event.worker is not self.worker:
+        worker = self.worker
+        if worker is None or event.worker is not worker:
             return
         result = self.query_one("#result", Static)
-        if event.state == WorkerState.SUCCESS:
-            self.report = event.worker.result
-            result.update(describe(self.report))
-            self.notify(f"Exported {self.report.records:,} record(s) to {self.report.path}")
+        if event.state == WorkerState.SUCCESS and worker.result is not None:  # a success carries run_export's report
+            self.report = report = worker.result
+            result.update(describe(report))
+            self.notify(f"Exported {report.records:,} record(s) to {report.path}")
         elif event.state == WorkerState.ERROR:
             result.update(Text(f"export failed: {event.worker.error}", style="red"))
 

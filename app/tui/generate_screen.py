@@ -149,7 +149,7 @@ class GenerateScreen(Screen):
             max_tokens=max_tokens,
             temperature=temperature,
             model=self.query_one("#model", Input).value.strip() or None,
-            run_id=None if run is Select.NULL else int(run),
+            run_id=run if isinstance(run, int) else None,  # the options' values are run ids; blank: a new run
         )
 
     @on(Button.Pressed, "#start")
@@ -170,7 +170,7 @@ class GenerateScreen(Screen):
 
     @on(Button.Pressed, "#stop")
     def action_stop(self) -> None:
-        if not self.running:
+        if self.worker is None or not self.running:
             self.notify("Nothing is running", severity="information")
             return
         self.stopping = True
@@ -194,6 +194,9 @@ class GenerateScreen(Screen):
             live.append(text)
             self.post_message(LiveText("".join(live)[-LIVE_TAIL:]))
 
+        def started(started: Started) -> None:
+            self.post_message(RunStarted(started))
+
         def progressed(progress: Progress) -> None:
             live.clear()
             self.post_message(Progressed(progress))
@@ -201,7 +204,7 @@ class GenerateScreen(Screen):
         return run_job(
             self.app.db_path,
             merged(self.app.generate_config, request),
-            on_started=lambda s: self.post_message(RunStarted(s)),
+            on_started=started,
             on_progress=progressed,
             on_piece=piece,
             should_stop=lambda: worker.is_cancelled,

@@ -118,6 +118,9 @@ class StatsScreen(Screen):
         if any(hist["accept"]) or any(hist["reject"]):
             last = max(i for i in range(len(hist["bins"])) if hist["accept"][i] or hist["reject"][i]) + 1
             labels = [str(b) for b in hist["bins"][:last]]
-            plt.multiple_bar(labels, [hist["accept"][:last], hist["reject"][:last]], labels=["accepted", "rejected"])
+            series = [hist["accept"][:last], hist["reject"][:last]]
+            # textual-plotext 1.0.1's stub names the keyword `label`; plotext's multiple_bar takes `labels` (one per
+            # series; `label=` is a TypeError at run time): a stub gap, not ours
+            plt.multiple_bar(labels, series, labels=["accepted", "rejected"])  # type: ignore[call-arg]
         plt.title(f"response length (characters, bins of {hist['bin_chars']}): accepted vs rejected")
         widget.refresh()
