@@ -7,6 +7,7 @@ messages tagged with the view they belong to, so a slow sort or count never bloc
 from __future__ import annotations
 
 from dataclasses import dataclass, replace
+from typing import TYPE_CHECKING
 
 from rich.text import Text
 from textual import on, work
@@ -22,6 +23,11 @@ from gristmill.app.browse import BrowseFilter, Page, Sort
 from gristmill.app.textsafe import visible
 from gristmill.app.tui.keyhints import KeyHints
 from gristmill.db import Store
+
+if TYPE_CHECKING:
+    from textual import getters
+
+    from gristmill.app.tui.app import GristmillApp
 
 PAGE_SIZE = 100
 HINTS = (
@@ -74,6 +80,9 @@ class CountLoaded(Message):
 
 
 class BrowseScreen(Screen):
+    if TYPE_CHECKING:  # the app's own attributes (store, db_path, ...) for the type checker; at run time, Textual's
+        app = getters.app(GristmillApp)
+
     CSS_PATH = "browse_screen.tcss"
     BINDINGS = [
         Binding("f", "filter", "Filter", id="browse_filter", show=False),

@@ -6,6 +6,7 @@ It shows how many records were written, what dedup dropped, and where the file a
 from __future__ import annotations
 
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from rich.text import Text
 from textual import on, work
@@ -18,6 +19,11 @@ from textual.worker import Worker, WorkerState
 
 from gristmill.app import browse, review
 from gristmill.app.export import FORMATS, ExportFilter, ExportReport, export
+
+if TYPE_CHECKING:
+    from textual import getters
+
+    from gristmill.app.tui.app import GristmillApp
 
 DEFAULT_FILE = "export.jsonl"
 
@@ -34,6 +40,9 @@ def describe(report: ExportReport) -> Text:
 
 
 class ExportScreen(ModalScreen[ExportReport | None]):
+    if TYPE_CHECKING:  # the app's own attributes (store, db_path, ...) for the type checker; at run time, Textual's
+        app = getters.app(GristmillApp)
+
     CSS_PATH = "export_screen.tcss"
     BINDINGS = [
         Binding("escape", "close", "Close", id="close_export"),

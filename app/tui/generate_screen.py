@@ -10,6 +10,7 @@ goes on in the other rooms while it runs.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 from rich.text import Text
 from textual import on, work
@@ -26,6 +27,11 @@ from gristmill.app.generate import Progress
 from gristmill.app.generate_session import JobRequest, Started, merged, run_job, style_names
 from gristmill.app.textsafe import visible
 from gristmill.app.tui.keyhints import KeyHints
+
+if TYPE_CHECKING:
+    from textual import getters
+
+    from gristmill.app.tui.app import GristmillApp
 
 LIVE_TAIL = 4000  # characters of the item in flight kept on screen
 HINTS = (
@@ -73,6 +79,9 @@ def clock(seconds: float | None) -> str:
 
 
 class GenerateScreen(Screen):
+    if TYPE_CHECKING:  # the app's own attributes (store, db_path, ...) for the type checker; at run time, Textual's
+        app = getters.app(GristmillApp)
+
     CSS_PATH = "generate_screen.tcss"
     BINDINGS = [
         Binding("ctrl+s", "start", "Start", id="start_generation", show=False),
