@@ -22,7 +22,7 @@ from gristmill.app import browse, review
 from gristmill.app.browse import BrowseFilter, Page, Sort
 from gristmill.app.textsafe import visible
 from gristmill.app.tui.keyhints import KeyHints
-from gristmill.db import Store
+from gristmill.app.review import Store
 
 if TYPE_CHECKING:
     from textual import getters
