@@ -22,7 +22,7 @@ export CMAKE_ARGS
 LLAMA_CPP_BUILD_JOBS ?= $(shell nproc 2>/dev/null || echo 2)
 export LLAMA_CPP_BUILD_JOBS
 
-.PHONY: install demo test lint bench rebuild-llama clean
+.PHONY: install demo test lint ruff typecheck bench rebuild-llama clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -52,18 +52,22 @@ demo: install
 	@if [ -t 0 ] && [ -t 1 ]; then $(BIN)/gristmill --db $(DEMO_DB) review; \
 	else echo "not a terminal: skipping the review app; run '$(BIN)/gristmill --db $(DEMO_DB) review'"; fi
 
-# ruff keeps the house clean on every test run; the type checker runs in `make lint` (not yet clean: see README)
-test: $(VENV)/.test-installed
-	$(BIN)/ruff check $(LINTED)
-	$(BIN)/ruff format --check $(LINTED)
+# Every test run first keeps the house clean: ruff check, the format check, then the type checker (`make lint`
+# is those three alone); the suite runs only when all three pass.
+test: lint
 	$(BIN)/python -m pytest -q -p no:cacheprovider
 
-# ruff and mypy over app/, models/, db/. mypy checks the installed layout (gristmill.app, ...): the
-# repository keeps app/, models/, db/ at the top, so .typecheck/gristmill links them under that name.
+# app/, models/, db/: ruff, then mypy (`typecheck`). Prerequisites run left to right.
 LINTED := app models db
-lint: $(VENV)/.test-installed
+lint: ruff typecheck
+
+ruff: $(VENV)/.test-installed
 	$(BIN)/ruff check $(LINTED)
 	$(BIN)/ruff format --check $(LINTED)
+
+# mypy checks the installed layout (gristmill.app, ...; settings in pyproject.toml): the repository keeps app/,
+# models/, db/ at the top, so .typecheck/gristmill (git-ignored, rebuilt each time) links them under that name.
+typecheck: $(VENV)/.test-installed
 	rm -rf .typecheck && mkdir -p .typecheck/gristmill
 	cp gristmill/*.py .typecheck/gristmill/
 	for d in $(LINTED); do ln -s ../../$$d .typecheck/gristmill/$$d; done

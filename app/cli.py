@@ -55,7 +55,8 @@ def run_guarded(invoke: Callable[[], Any]) -> int:
             context = getattr(error, "ctx", None)
             where = context.command_path if context is not None else "gristmill"
             hint = f" (see '{where} --help')" if _is_a(error, "UsageError") else ""
-            _say(f"{where}: {error.format_message()}{hint}")  # type: ignore[attr-defined]
+            format_message = getattr(error, "format_message", None)  # every click exception has it
+            _say(f"{where}: {format_message() if callable(format_message) else error}{hint}")
             return int(getattr(error, "exit_code", EXIT_BAD_INPUT))
         if _is_a(error, "Abort"):  # Ctrl-D or Ctrl-C at a prompt
             _say("gristmill: interrupted")

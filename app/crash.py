@@ -18,6 +18,10 @@ import sys
 import traceback
 from datetime import datetime, UTC
 from pathlib import Path
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:  # the crash handler imports little; Textual only for the type
+    from textual.app import App
 
 KEEP_REPORTS = 10  # distinct names, so a crash loop cannot overwrite the report of the first crash
 MAX_QUOTED = 80  # a quoted string longer than this in a report is elided: prompts and outputs stay private
@@ -133,7 +137,7 @@ class _AlreadyReported(Exception):
         return ""
 
 
-def guard_app(app: object) -> list[BaseException]:
+def guard_app(app: App) -> list[BaseException]:
     """Route an unhandled error of a Textual app (a handler, a worker) to the crash report, not the terminal.
 
     Returns the list the error lands in; the caller raises it after `run()` so the one boundary reports it.
@@ -141,7 +145,7 @@ def guard_app(app: object) -> list[BaseException]:
     own way, only with nothing to print.
     """
     failures: list[BaseException] = []
-    original = app._handle_exception  # type: ignore[attr-defined]
+    original = app._handle_exception
 
     def handle(error: Exception) -> None:
         cause = root_cause(error)
@@ -149,5 +153,5 @@ def guard_app(app: object) -> list[BaseException]:
             failures.append(cause)
         original(_AlreadyReported(cause))
 
-    app._handle_exception = handle  # type: ignore[attr-defined]
+    app._handle_exception = handle  # type: ignore[method-assign]  # replaced on this instance: no public hook
     return failures

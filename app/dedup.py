@@ -286,8 +286,11 @@ class Deduplicator:
         if not 0 < threshold <= 1:
             raise ValueError("dedup threshold must be in (0, 1]")
         self.mode, self.threshold, self.fields = mode, threshold, FIELDS[mode]
-        self._held: dict[int, Record] | None = None if fetch else {}
-        self._fetch = fetch or (lambda ids: {i: self._held[i] for i in ids})
+        self._held: dict[int, Record] | None = None  # the kept records, where no fetch was given
+        if fetch is None:
+            held: dict[int, Record] = {}
+            self._held, fetch = held, lambda ids: {i: held[i] for i in ids}
+        self._fetch: Fetch = fetch
         self._runs = _Runs()
         self._sigs = _Blocks((len(self.fields), PERMS), np.uint8)  # ordinal -> 8 bits of each min-hash
         self._ids = _Blocks((), np.int64)  # ordinal -> record id
@@ -342,9 +345,9 @@ class Deduplicator:
             same = np.nonzero(sorted_keys[d:] == sorted_keys[:-d])[0]
             if not len(same):
                 break
-            i, j = holder[same + d], holder[same]
-            later.append(i[i != j])
-            earlier.append(j[i != j])
+            newer, older = holder[same + d], holder[same]
+            later.append(newer[newer != older])
+            earlier.append(older[newer != older])
 
         # near candidates: estimated similarity of every field >= threshold - margin; the best two per record
         pairs = _distinct(rec * (1 << 40) + ordinal)

@@ -69,7 +69,7 @@ class _FormattedText:
 
     def style(self, run_id: int) -> Style:
         if run_id not in self._styles:
-            run = runs_db.get(self.store, run_id)
+            run = runs_db.require(self.store, run_id)
             try:
                 self._styles[run_id] = run_style(run)
             except StyleError as error:

@@ -15,6 +15,7 @@ from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from itertools import accumulate
 from pathlib import Path
+from typing import Protocol, runtime_checkable
 
 from gristmill.app.dedup import Deduplicator, Dropped
 from gristmill.app.generate import run_style
@@ -26,7 +27,7 @@ from gristmill.db import training as training_db
 from gristmill.db.exports import ExportFilter
 from gristmill.db.generations import unpack_token_ids
 from gristmill.db.runs import RunRecord
-from gristmill.models import Engine
+from gristmill.models import ModelInfo
 
 FORMATS = ("prompt-completion", "dpo", "kto", "tokens")
 FIELDS = {
@@ -76,8 +77,22 @@ def _split_parts(style: Style, instruction: str, input_text: str, response: str)
     return prompt, head[len(prompt) :], tail
 
 
+@runtime_checkable
+class Vocabulary(Protocol):
+    """What the tokens format needs of an engine: ids for text and the exact bytes of each id (to find the sampled
+    ids' edges). The in-process engines (llama.cpp, the fake) have both; a remote engine has no token bytes."""
+
+    def info(self) -> ModelInfo: ...
+
+    def tokenize(self, text: str) -> list[int]: ...
+
+    def token_bytes(self, token_id: int) -> bytes: ...
+
+    def close(self) -> None: ...
+
+
 def generated_ids(
-    engine: Engine, ids: Sequence[int], stored: str, separator: str, answer: str
+    engine: Vocabulary, ids: Sequence[int], stored: str, separator: str, answer: str
 ) -> tuple[list[int], bool] | None:
     """The sampled ids that spell the answer, and whether they spell the separator before it too.
 
@@ -108,7 +123,7 @@ def generated_ids(
 
 @dataclass
 class _Tokenizer:
-    engine: Engine
+    engine: Vocabulary
     path: str
     fingerprint: str
     eos_id: int | None
@@ -280,7 +295,7 @@ class Shaper:
 
     def _run(self, run_id: int) -> tuple[RunRecord, Style]:
         if run_id not in self._runs:
-            run = runs_db.get(self.store, run_id)
+            run = runs_db.require(self.store, run_id)
             try:
                 style = run_style(run)
             except StyleError:  # a run from before m004 whose style file is gone: the default training format
@@ -353,8 +368,12 @@ def _open_tokenizer(run: RunRecord, path: str | None, add_bos: bool | None, give
                 f"generated {where}: give that GGUF with --tokenizer PATH"
             )
         engine = create_engine("llama_cpp", model_path=path, vocab_only=True)
-        if engine.info().fingerprint == run.model_fingerprint and add_bos is not None and add_bos != engine.add_bos:
+        found = engine.info()
+        if found.fingerprint == run.model_fingerprint and add_bos is not None and add_bos != found.add_bos:
             engine.close()
             engine = create_engine("llama_cpp", model_path=path, vocab_only=True, add_bos=add_bos)
+    if not isinstance(engine, Vocabulary):  # both engines above have token bytes; a new one must too
+        engine.close()
+        raise TypeError(f"the {engine.name} engine cannot serve as the tokens format's tokenizer (no token_bytes)")
     info = engine.info()
     return _Tokenizer(engine, info.path, info.fingerprint, info.eos_id)

@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass
 
-from gristmill.db.connection import Store, utc_now
+from gristmill.db.connection import Store, StoreError, utc_now
 
 
 @dataclass(frozen=True)
@@ -77,8 +77,7 @@ def create(
             else:
                 row = conn.execute("SELECT id FROM runs WHERE identity = ?", (identity,)).fetchone()
                 if row is not None:
-                    run_id = row[0]
-                    return get(store, run_id)  # type: ignore[return-value]
+                    return require(store, row[0])
         cursor = conn.execute(
             """INSERT INTO runs (engine, model, model_fingerprint, style, params, seed, samples,
                                  settings, config_hash, version, started_at, style_definition, identity)
@@ -100,7 +99,9 @@ def create(
             ),
         )
         run_id = cursor.lastrowid
-    return get(store, run_id)  # type: ignore[return-value]
+        if run_id is None:  # sqlite3 sets it on every successful INSERT
+            raise StoreError(f"{store.path}: the new run was not inserted")
+    return require(store, run_id)
 
 
 def find_by_identity(store: Store, identity: str) -> RunRecord | None:
@@ -118,7 +119,7 @@ def adopt(store: Store, run_id: int, identity: str) -> RunRecord:
             holder = run_id
         else:
             holder = row[0]
-    return get(store, holder)  # type: ignore[return-value]
+    return require(store, holder)
 
 
 def record_settings(store: Store, run_id: int, **values: object) -> None:
@@ -132,6 +133,15 @@ def record_settings(store: Store, run_id: int, **values: object) -> None:
 def get(store: Store, run_id: int) -> RunRecord | None:
     row = store.conn.execute("SELECT * FROM runs WHERE id = ?", (run_id,)).fetchone()
     return _record(row) if row else None
+
+
+def require(store: Store, run_id: int) -> RunRecord:
+    """A run that must exist: one just written, or one a generation points at. It is missing only when a row was
+    deleted outside gristmill (the sqlite3 shell does not enforce foreign keys): one clear line, not a crash."""
+    run = get(store, run_id)
+    if run is None:
+        raise StoreError(f"{store.path}: run {run_id} is not in the database (deleted outside gristmill?)")
+    return run
 
 
 def find_by_config(store: Store, config_hash: str) -> RunRecord | None:

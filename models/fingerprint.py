@@ -71,8 +71,13 @@ def cached_fingerprint(path: Path) -> str | None:
     `doctor` and `preview` show this and nothing more: hashing 20 GB is only worth it where a run needs it.
     """
     cache = _load_cache()
-    digests = [cache.get(_key(part)) for part in model_parts(path)]
-    return None if any(d is None for d in digests) else _combine(digests)  # type: ignore[arg-type]
+    digests = []
+    for part in model_parts(path):
+        digest = cache.get(_key(part))
+        if digest is None:
+            return None
+        digests.append(digest)
+    return _combine(digests)
 
 
 def fingerprint(path: Path, on_progress: Progress | None = None) -> str:

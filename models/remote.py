@@ -48,6 +48,7 @@ from gristmill.models.remote_protocol import (
     Answer,
     Choice,
     ProtocolFault,
+    ServedModel,
     build_request,
     detect_models,
     parse_answer,
@@ -136,9 +137,9 @@ class RemoteEngine(Engine, ConcurrentEngine):
                     await asyncio.sleep(self.policy.backoff(attempt, fault.retry_after))
             if endpoint.served is None:
                 raise unreachable(endpoint.url, reason or "no answer")
-        served = [e.served for e in self.pool.endpoints]
-        if len({s.model_id for s in served}) > 1 or len({s.kind for s in served}) > 1:
-            listing = ", ".join(f"{e.url}: {e.served.kind} {e.served.model_id!r}" for e in self.pool.endpoints)
+        served = [(e.url, _served(e)) for e in self.pool.endpoints]
+        if len({s.model_id for _, s in served}) > 1 or len({s.kind for _, s in served}) > 1:
+            listing = ", ".join(f"{url}: {s.kind} {s.model_id!r}" for url, s in served)
             raise EngineError(
                 f"the servers do not serve the same model ({listing}); give them one name "
                 f"(llama-server --alias, vllm --served-model-name)"
@@ -147,15 +148,15 @@ class RemoteEngine(Engine, ConcurrentEngine):
     # --- what is served ----------------------------------------------------------------------
     @property
     def kind(self) -> str:
-        return self.pool.endpoints[0].served.kind
+        return _served(self.pool.endpoints[0]).kind
 
     @property
     def model_id(self) -> str:
-        return self.pool.endpoints[0].served.model_id
+        return _served(self.pool.endpoints[0]).model_id
 
     @property
     def n_ctx(self) -> int | None:
-        contexts = [e.served.n_ctx for e in self.pool.endpoints if e.served.n_ctx]
+        contexts = [n for n in (_served(e).n_ctx for e in self.pool.endpoints) if n]
         return min(contexts) if contexts else (self.tokenizer.context_length or None)
 
     def info(self) -> ModelInfo:
@@ -302,14 +303,13 @@ class RemoteEngine(Engine, ConcurrentEngine):
         reason, endpoint = "no attempt", None
         for attempt in range(self.policy.attempts):
             endpoint = self.pool.pick(avoid=endpoint)
-            payload = build_request(
-                endpoint.served.kind, endpoint.served.model_id, list(ids), params, group.samples[0].seed, n
-            )
+            served = _served(endpoint)
+            payload = build_request(served.kind, served.model_id, list(ids), params, group.samples[0].seed, n)
             endpoint.in_flight += n
             endpoint.requests += 1
             try:
                 raw = await fetch(self._clients, "POST", endpoint.url + COMPLETIONS_PATH, payload)
-                answer = parse_answer(endpoint.served.kind, raw, n)
+                answer = parse_answer(served.kind, raw, n)
                 self.pool.succeeded(endpoint)
                 return [self._result(answer, choice, ids, params, endpoint) for choice in answer.choices]
             except ProtocolFault as fault:
@@ -339,7 +339,7 @@ class RemoteEngine(Engine, ConcurrentEngine):
             raise Mismatch(f"it counted {answer.prompt_tokens} prompt tokens, we fed {len(ids)}")
         if answer.prompt_token_ids is not None and answer.prompt_token_ids != ids:
             raise Mismatch("its prompt ids differ from the ids we sent")
-        timings = {**answer.timings, "endpoint": endpoint.url, "server_kind": endpoint.served.kind}
+        timings = {**answer.timings, "endpoint": endpoint.url, "server_kind": _served(endpoint).kind}
         if choice.token_ids is None:  # an older server: keep its text, say the ids were not checked
             finish = _server_finish(choice)
             return GenerationResult(
@@ -348,12 +348,14 @@ class RemoteEngine(Engine, ConcurrentEngine):
                 finish_reason=finish,
                 timings={**timings, "ids_checked": False},
             )
-        return self._render(choice, params, timings)
+        return self._render(choice, choice.token_ids, params, timings)
 
-    def _render(self, choice: Choice, params: GenerationParams, timings: dict) -> GenerationResult:
+    def _render(
+        self, choice: Choice, token_ids: tuple[int, ...], params: GenerationParams, timings: dict
+    ) -> GenerationResult:
         """The sampled ids rendered as the in-process engine renders them; the server's text is only compared."""
         tok = self.tokenizer
-        sampled = list(choice.token_ids)
+        sampled = list(token_ids)
         eos = bool(sampled) and tok.is_eog(sampled[-1])
         if eos:
             sampled.pop()
@@ -373,7 +375,7 @@ class RemoteEngine(Engine, ConcurrentEngine):
             if not matcher.stopped:
                 matcher.flush()
         finish = "stop" if matcher.stopped else "eos" if eos else _server_finish(choice)
-        extra = {"ids_checked": True}
+        extra: dict[str, bool | int] = {"ids_checked": True}
         if control:
             extra["control_tokens"] = control
         if matcher.text != choice.text:
@@ -385,6 +387,14 @@ class RemoteEngine(Engine, ConcurrentEngine):
             token_ids=tuple(kept),
             timings={**timings, **extra},
         )
+
+
+def _served(endpoint: Endpoint) -> ServedModel:
+    """What the endpoint serves. Discovery (in `__init__`) fills it for every endpoint or raises, so a None here
+    is a bug, not a server's answer."""
+    if endpoint.served is None:
+        raise EngineError(f"server {endpoint.url} was never asked what it serves")
+    return endpoint.served
 
 
 def _server_finish(choice: Choice) -> str:

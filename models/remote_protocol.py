@@ -164,6 +164,11 @@ def _int_list(value: object, what: str) -> tuple[int, ...]:
     return tuple(value)
 
 
+def _object(value: object) -> dict:
+    """An optional JSON object of the answer: absent, null or not an object reads as empty."""
+    return value if isinstance(value, dict) else {}
+
+
 def parse_answer(kind: str, raw: bytes, n: int) -> Answer:
     """Parse and shape-check a 2xx body; anything unexpected is a ProtocolFault (the request is retried)."""
     try:
@@ -179,6 +184,7 @@ def parse_answer(kind: str, raw: bytes, n: int) -> Answer:
     if not isinstance(usage, dict) or not isinstance(usage.get("prompt_tokens"), int):
         raise ProtocolFault("the response has no usage.prompt_tokens")
     ordered = sorted(choices, key=lambda c: c.get("index", 0) if isinstance(c, dict) else 0)
+    verbose = _object(body.get("__verbose"))  # llama-server's extra detail (the sampled ids, why it stopped)
     parsed, prompt_ids = [], None
     for choice in ordered:
         if not isinstance(choice, dict) or not isinstance(choice.get("text"), str):
@@ -187,9 +193,9 @@ def parse_answer(kind: str, raw: bytes, n: int) -> Answer:
         if finish not in ("stop", "length", "eos"):
             raise ProtocolFault(f"unexpected finish_reason {finish!r}")
         if kind == LLAMA_SERVER:
-            verbose = body.get("__verbose") if isinstance(body.get("__verbose"), dict) else {}
             ids = _int_list(verbose["tokens"], "__verbose.tokens") if "tokens" in verbose else None
-            detail = verbose.get("stop_type") if verbose.get("stop_type") in ("eos", "word", "limit") else None
+            stop_type = verbose.get("stop_type")
+            detail = stop_type if isinstance(stop_type, str) and stop_type in ("eos", "word", "limit") else None
             count = usage.get("completion_tokens") if isinstance(usage.get("completion_tokens"), int) else None
         else:
             ids = _int_list(choice["token_ids"], "choice.token_ids") if choice.get("token_ids") is not None else None
@@ -203,12 +209,8 @@ def parse_answer(kind: str, raw: bytes, n: int) -> Answer:
                 text=choice["text"], finish_reason=finish, stop_detail=detail, token_ids=ids, completion_tokens=count
             )
         )
-    timings = body.get("timings") if isinstance(body.get("timings"), dict) else {}
-    cached = (
-        (usage.get("prompt_tokens_details") or {}).get("cached_tokens")
-        if isinstance(usage.get("prompt_tokens_details"), dict)
-        else None
-    )
+    timings = _object(body.get("timings"))
+    cached = _object(usage.get("prompt_tokens_details")).get("cached_tokens")
     extra = {
         "server_prompt_ms": timings.get("prompt_ms"),
         "server_predicted_ms": timings.get("predicted_ms"),

@@ -127,7 +127,7 @@ def test_info_fingerprints_the_file_once(gemma, gemma_path):
 
 
 def test_split_gguf_loads_from_the_first_part_and_fingerprints_every_part(tmp_path, gemma_path):
-    from gristmill.models.fingerprint import fingerprint, model_parts
+    from gristmill.models.fingerprint import cached_fingerprint, fingerprint, model_parts
     first = tmp_path / "model-00001-of-00002.gguf"
     first.write_bytes(b"part one")
     with pytest.raises(FileNotFoundError, match="00002-of-00002"):
@@ -137,6 +137,9 @@ def test_split_gguf_loads_from_the_first_part_and_fingerprints_every_part(tmp_pa
     one = fingerprint(first)
     (tmp_path / "model-00002-of-00002.gguf").write_bytes(b"part 2!!")
     assert fingerprint(first) != one  # size/mtime key: a changed part is hashed again
+    assert cached_fingerprint(first) == fingerprint(first)  # every part hashed: the combined digest, no hashing
+    (tmp_path / "model-00002-of-00002.gguf").write_bytes(b"part two, longer")
+    assert cached_fingerprint(first) is None  # one part not hashed at its size: not known without hashing
 
 
 def test_native_logs_never_reach_the_terminal(capfd, gemma_path):

@@ -368,3 +368,27 @@ def test_generate_server_without_tokenizer_or_with_unknown_kind_is_bad_input(tmp
     result = runner.invoke(app, ["--db", str(tmp_path / "x.db"), "generate", "--server", "http://127.0.0.1:9",
                                  "--tokenizer", "missing.gguf"])
     assert result.exit_code == 2 and "tokenizer file not found" in result.output
+
+
+def test_answer_optional_objects_absent_null_or_wrong_read_as_empty():
+    """llama-server's `__verbose`, `timings` and `usage.prompt_tokens_details` are optional: absent, null or not
+    an object, the answer parses with no ids and no extra timings (the ids then go unchecked, as said on the row)."""
+    from gristmill.models.remote_protocol import LLAMA_SERVER, parse_answer
+
+    choice = {"index": 0, "text": " Paris.", "finish_reason": "stop"}
+    for extra in ({}, {"__verbose": None, "timings": None}, {"__verbose": [1, 2], "timings": "fast"}):
+        for details in ({}, {"prompt_tokens_details": None}, {"prompt_tokens_details": 3}):
+            body = {"choices": [choice], "usage": {"prompt_tokens": 4, **details}, **extra}
+            answer = parse_answer(LLAMA_SERVER, json.dumps(body).encode(), 1)
+            assert answer.prompt_tokens == 4 and answer.timings == {}
+            [parsed] = answer.choices
+            assert parsed.token_ids is None and parsed.stop_detail is None and parsed.text == " Paris."
+    body = {
+        "choices": [choice],
+        "usage": {"prompt_tokens": 4, "prompt_tokens_details": {"cached_tokens": 2}},
+        "timings": {"prompt_ms": 1.5},
+        "__verbose": {"tokens": [7, 8], "stop_type": "word"},
+    }
+    answer = parse_answer(LLAMA_SERVER, json.dumps(body).encode(), 1)
+    assert answer.timings == {"server_prompt_ms": 1.5, "cached_tokens": 2}
+    assert answer.choices[0].token_ids == (7, 8) and answer.choices[0].stop_detail == "word"

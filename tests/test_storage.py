@@ -67,3 +67,25 @@ def test_a_second_connection_waits_instead_of_failing(tmp_path):
             conn.execute("INSERT INTO instructions (instruction, content_hash, created_at) VALUES ('b', 'b', 't')")
         assert first.conn.execute("SELECT count(*) FROM instructions").fetchone()[0] == 2
     assert sqlite3.connect(path).execute("PRAGMA integrity_check").fetchone()[0] == "ok"
+
+
+def test_a_run_that_must_exist_and_does_not_is_one_line_naming_it(tmp_path):
+    """`runs.require`: a run deleted outside gristmill (the sqlite3 shell does not enforce foreign keys) is a
+    StoreError naming the database and the run, which the command line prints as one line; a present run comes
+    back as it was written."""
+    import pytest
+
+    from gristmill.db import runs as runs_db
+    from gristmill.db.connection import StoreError
+
+    with open_store(tmp_path / "a.db") as store:
+        run = runs_db.create(
+            store, engine="fake", model="m", model_fingerprint="sha256:m", style="default", params={}, seed=1,
+            samples=1, settings={}, config_hash="c", version="0", identity="i",
+        )
+        assert runs_db.require(store, run.id) == run == runs_db.create(
+            store, engine="fake", model="m", model_fingerprint="sha256:m", style="default", params={}, seed=1,
+            samples=1, settings={}, config_hash="c", version="0", identity="i",
+        )
+        with pytest.raises(StoreError, match=rf"a\.db: run {run.id + 1} is not in the database"):
+            runs_db.require(store, run.id + 1)

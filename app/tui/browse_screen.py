@@ -7,6 +7,7 @@ messages tagged with the view they belong to, so a slow sort or count never bloc
 from __future__ import annotations
 
 from dataclasses import dataclass, replace
+from typing import TYPE_CHECKING
 
 from rich.text import Text
 from textual import on, work
@@ -21,6 +22,12 @@ from gristmill.app import browse, review
 from gristmill.app.browse import BrowseFilter, Page, Sort
 from gristmill.app.textsafe import visible
 from gristmill.app.tui.keyhints import KeyHints
+from gristmill.app.review import Store
+
+if TYPE_CHECKING:
+    from textual import getters
+
+    from gristmill.app.tui.app import GristmillApp
 
 PAGE_SIZE = 100
 HINTS = (
@@ -73,6 +80,9 @@ class CountLoaded(Message):
 
 
 class BrowseScreen(Screen):
+    if TYPE_CHECKING:  # the app's own attributes (store, db_path, ...) for the type checker; at run time, Textual's
+        app = getters.app(GristmillApp)
+
     CSS_PATH = "browse_screen.tcss"
     BINDINGS = [
         Binding("f", "filter", "Filter", id="browse_filter", show=False),
@@ -94,7 +104,7 @@ class BrowseScreen(Screen):
         self.want_search = False
         self.count_pending = False
         self.shown_view: View | None = None  # the view whose page the table holds
-        self.readers: dict[str, object] = {}  # one connection per worker group: a count never holds up a page
+        self.readers: dict[str, Store] = {}  # one connection per worker group: a count never holds up a page
 
     def compose(self) -> ComposeResult:
         yield Header()
@@ -131,7 +141,7 @@ class BrowseScreen(Screen):
         Anything else (another sort, a deep page, a filter that may skip many rows) loads in a worker."""
         return view.sort.column == "id" and view.offset == 0 and replace(view.where, search=None) == BrowseFilter()
 
-    def _reader(self, group: str):
+    def _reader(self, group: str) -> Store:
         if group not in self.readers:
             self.readers[group] = review.open_database(self.app.db_path, migrate=False)
         return self.readers[group]
@@ -227,7 +237,8 @@ class BrowseScreen(Screen):
 
     @on(DataTable.RowSelected)
     def _open(self, event: DataTable.RowSelected) -> None:
-        self.app.open_in_review(int(event.row_key.value))
+        if event.row_key.value is not None:  # every row is added with its generation id as the key
+            self.app.open_in_review(int(event.row_key.value))
 
     @on(DataTable.HeaderSelected)
     def _header(self, event: DataTable.HeaderSelected) -> None:

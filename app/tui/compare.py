@@ -52,8 +52,8 @@ class ComparePanes(Container):
     ComparePanes SamplePane:focus { border: round $success; }
     """
 
-    def __init__(self, **kwargs):
-        super().__init__(**kwargs)
+    def __init__(self, *, id: str | None = None, classes: str | None = None) -> None:
+        super().__init__(id=id, classes=classes)
         self.samples: list[Sample] = []
 
     def show(self, samples: list[Sample], current_id: int) -> None:

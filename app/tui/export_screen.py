@@ -6,6 +6,7 @@ It shows how many records were written, what dedup dropped, and where the file a
 from __future__ import annotations
 
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from rich.text import Text
 from textual import on, work
@@ -18,6 +19,11 @@ from textual.worker import Worker, WorkerState
 
 from gristmill.app import browse, review
 from gristmill.app.export import FORMATS, ExportFilter, ExportReport, export
+
+if TYPE_CHECKING:
+    from textual import getters
+
+    from gristmill.app.tui.app import GristmillApp
 
 DEFAULT_FILE = "export.jsonl"
 
@@ -34,6 +40,9 @@ def describe(report: ExportReport) -> Text:
 
 
 class ExportScreen(ModalScreen[ExportReport | None]):
+    if TYPE_CHECKING:  # the app's own attributes (store, db_path, ...) for the type checker; at run time, Textual's
+        app = getters.app(GristmillApp)
+
     CSS_PATH = "export_screen.tcss"
     BINDINGS = [
         Binding("escape", "close", "Close", id="close_export"),
@@ -43,7 +52,7 @@ class ExportScreen(ModalScreen[ExportReport | None]):
     def __init__(self) -> None:
         super().__init__()
         self.report: ExportReport | None = None
-        self.worker: Worker | None = None
+        self.worker: Worker[ExportReport] | None = None
 
     def compose(self) -> ComposeResult:
         known = browse.choices(self.app.store)
@@ -110,13 +119,14 @@ class ExportScreen(ModalScreen[ExportReport | None]):
             return export(store, path, fmt=fmt, where=where, dedup=False)
 
     def on_worker_state_changed(self, event: Worker.StateChanged) -> None:
-        if event.worker is not self.worker:
+        worker = self.worker
+        if worker is None or event.worker is not worker:
             return
         result = self.query_one("#result", Static)
-        if event.state == WorkerState.SUCCESS:
-            self.report = event.worker.result
-            result.update(describe(self.report))
-            self.notify(f"Exported {self.report.records:,} record(s) to {self.report.path}")
+        if event.state == WorkerState.SUCCESS and worker.result is not None:  # a success carries run_export's report
+            self.report = report = worker.result
+            result.update(describe(report))
+            self.notify(f"Exported {report.records:,} record(s) to {report.path}")
         elif event.state == WorkerState.ERROR:
             result.update(Text(f"export failed: {event.worker.error}", style="red"))
 

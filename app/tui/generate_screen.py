@@ -10,6 +10,7 @@ goes on in the other rooms while it runs.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 from rich.text import Text
 from textual import on, work
@@ -26,6 +27,11 @@ from gristmill.app.generate import Progress
 from gristmill.app.generate_session import JobRequest, Started, merged, run_job, style_names
 from gristmill.app.textsafe import visible
 from gristmill.app.tui.keyhints import KeyHints
+
+if TYPE_CHECKING:
+    from textual import getters
+
+    from gristmill.app.tui.app import GristmillApp
 
 LIVE_TAIL = 4000  # characters of the item in flight kept on screen
 HINTS = (
@@ -73,6 +79,9 @@ def clock(seconds: float | None) -> str:
 
 
 class GenerateScreen(Screen):
+    if TYPE_CHECKING:  # the app's own attributes (store, db_path, ...) for the type checker; at run time, Textual's
+        app = getters.app(GristmillApp)
+
     CSS_PATH = "generate_screen.tcss"
     BINDINGS = [
         Binding("ctrl+s", "start", "Start", id="start_generation", show=False),
@@ -149,7 +158,7 @@ class GenerateScreen(Screen):
             max_tokens=max_tokens,
             temperature=temperature,
             model=self.query_one("#model", Input).value.strip() or None,
-            run_id=None if run is Select.NULL else int(run),
+            run_id=run if isinstance(run, int) else None,  # the options' values are run ids; blank: a new run
         )
 
     @on(Button.Pressed, "#start")
@@ -170,7 +179,7 @@ class GenerateScreen(Screen):
 
     @on(Button.Pressed, "#stop")
     def action_stop(self) -> None:
-        if not self.running:
+        if self.worker is None or not self.running:
             self.notify("Nothing is running", severity="information")
             return
         self.stopping = True
@@ -194,6 +203,9 @@ class GenerateScreen(Screen):
             live.append(text)
             self.post_message(LiveText("".join(live)[-LIVE_TAIL:]))
 
+        def started(started: Started) -> None:
+            self.post_message(RunStarted(started))
+
         def progressed(progress: Progress) -> None:
             live.clear()
             self.post_message(Progressed(progress))
@@ -201,7 +213,7 @@ class GenerateScreen(Screen):
         return run_job(
             self.app.db_path,
             merged(self.app.generate_config, request),
-            on_started=lambda s: self.post_message(RunStarted(s)),
+            on_started=started,
             on_progress=progressed,
             on_piece=piece,
             should_stop=lambda: worker.is_cancelled,

@@ -7,6 +7,7 @@ in a thread worker (grouping a million rows takes a moment) and refreshed whenev
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 from rich.text import Text
 from textual import work
@@ -22,6 +23,11 @@ from textual_plotext import PlotextPlot
 from gristmill.app import review
 from gristmill.app.stats import collect_all
 from gristmill.app.tui.keyhints import KeyHints
+
+if TYPE_CHECKING:
+    from textual import getters
+
+    from gristmill.app.tui.app import GristmillApp
 
 GROUPS = (("type", "type"), ("style", "style (pool)"), ("reviewer", "reviewer"), ("flag", "flag"))
 HINTS = (("refresh_stats", "refresh"),)
@@ -44,6 +50,9 @@ def summary(data: dict) -> Text:
 
 
 class StatsScreen(Screen):
+    if TYPE_CHECKING:  # the app's own attributes (store, db_path, ...) for the type checker; at run time, Textual's
+        app = getters.app(GristmillApp)
+
     CSS_PATH = "stats_screen.tcss"
     BINDINGS = [Binding("r", "refresh_stats", "Refresh", id="refresh_stats", show=False)]
 
@@ -118,6 +127,9 @@ class StatsScreen(Screen):
         if any(hist["accept"]) or any(hist["reject"]):
             last = max(i for i in range(len(hist["bins"])) if hist["accept"][i] or hist["reject"][i]) + 1
             labels = [str(b) for b in hist["bins"][:last]]
-            plt.multiple_bar(labels, [hist["accept"][:last], hist["reject"][:last]], labels=["accepted", "rejected"])
+            series = [hist["accept"][:last], hist["reject"][:last]]
+            # textual-plotext 1.0.1's stub names the keyword `label`; plotext's multiple_bar takes `labels` (one per
+            # series; `label=` is a TypeError at run time): a stub gap, not ours
+            plt.multiple_bar(labels, series, labels=["accepted", "rejected"])  # type: ignore[call-arg]
         plt.title(f"response length (characters, bins of {hist['bin_chars']}): accepted vs rejected")
         widget.refresh()
