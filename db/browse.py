@@ -10,7 +10,10 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass, field
 
+from gristmill.db import filters
 from gristmill.db.connection import Store
+from gristmill.db.filters import UNREVIEWED as UNREVIEWED  # the browse dialog's "no decision" (app.browse)
+from gristmill.db.filters import Filter, Param
 
 SORTS = {  # column key -> SQL expression (ties broken by id)
     "id": "g.id",
@@ -22,7 +25,6 @@ SORTS = {  # column key -> SQL expression (ties broken by id)
     "chars": "length(g.completion)",
     "tokens": "g.completion_tokens",
 }
-UNREVIEWED = "unreviewed"
 
 
 @dataclass(frozen=True)
@@ -59,6 +61,20 @@ class BrowseFilter:
         if self.search:
             parts.insert(0, f"search '{self.search}'")
         return ", ".join(parts) or "everything"
+
+    def fields(self) -> Filter:
+        """Everything but the search, as the shared filter (the search drives the query: see `_from`)."""
+        return Filter(
+            status=self.status,
+            decision=self.decision or None,  # a cleared decision box means any
+            instruction_type=self.instruction_type,
+            style=self.style,
+            run_id=self.run_id,
+            reviewer=self.reviewer,
+            flag=self.flag,
+            min_chars=self.min_chars,
+            max_chars=self.max_chars,
+        )
 
 
 @dataclass(frozen=True)
@@ -103,43 +119,9 @@ def match_expression(text: str) -> str | None:
     return " ".join(terms) or None
 
 
-def _where(where: BrowseFilter) -> tuple[list[str], list]:
-    clauses, params = [], []
-    if where.status:
-        clauses.append("g.status = ?")
-        params.append(where.status)
-    if where.decision == UNREVIEWED:
-        clauses.append("g.decision IS NULL")
-    elif where.decision:
-        clauses.append("g.decision = ?")
-        params.append(where.decision)
-    if where.instruction_type:
-        clauses.append("i.instruction_type = ?")
-        params.append(where.instruction_type)
-    if where.style:
-        clauses.append("r.style = ?")
-        params.append(where.style)
-    if where.flag:
-        clauses.append("EXISTS (SELECT 1 FROM json_each(g.flags) WHERE value = ?)")
-        params.append(where.flag)
-    if where.reviewer:
-        clauses.append("g.review_id IN (SELECT id FROM reviews WHERE reviewer = ?)")
-        params.append(where.reviewer)
-    if where.run_id is not None:
-        clauses.append("g.run_id = ?")
-        params.append(where.run_id)
-    if where.min_chars is not None:
-        clauses.append("length(g.completion) >= ?")
-        params.append(where.min_chars)
-    if where.max_chars is not None:
-        clauses.append("length(g.completion) <= ?")
-        params.append(where.max_chars)
-    return clauses, params
-
-
-def _from(where: BrowseFilter, sort: Sort) -> tuple[str, list[str], list, str]:
+def _from(where: BrowseFilter, sort: Sort) -> tuple[str, list[str], list[Param], str]:
     """FROM clause, WHERE clauses, parameters and ORDER BY; a search drives the query from the index."""
-    clauses, params = _where(where)
+    clauses, params = filters.clauses(where.fields(), filters.WITH_INSTRUCTION_AND_RUN)
     direction = "DESC" if sort.descending else "ASC"
     joins = "JOIN instructions i ON i.id = g.instruction_id JOIN runs r ON r.id = g.run_id"
     match = match_expression(where.search or "")
@@ -199,13 +181,13 @@ def choices(store: Store) -> dict[str, list]:
     }
 
 
-def position(store: Store, where_sql: str, params: list, generation_id: int) -> int:
+def position(store: Store, where_sql: str, params: list[Param], generation_id: int) -> int:
     """1-based position of a generation among those matching a review-queue WHERE clause (by id)."""
     return store.conn.execute(
         f"SELECT count(*) FROM generations g WHERE {where_sql} AND g.id <= ?", (*params, generation_id)
     ).fetchone()[0]
 
 
-def count_where(store: Store, where_sql: str, params: list) -> int:
+def count_where(store: Store, where_sql: str, params: list[Param]) -> int:
     """How many generations match a review-queue WHERE clause."""
     return store.conn.execute(f"SELECT count(*) FROM generations g WHERE {where_sql}", params).fetchone()[0]

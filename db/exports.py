@@ -7,17 +7,44 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 
 from gristmill.db.connection import Store
+from gristmill.db.filters import WITH_REVIEW, Filter, Param, clauses, response_sql
 
 
 @dataclass(frozen=True)
 class ExportFilter:
+    """Which reviewed generations an export (any format) takes. Every field narrows; None means any."""
+
     instruction_type: str | None = None
     style: str | None = None
     run_id: int | None = None
     reviewer: str | None = None
-    min_chars: int | None = None
+    min_chars: int | None = None  # bounds on the response as exported: the edited text where there is one
     max_chars: int | None = None
     exclude_flags: tuple[str, ...] = ()
+
+    def fields(self) -> Filter:
+        return Filter(
+            instruction_type=self.instruction_type,
+            style=self.style,
+            run_id=self.run_id,
+            reviewer=self.reviewer,
+            min_chars=self.min_chars,
+            max_chars=self.max_chars,
+            exclude_flags=self.exclude_flags,
+        )
+
+
+# what an exported record's response is: the edit if any, else the completion
+RESPONSE = response_sql(WITH_REVIEW)
+
+
+def filter_clauses(where: ExportFilter) -> tuple[list[str], list[Param]]:
+    """The export filters over aliases g (generation), i, r and rv (its review in force), finished ones only.
+
+    Every export shape (accepted records here, labels and pairs in `training`) narrows through this one.
+    """
+    found, params = clauses(where.fields(), WITH_REVIEW)
+    return ["g.status = 'done'", *found], params
 
 
 @contextmanager
@@ -63,42 +90,19 @@ def responses(store: Store, ids: list[int]) -> list[dict]:
 
 def accepted_pages(store: Store, where: ExportFilter, batch: int = 1000) -> Iterator[list[dict]]:
     """Accepted generations in id order, a page (list) at a time; `response` is the edited text if any."""
-    clauses: list[str] = ["g.decision = 'accept'", "g.status = 'done'"]
-    params: list[object] = []
-    if where.instruction_type:
-        clauses.append("i.instruction_type = ?")
-        params.append(where.instruction_type)
-    if where.style:
-        clauses.append("r.style = ?")
-        params.append(where.style)
-    if where.run_id is not None:
-        clauses.append("g.run_id = ?")
-        params.append(where.run_id)
-    if where.reviewer:
-        clauses.append("rv.reviewer = ?")
-        params.append(where.reviewer)
-    response = "COALESCE(rv.edited_response, g.completion)"
-    if where.min_chars is not None:
-        clauses.append(f"length({response}) >= ?")
-        params.append(where.min_chars)
-    if where.max_chars is not None:
-        clauses.append(f"length({response}) <= ?")
-        params.append(where.max_chars)
-    for flag in where.exclude_flags:
-        clauses.append("NOT EXISTS (SELECT 1 FROM json_each(g.flags) WHERE value = ?)")
-        params.append(flag)
+    found, params = filter_clauses(where)
     sql = f"""
         SELECT g.id, g.run_id, g.prompt, g.completion, g.prompt_tokens, g.completion_tokens,
                g.prompt_token_ids_sha256, g.finish_reason, g.flags, g.seed, g.style_meta,
                i.instruction, i.input, i.instruction_type, i.external_id,
                r.style, r.model, r.model_fingerprint, r.params, r.settings,
                rv.edited_response, rv.reviewer, rv.created_at AS reviewed_at,
-               {response} AS response
+               {RESPONSE} AS response
         FROM generations g
         JOIN instructions i ON i.id = g.instruction_id
         JOIN runs r ON r.id = g.run_id
         JOIN reviews rv ON rv.id = g.review_id
-        WHERE {" AND ".join(clauses)} AND g.id > ? ORDER BY g.id LIMIT ?"""
+        WHERE g.decision = 'accept' AND {" AND ".join(found)} AND g.id > ? ORDER BY g.id LIMIT ?"""
     last = 0
     while True:
         rows = store.conn.execute(sql, (*params, last, batch)).fetchall()

@@ -11,6 +11,7 @@ import uuid
 from dataclasses import dataclass
 
 from gristmill.db.connection import Store, utc_now
+from gristmill.db.filters import GENERATIONS_ONLY, Filter, Param, where_sql
 
 DECISIONS = ("accept", "reject", "skip")
 # a review row in force: a decision that no `undo` row cancelled (the triggers resolve undo rows, targeted
@@ -39,33 +40,21 @@ class QueueFilter:
     max_chars: int | None = None
     run_id: int | None = None
 
-    def where(self) -> tuple[str, list]:
-        clauses: list[str] = ["g.status = 'done'"]
-        params: list[object] = []
-        if self.state == "unreviewed":
-            clauses.append("g.decision IS NULL")
-        elif self.state != "all":
-            clauses.append("g.decision = ?")
-            params.append(self.state)
-        if self.instruction_type:
-            clauses.append("g.instruction_id IN (SELECT id FROM instructions WHERE instruction_type = ?)")
-            params.append(self.instruction_type)
-        if self.style:
-            clauses.append("g.run_id IN (SELECT id FROM runs WHERE style = ?)")
-            params.append(self.style)
-        if self.flag:
-            clauses.append("EXISTS (SELECT 1 FROM json_each(g.flags) WHERE value = ?)")
-            params.append(self.flag)
-        if self.min_chars is not None:
-            clauses.append("length(g.completion) >= ?")
-            params.append(self.min_chars)
-        if self.max_chars is not None:
-            clauses.append("length(g.completion) <= ?")
-            params.append(self.max_chars)
-        if self.run_id is not None:
-            clauses.append("g.run_id = ?")
-            params.append(self.run_id)
-        return " AND ".join(clauses), params
+    def fields(self) -> Filter:
+        """The queue as the shared filter: `all` states is no decision filter."""
+        return Filter(
+            decision=None if self.state == "all" else self.state,
+            instruction_type=self.instruction_type,
+            style=self.style,
+            run_id=self.run_id,
+            flag=self.flag,
+            min_chars=self.min_chars,
+            max_chars=self.max_chars,
+        )
+
+    def where(self) -> tuple[str, list[Param]]:
+        """WHERE text over `generations g` alone (no joins: the next item is one index seek) and its parameters."""
+        return where_sql(self.fields(), GENERATIONS_ONLY, "g.status = 'done'")
 
 
 def record(store: Store, decisions: list[Decision], reviewer: str) -> str:

@@ -10,7 +10,7 @@ from __future__ import annotations
 from collections.abc import Iterator
 
 from gristmill.db.connection import Store
-from gristmill.db.exports import ExportFilter
+from gristmill.db.exports import RESPONSE, ExportFilter, filter_clauses
 from gristmill.db.reviews import IN_FORCE
 
 # the columns every training row carries (the same names `exports.accepted` gives)
@@ -21,35 +21,6 @@ _ROW = """g.id, g.run_id, g.prompt, g.completion, g.completion_tokens, g.flags, 
 # a review row that is part of a best-of-N pick: its action also rejected a sibling
 _IS_PICK = """(rv.action_id IS NOT NULL AND EXISTS (SELECT 1 FROM reviews o WHERE o.action_id = rv.action_id
                 AND o.id != rv.id AND o.decision = 'reject'))"""
-
-
-def filter_clauses(
-    where: ExportFilter, response: str = "COALESCE(rv.edited_response, g.completion)"
-) -> tuple[list[str], list]:
-    """The export filters as SQL over aliases g (generation), i, r and rv (its review in force)."""
-    clauses, params = ["g.status = 'done'"], []
-    if where.instruction_type:
-        clauses.append("i.instruction_type = ?")
-        params.append(where.instruction_type)
-    if where.style:
-        clauses.append("r.style = ?")
-        params.append(where.style)
-    if where.run_id is not None:
-        clauses.append("g.run_id = ?")
-        params.append(where.run_id)
-    if where.reviewer:
-        clauses.append("rv.reviewer = ?")
-        params.append(where.reviewer)
-    if where.min_chars is not None:
-        clauses.append(f"length({response}) >= ?")
-        params.append(where.min_chars)
-    if where.max_chars is not None:
-        clauses.append(f"length({response}) <= ?")
-        params.append(where.max_chars)
-    for flag in where.exclude_flags:
-        clauses.append("NOT EXISTS (SELECT 1 FROM json_each(g.flags) WHERE value = ?)")
-        params.append(flag)
-    return clauses, params
 
 
 def labeled(store: Store, where: ExportFilter, reasons: tuple[str, ...] = ()) -> Iterator[dict]:
@@ -67,7 +38,7 @@ def labeled(store: Store, where: ExportFilter, reasons: tuple[str, ...] = ()) ->
         clauses.append(f"(g.decision = 'accept' OR {' OR '.join(allowed)})")
         params += named
     sql = f"""
-        SELECT {_ROW}, g.decision, {_IS_PICK} AS is_pick, COALESCE(rv.edited_response, g.completion) AS response
+        SELECT {_ROW}, g.decision, {_IS_PICK} AS is_pick, {RESPONSE} AS response
         FROM generations g
         JOIN instructions i ON i.id = g.instruction_id
         JOIN runs r ON r.id = g.run_id
@@ -91,7 +62,7 @@ def pairs(store: Store, where: ExportFilter) -> Iterator[dict]:
     filters = " AND ".join(clauses)
     sql = f"""
         SELECT * FROM (
-        SELECT {_ROW}, 'pick' AS kind, s.id AS rejected_id, COALESCE(rv.edited_response, g.completion) AS response,
+        SELECT {_ROW}, 'pick' AS kind, s.id AS rejected_id, {RESPONSE} AS response,
                s.completion AS rejected_response
         FROM reviews pa
         JOIN generations g ON g.id = pa.generation_id AND g.decision = 'accept'
