@@ -112,6 +112,11 @@ def export_command(
             f"dedup rule {dedup}: dropped {len(report.dropped)} record(s) ({by['exact']} exact, "
             f"{by['near']} near at Jaccard >= {dedup_threshold}); the manifest lists each pair"
         )
+    if report.orphaned:
+        out.print(
+            f"not exported: {report.orphaned} accepted record(s) whose run or instruction row is gone from the "
+            "database (deleted outside gristmill)"
+        )
     out.print(escape(one_line(f"manifest: {report.manifest_path}")))
 
 

@@ -88,6 +88,17 @@ def responses(store: Store, ids: list[int]) -> list[dict]:
     return rows
 
 
+def orphaned(store: Store) -> int:
+    """Accepted generations whose run or instruction row is gone (deleted by hand: SQLite does not enforce the
+    foreign keys unless asked). The export's joins cannot return them, so they are counted to be reported."""
+    return store.conn.execute(
+        """SELECT count(*) FROM generations g
+        WHERE g.decision = 'accept'
+          AND (NOT EXISTS (SELECT 1 FROM runs r WHERE r.id = g.run_id)
+               OR NOT EXISTS (SELECT 1 FROM instructions i WHERE i.id = g.instruction_id))"""
+    ).fetchone()[0]
+
+
 def accepted_pages(store: Store, where: ExportFilter, batch: int = 1000) -> Iterator[list[dict]]:
     """Accepted generations in id order, a page (list) at a time; `response` is the edited text if any."""
     found, params = filter_clauses(where)

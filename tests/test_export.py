@@ -164,3 +164,22 @@ def test_bad_export_arguments_are_exit_2(tmp_path):
     assert runner.invoke(app, ["export", str(tmp_path / "x.jsonl"), "--format", "parquet"]).exit_code == 2
     assert runner.invoke(app, ["export", str(tmp_path / "missing" / "x.jsonl")]).exit_code == 2
     assert runner.invoke(app, ["export", str(tmp_path / "x.jsonl"), "--dedup", "fuzzy"]).exit_code == 2
+
+
+def test_records_whose_run_or_instruction_row_is_gone_are_counted_not_silently_dropped(tmp_path):
+    """A row deleted with plain sqlite3 (foreign keys not enforced there) leaves accepted generations the export's
+    joins cannot return: the command says how many were not exported, and the manifest records it."""
+    import sqlite3
+
+    db = fake_db(tmp_path)
+    out = tmp_path / "x.jsonl"
+    assert runner.invoke(app, ["export", str(out)]).exit_code == 0
+    full = len(read_jsonl(out))
+    with sqlite3.connect(db) as conn:  # the instruction of generation 1, an accepted one
+        conn.execute("DELETE FROM instructions WHERE id = (SELECT instruction_id FROM generations WHERE id = 1)")
+    result = runner.invoke(app, ["export", str(out)])
+    assert result.exit_code == 0, result.output
+    assert len(read_jsonl(out)) == full - 1
+    assert "not exported: 1 accepted record(s) whose run or instruction row is gone" in result.output
+    manifest = json.loads((tmp_path / "x.jsonl.manifest.json").read_text())
+    assert manifest["not_exported_run_or_instruction_missing"] == 1

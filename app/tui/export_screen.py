@@ -34,6 +34,11 @@ def describe(report: ExportReport) -> Text:
     text.append(
         f"dedup dropped {len(report.dropped):,}" + (" (the manifest lists each pair)\n" if report.dropped else "\n")
     )
+    if report.orphaned:
+        text.append(
+            f"not exported: {report.orphaned:,} accepted record(s) whose run or instruction row is gone\n",
+            style="bold",
+        )
     text.append(f"file: {Path(report.path).resolve()}\nmanifest: {Path(report.manifest_path).resolve()}\n")
     text.append(f"sha256 {report.sha256}", style="dim")
     return text
