@@ -19,6 +19,7 @@ from gristmill.db.connection import DatabaseBusy
 from gristmill.models import GenerationParams
 from gristmill.models.fake import FakeEngine
 from tests.conftest import write
+from tests.test_review_app import current, seed_db
 
 HOLD_S = 30
 
@@ -162,3 +163,49 @@ def test_opening_another_connection_in_this_process_keeps_the_commits_of_the_ope
         assert check.stdout.strip() == "3", check.stderr
         with open_store(db, migrate=False) as later:  # and this process's later connections still work
             assert later.query("SELECT count(*) FROM reviews")[0][0] == 3
+
+
+async def test_quitting_while_a_decision_waits_keeps_what_was_committed_and_does_not_hang(tmp_path):
+    db = seed(tmp_path, 3)
+    async with make_app(db, reviewer="ann").run_test() as pilot:
+        app = pilot.app
+        await pilot.pause()
+        await pilot.press("a")  # the lock is free: committed at once
+        assert not app.saving
+        holder = hold_write_lock(db)
+        waiting = app.screen.item.generation_id
+        await pilot.press("a")  # now it waits in a thread, and the header says so
+        assert app.saving and "waiting for the database" in app.sub_title
+        await pilot.press("q")  # the first q warns: the waiting decision would not be saved
+        await pilot.pause()
+        assert app.is_running and app.unsaved == "decision"
+        assert any("press q again" in n.message for n in app._notifications)
+        await pilot.press("q")  # the second quits, the lock still held
+    # the worker stops waiting once the app is gone (before the other writer lets go)
+    assert app.write_settled.wait(timeout=120)
+    assert app.unsaved == "decision"
+    holder.execute("COMMIT")
+    holder.close()
+    fresh = ("import json, sqlite3, sys; c = sqlite3.connect(sys.argv[1]); "
+             "print(json.dumps([c.execute('PRAGMA integrity_check').fetchone()[0], "
+             "c.execute('SELECT generation_id FROM reviews ORDER BY id').fetchall()]))")
+    check = subprocess.run([sys.executable, "-c", fresh, str(db)], capture_output=True, text=True)
+    assert json.loads(check.stdout) == ["ok", [[1]]], check.stderr
+    assert waiting == 2
+
+
+async def test_a_pick_while_another_process_writes_waits_in_a_thread_and_lands(tmp_path):
+    db = seed_db(tmp_path, ["apple", "pear"], samples=2, n=1)
+    holder = hold_write_lock(db)
+    async with make_app(db, reviewer="ann").run_test() as pilot:
+        app = pilot.app
+        await pilot.pause()
+        await pilot.press("2")  # best of N is a write like any decision: off the event loop while the lock is held
+        assert app.saving and "waiting for the database" in app.sub_title
+        await pilot.press("j")  # the event loop answers meanwhile
+        holder.execute("COMMIT")
+        holder.close()
+        while app.saving:
+            await pilot.pause(0.05)
+        assert app.unsaved is None
+    assert current(db) == {1: "reject", 2: "accept"}
