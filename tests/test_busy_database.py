@@ -209,3 +209,29 @@ async def test_a_pick_while_another_process_writes_waits_in_a_thread_and_lands(t
             await pilot.pause(0.05)
         assert app.unsaved is None
     assert current(db) == {1: "reject", 2: "accept"}
+
+
+async def test_a_bulk_decision_in_browse_waits_for_the_lock_in_a_thread(tmp_path):
+    from gristmill.app.tui.confirm import ConfirmScreen
+
+    db = seed(tmp_path, 3)
+    holder = hold_write_lock(db)
+    async with make_app(db, reviewer="ann").run_test() as pilot:
+        app = pilot.app
+        await pilot.pause()
+        await pilot.press("b")
+        await pilot.app.workers.wait_for_complete()
+        await pilot.pause()
+        await pilot.press("A")
+        await pilot.pause()
+        assert isinstance(app.screen, ConfirmScreen)
+        await pilot.press("y")
+        await pilot.pause()
+        assert app.saving and "waiting for the database" in app.sub_title
+        await pilot.press("u")  # a second write while one waits is declined, not queued
+        holder.execute("COMMIT")
+        holder.close()
+        while app.saving:
+            await pilot.pause(0.05)
+        assert app.unsaved is None
+    assert current(db) == {1: "accept", 2: "accept", 3: "accept"}
