@@ -40,6 +40,8 @@ def review(
     app_.run()
     if failure:
         raise failure[0]
+    if app_.unsaved:  # the reviewer quit while it waited for another process's write lock (the app warned)
+        print(f"review: the last {app_.unsaved} was not saved: the database was busy when you quit", file=sys.stderr)
 
 
 def _login() -> str:

@@ -168,7 +168,10 @@ def connect(path: str | Path, *, create: bool = True) -> sqlite3.Connection:
 
 
 def check_database_file(path: Path, *, create: bool) -> None:
-    """Say what is wrong with `path` as a database, in words, before SQLite says it in its own."""
+    """Say what is wrong with `path` as a database, in words, before SQLite says it in its own.
+
+    Only metadata (stat, access): never open the file itself, see below.
+    """
     if path.is_dir():
         raise StoreError(f"database {path}: is a directory, not a database file")
     if not path.exists():
@@ -184,10 +187,10 @@ def check_database_file(path: Path, *, create: bool) -> None:
             f"database {path}: not writable (permission denied); gristmill writes to its database "
             "(WAL journal, migrations, decisions)"
         )
-    with path.open("rb") as handle:
-        head = handle.read(16)
-    if head and head != b"SQLite format 3\x00":
-        raise StoreError(f"database {path}: not a SQLite database")
+    # Whether it is SQLite at all is left to SQLite (its "file is not a database" becomes the same clear line in
+    # `_store_error`): opening the file here and closing it would drop every POSIX lock this process holds on it
+    # through its other connections (the review app's, a worker's), and another process would then delete the
+    # WAL under them: their later commits would go to an unlinked file and be lost.
 
 
 def open_store(path: str | Path, *, migrate: bool = True, stop_before: str | None = None, create: bool = True) -> Store:

@@ -7,6 +7,7 @@ Each is one key, shown in the footer, from anywhere.
 
 from __future__ import annotations
 
+import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -18,7 +19,7 @@ from textual import work
 from textual.app import App
 from textual.binding import Binding
 from textual.message import Message
-from textual.worker import get_current_worker
+from textual.worker import Worker, get_current_worker
 
 from gristmill.app import review
 from gristmill.app.config import DEFAULT_REJECT_REASONS, GenerateConfig
@@ -39,6 +40,10 @@ def _room_screen(module: str, name: str):
 LOOKUP_STEPS = (
     50_000  # SQLite steps a lookup may take on the event loop (about a millisecond); longer ones go to a thread
 )
+
+
+class WriteAbandoned(Exception):
+    """The app quit while a write waited for the lock: the worker stops waiting, nothing was written."""
 
 
 @dataclass
@@ -90,6 +95,13 @@ class GristmillApp(App):
         self.counts: dict[str, int] = {}
         self._next_count = None
         self.saving = False  # a decision is waiting for another process's write lock
+        self.saving_what = "decision"  # what waits ("decision", "undo", "pick"), for the messages
+        self._quit_asked = False  # q was pressed once while something waited
+        # what a worker waits to save, until it lands (set back on the worker's thread); still set after the
+        # app quit while it waited, so the command line can say it was not saved
+        self.unsaved: str | None = None
+        self.write_settled = threading.Event()  # clear while a worker waits to write: set once it has stopped
+        self.write_settled.set()
         self.looking_up = False  # a queue lookup too slow for the event loop runs in a thread
 
     def on_mount(self) -> None:
@@ -141,17 +153,20 @@ class GristmillApp(App):
         self._next_count = self.set_timer(max(COUNTS_REFRESH_S, 20 * message.seconds), self.refresh_counts)
 
     # --- the database without blocking the event loop -------------------------------------------
-    def write(self, action: Callable[[Store], Any], then: Callable[[Any], None]) -> bool:
+    def write(self, action: Callable[[Store], Any], then: Callable[[Any], None], *, what: str = "decision") -> bool:
         """Commit `action` now if the write lock is free, else in a thread that waits for it (the header says
-        so); `then(result)` runs on the event loop once committed. False if a write is already waiting."""
+        so); `then(result)` runs on the event loop once committed. False if a write is already waiting: one at
+        a time, so a decision is never queued behind another the reviewer may still change their mind about."""
         if self.saving:
-            self.notify("Still saving the last decision: the database is busy", severity="warning")
+            self.notify(f"Still saving the last {self.saving_what}: the database is busy", severity="warning")
             return False
         try:
             with self.store.write(wait=False):
                 result = action(self.store)
         except DatabaseBusy:
-            self.saving = True
+            self.saving, self.saving_what, self.unsaved = True, what, what
+            self.write_settled.clear()
+            self._quit_asked = False
             self._show_counts()
             self._write_when_free(action, then)
             return True
@@ -161,23 +176,55 @@ class GristmillApp(App):
     @work(thread=True, exit_on_error=False, group="write", description="save a decision")
     def _write_when_free(self, action: Callable[[Store], Any], then: Callable[[Any], None]) -> None:
         try:
+            self._wait_and_write(get_current_worker(), action, then)
+        finally:
+            self.write_settled.set()
+
+    def _wait_and_write(self, worker: Worker, action: Callable[[Store], Any], then: Callable[[Any], None]) -> None:
+        """Wait for the lock on this thread's own connection; give up (nothing written) once the app quits."""
+
+        def unless_quitting(waited: float | None) -> None:
+            # None: the statement has just landed after a wait (a COMMIT then is committed: never abandon it)
+            if waited is not None and (worker.is_cancelled or not self.is_running):
+                raise WriteAbandoned
+
+        try:
             with review.open_database(self.db_path, migrate=False) as store:
+                store.on_busy = unless_quitting  # called between attempts: the wait ends when the app does
                 with store.write():  # waits, with backoff, for as long as the other writer holds the lock
                     result = action(store)
+            self.unsaved = None  # committed, whatever happens to the app now
+        except WriteAbandoned:
+            return  # the app is quitting: it told the reviewer this decision is not saved
         except Exception as error:  # not saved: say so, and let the reviewer try again
-            self.call_from_thread(self._not_written, error)
+            if not worker.is_cancelled:
+                self.call_from_thread(self._not_written, error)
             raise
-        self.call_from_thread(self._written, then, result)
+        if not worker.is_cancelled:
+            self.call_from_thread(self._written, then, result)
 
     def _not_written(self, error: Exception) -> None:
-        self.saving = False
+        self.saving, self.unsaved = False, None  # said here: the reviewer can decide again
         self._show_counts()
-        self.notify(f"The decision was not saved: {error}", severity="error")
+        self.notify(f"The {self.saving_what} was not saved: {error}", severity="error")
 
     def _written(self, then: Callable[[Any], None], result: Any) -> None:
         self.saving = False
         self._show_counts()
         then(result)
+
+    async def action_quit(self) -> None:
+        """Quit; while a decision waits for the database, only when asked twice (it is not saved then)."""
+        if self.saving and not self._quit_asked:
+            self._quit_asked = True
+            self.notify(
+                f"The {self.saving_what} is still waiting for the database (another process is writing): "
+                "press q again to quit without it",
+                severity="warning",
+                timeout=10,
+            )
+            return
+        self.exit()
 
     def lookup(self, query: Callable[[Store], Any], then: Callable[[Any], None], *, background: bool = False) -> None:
         """Run a queue lookup on the event loop if it is quick; one that would scan (a filter matching

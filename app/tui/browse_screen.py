@@ -284,10 +284,17 @@ class BrowseScreen(Screen):
             if not yes:
                 self.notify(f"Bulk {decision} cancelled: nothing recorded")
                 return
-            ids = browse.bulk_decide(self.app.store, where, decision, self.app.reviewer)
-            self.notify(f"{verb}ed {len(ids):,} generation(s) as one action; u undoes it")
-            self.app.refresh_counts()
-            self.load()
+            reviewer = self.app.reviewer
+
+            def decided(ids: list[int]) -> None:
+                self.notify(f"{verb}ed {len(ids):,} generation(s) as one action; u undoes it")
+                self.app.refresh_counts()
+                self.load()
+
+            # like every decision, never waits for another process's write lock on the event loop
+            self.app.write(
+                lambda store: browse.bulk_decide(store, where, decision, reviewer), decided, what="bulk decision"
+            )
 
         self.app.push_screen(
             ConfirmScreen(
@@ -299,7 +306,10 @@ class BrowseScreen(Screen):
         )
 
     def action_undo(self) -> None:
-        touched = review.undo(self.app.store, self.app.reviewer)
+        reviewer = self.app.reviewer
+        self.app.write(lambda store: review.undo(store, reviewer), self._undone, what="undo")
+
+    def _undone(self, touched: list[int]) -> None:
         if not touched:
             self.notify("Nothing to undo", severity="warning")
             return

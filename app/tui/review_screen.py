@@ -15,7 +15,7 @@ from textual.widgets import Collapsible, Footer, Header, Static
 from textual.worker import get_current_worker
 
 from gristmill.app import browse, review
-from gristmill.app.review import QueueFilter, ReviewItem
+from gristmill.app.review import Pick, QueueFilter, ReviewItem, Store
 from gristmill.app.textsafe import visible
 from gristmill.app.tui.compare import ComparePanes
 from gristmill.app.tui.keyhints import KeyHints
@@ -74,7 +74,7 @@ class ReviewScreen(Screen):
         self.history: list[int] = []  # items decided or passed in this sitting, newest last
         self.queue_total: tuple[QueueFilter, int, float] | None = None  # (queue, its length, when counted)
         self.position_lock = threading.Lock()
-        self.reader = None  # the position worker's own connection
+        self.reader: Store | None = None  # the position worker's own connection
 
     def compose(self) -> ComposeResult:
         yield Header()
@@ -181,8 +181,11 @@ class ReviewScreen(Screen):
             if self.reader is None:
                 self.reader = review.open_database(self.app.db_path, migrate=False)
             cached = self.queue_total
-            fresh = cached is not None and cached[0] == queue and time.monotonic() - cached[2] < QUEUE_RECOUNT_S
-            found = review.position(self.reader, queue, generation_id, cached[1] if fresh else None)
+            known = None  # the queue's length, if counted recently for this queue
+            if cached is not None and cached[0] == queue and time.monotonic() - cached[2] < QUEUE_RECOUNT_S:
+                known = cached[1]
+            fresh = known is not None
+            found = review.position(self.reader, queue, generation_id, known)
         if not get_current_worker().is_cancelled:
             self.app.call_from_thread(self._positioned, queue, generation_id, found, fresh)
 
@@ -332,7 +335,7 @@ class ReviewScreen(Screen):
 
     def action_undo(self) -> None:
         reviewer = self.app.reviewer
-        self.app.write(lambda store: review.undo(store, reviewer), self._undone)
+        self.app.write(lambda store: review.undo(store, reviewer), self._undone, what="undo")
 
     def _undone(self, touched: list[int]) -> None:
         if not touched:
@@ -352,13 +355,18 @@ class ReviewScreen(Screen):
                 severity="warning",
             )
             return
-        pick = review.pick_best(self.app.store, self.item.generation_id, k, self.app.reviewer)
-        if not pick.ok:
-            self.notify(pick.message, severity="warning")
-            return
-        self.notify(pick.message)
-        self._advance()
-        self.app.refresh_counts()
+        generation_id, reviewer = self.item.generation_id, self.app.reviewer
+
+        def picked(pick: Pick) -> None:
+            if not pick.ok:
+                self.notify(pick.message, severity="warning")
+                return
+            self.notify(pick.message)
+            self._advance()
+            self.app.refresh_counts()
+
+        # a write like any decision: never waits for another process's lock on the event loop
+        self.app.write(lambda store: review.pick_best(store, generation_id, k, reviewer), picked, what="pick")
 
     def action_edit(self) -> None:
         if self.item is None:
