@@ -15,6 +15,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+from textual.timer import Timer
 from textual import work
 from textual.app import App
 from textual.binding import Binding
@@ -93,7 +94,7 @@ class GristmillApp(App):
         self.store = store or review.open_database(self.db_path)
         self.keymap_overrides = keymap or {}
         self.counts: dict[str, int] = {}
-        self._next_count = None
+        self._next_count: Timer | None = None
         self.saving = False  # a decision is waiting for another process's write lock
         self.saving_what = "decision"  # what waits ("decision", "undo", "pick"), for the messages
         self._quit_asked = False  # q was pressed once while something waited

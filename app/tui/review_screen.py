@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import threading
 import time
+from typing import TYPE_CHECKING
 
 from rich.text import Text
 from textual import work
@@ -19,6 +20,11 @@ from gristmill.app.review import Pick, QueueFilter, ReviewItem, Store
 from gristmill.app.textsafe import visible
 from gristmill.app.tui.compare import ComparePanes
 from gristmill.app.tui.keyhints import KeyHints
+
+if TYPE_CHECKING:
+    from textual import getters
+
+    from gristmill.app.tui.app import GristmillApp
 
 EMPTY_RECHECK_S = 2.0
 HISTORY = 200  # items `k` can walk back through
@@ -46,6 +52,9 @@ HINTS = (
 
 
 class ReviewScreen(Screen):
+    if TYPE_CHECKING:  # the app's own attributes (store, reviewer, write, ...) for the type checker
+        app = getters.app(GristmillApp)
+
     CSS_PATH = "review_screen.tcss"
     BINDINGS = [
         Binding("a", "accept", "Accept", id="accept", show=False),
