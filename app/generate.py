@@ -62,8 +62,15 @@ class RunSettings:
 
 
 def style_fingerprint(style: Style) -> str:
-    """The fingerprint runs made before m006 were identified by (it includes the style's source path)."""
-    return hashlib.sha256(json.dumps(asdict(style), sort_keys=True, default=str).encode()).hexdigest()[:16]
+    """The fingerprint runs made before m006 were identified by (it includes the style's source path).
+
+    Fields added since (`draws` when off, the bound `run_seed`) are left out, so the hash is the one they stored.
+    """
+    data = asdict(style)
+    data.pop("run_seed")
+    if not data["draws"]:
+        data.pop("draws")
+    return hashlib.sha256(json.dumps(data, sort_keys=True, default=str).encode()).hexdigest()[:16]
 
 
 def legacy_config_hash(engine: Engine, style: Style, settings: RunSettings) -> str:
@@ -221,8 +228,8 @@ def style_file_drift(run: RunRecord) -> str | None:
 def run_style(run: RunRecord) -> Style:
     """The style a run was made with: its stored content, or (runs from before m004) its name or path."""
     if run.style_definition:
-        return style_from_json(run.style_definition, source=f"run {run.id}")
-    return load_style(run.settings.get("style", run.style))
+        return style_from_json(run.style_definition, source=f"run {run.id}").for_run(run.seed)
+    return load_style(run.settings.get("style", run.style)).for_run(run.seed)
 
 
 def run_generation(
@@ -251,6 +258,7 @@ def run_generation(
     def extra(item: WorkItem) -> Sequence[Example]:
         return _accepted_pool(store, item, examples_by_type) if settings.pool == "accepted" else ()
 
+    style = style.for_run(run.seed)  # shared few-shot draws are seeded from the run seed, whoever loaded the style
     concurrent = concurrent or SerialSequences(engine)
     # one sequence at a time runs in id order, as it always did; reordering pays only with several in flight
     prefix_order = prefix_order and concurrent.capacity > 1

@@ -20,7 +20,7 @@ def render_preview(
     *,
     show_ids: bool = False,
 ) -> str:
-    style = load_style(config.style)
+    style = load_style(config.style).for_run(config.seed)  # a style's shared draws come from the run seed
     rendered = style.render(instruction, input_text, instruction_type, seed=seed)
     engine = open_engine(config, vocab_only=True)
     try:

@@ -11,7 +11,7 @@ import json
 import random
 import re
 from collections.abc import Callable, Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from importlib.resources import files
 from pathlib import Path
 
@@ -24,6 +24,7 @@ DEFAULT_TRAINING_INPUT = "Input: {input}\n"
 STYLE_KEYS = {
     "name",
     "description",
+    "draws",
     "template",
     "frames",
     "input_format",
@@ -71,7 +72,13 @@ class Style:
     stop: tuple[str, ...] = ()
     training_format: str = DEFAULT_TRAINING_FORMAT
     training_input_format: str = DEFAULT_TRAINING_INPUT
+    draws: int = 0  # 0: every item draws its own examples; N: the run uses at most N distinct draws
     source: str = "built-in"
+    run_seed: int = field(default=0, compare=False)  # not content: bound per run (for_run) to seed shared draws
+
+    def for_run(self, run_seed: int) -> Style:
+        """This style bound to a run's seed: shared draws (`draws`) are seeded from it and the draw number."""
+        return replace(self, run_seed=run_seed)
 
     @property
     def draws_examples(self) -> bool:
@@ -92,6 +99,8 @@ class Style:
         if self.template is not None:
             template = self.template
             if "{examples}" in template:
+                if self.draws:
+                    meta["draw"] = self.draw_number(seed)
                 chosen = self.draw(seed, extra_examples)
                 meta["examples"] = [e.id for e in chosen]
                 values["examples"] = "".join(self.format_example(e) for e in chosen)
@@ -101,10 +110,21 @@ class Style:
             meta["frame"] = frame_type
         return RenderedPrompt(fill(template, values), self.stop, meta)
 
+    def draw_number(self, seed: int) -> int:
+        """Which of the run's `draws` shared draws an item gets: a function of the item's own seed only, so it
+        never depends on the order, the batch size or the process that renders the item."""
+        return seed % self.draws
+
     def draw(self, seed: int, extra_examples: Sequence[Example] = ()) -> list[Example]:
-        """3-4 examples chosen and ordered by a generator seeded with the item's seed: reproducible per item."""
+        """3-4 examples chosen and ordered by a seeded generator: reproducible per item.
+
+        Without `draws` the generator is seeded with the item's seed, so every item has its own draw and
+        prompts share only the header. With `draws = N` it is seeded with the run seed and the item's draw
+        number, so items with the same number get the same examples in the same order: the shared prefix
+        an engine evaluates once (fewer distinct example sets in the run, chosen by the user).
+        """
         pool = list(self.examples) + list(extra_examples)
-        rng = random.Random(seed)
+        rng = random.Random(draw_seed(self.run_seed, self.draw_number(seed)) if self.draws else seed)
         low, high = self.shots
         k = min(rng.randint(low, high), len(pool))
         return rng.sample(pool, k)
@@ -135,11 +155,14 @@ def style_to_json(style: Style) -> str:
     """The style's whole content as canonical JSON: what a run stores, so it never depends on a file again."""
     data = asdict(style)
     data.pop("source")
+    data.pop("run_seed")
+    if not data["draws"]:  # absent when off, so a style without the key keeps the digest it always had
+        data.pop("draws")
     return json.dumps(data, sort_keys=True, ensure_ascii=False)
 
 
 def style_from_json(text: str, source: str = "stored on run") -> Style:
-    """Rebuild a style from `style_to_json` output (the inverse, up to `source`)."""
+    """Rebuild a style from `style_to_json` output (the inverse, up to `source` and the bound `run_seed`)."""
     data = json.loads(text)
     data["examples"] = tuple(Example(**e) for e in data.get("examples", ()))
     data["shots"] = tuple(data.get("shots", (3, 4)))
@@ -231,6 +254,13 @@ def _load_file(path: Path, source: str) -> Style:
     stop = expect("stop", list, [])
     if not all(isinstance(s, str) and s for s in stop):
         raise StyleError(f"{where}: key 'stop': expected a list of non-empty strings")
+    draws = data.get("draws", 0)
+    if "draws" in data and (isinstance(draws, bool) or not isinstance(draws, int) or draws < 1):
+        raise StyleError(
+            f"{where}: key 'draws': expected a whole number >= 1, got {draws!r} (leave the key out for a draw per item)"
+        )
+    if draws and not (template and "{examples}" in template):
+        raise StyleError(f"{where}: key 'draws': the template has no {{examples}} to draw")
     shots = expect("shots", list, [3, 4])
     if len(shots) != 2 or not all(isinstance(n, int) and n >= 0 for n in shots) or shots[0] > shots[1]:
         raise StyleError(f"{where}: key 'shots': expected [low, high] with 0 <= low <= high")
@@ -255,6 +285,7 @@ def _load_file(path: Path, source: str) -> Style:
         examples=tuple(examples),
         shots=(shots[0], shots[1]),
         stop=tuple(stop),
+        draws=draws,
         source=source,
         **{k: v for k, v in fields_.items() if v is not None},
     )
@@ -308,6 +339,12 @@ def load_pool(path: Path) -> list[Example]:
 def item_seed(run_seed: int, content_hash: str, sample_index: int) -> int:
     """Each (instruction, sample) gets its own seed from the run seed: reproducible, and different per item."""
     digest = hashlib.sha256(f"{run_seed}:{content_hash}:{sample_index}".encode()).digest()
+    return int.from_bytes(digest[:4], "big") & 0x7FFFFFFF
+
+
+def draw_seed(run_seed: int, number: int) -> int:
+    """The seed of shared draw `number` in a run: from the run seed and the number, nothing else."""
+    digest = hashlib.sha256(f"{run_seed}:draw:{number}".encode()).digest()
     return int.from_bytes(digest[:4], "big") & 0x7FFFFFFF
 
 

@@ -11,9 +11,11 @@ in the same run on the same loaded model (the goal is relative: a faster single 
 3. The whole default pipeline against a bare single-sequence llama-cpp-python loop (Llama.generate).
 4. Prompt tokens evaluated for --samples 4 / (4 x prompt tokens) (goal <= 0.30).
 5. Few-shot and URIAL runs' prompt tokens evaluated: prefix-aware order with cache reuse / the same prompts each
-   evaluated in full, and / naive (id) order with the same cache.
+   evaluated in full, and / naive (id) order with the same cache. The few-shot style is measured twice: as built
+   in (a draw per item) and with shared draws (`draws = D` added to a copy of it; goal aware/naive <= 0.5).
 
 Usage: python bench/bench_batch.py [--quick] [--counts-only] [--threads T] [--items-per-seq K] [--tokens M]
+    [--draws D]
 """
 
 from __future__ import annotations
@@ -23,6 +25,7 @@ import platform
 import sys
 import tempfile
 import time
+from importlib.resources import files
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).parent))
@@ -47,6 +50,7 @@ MAX_TOKENS = _option("--tokens", 16 if QUICK else 128)  # the demo's length; the
 ITEMS_PER_SEQ = _option("--items-per-seq", 2 if QUICK else 12)
 N_ITEMS = 32  # the prompt-token counts (part 4, 5)
 THREADS = _option("--threads", None)
+DRAWS = _option("--draws", 4)  # shared few-shot draws for part 5
 COUNTS_ONLY = "--counts-only" in sys.argv  # only the prompt-token counts (deterministic), no timings
 PARAMS = GenerationParams(max_tokens=MAX_TOKENS, temperature=0.8, seed=11)
 
@@ -160,6 +164,16 @@ def write_items(path: Path, instructions: list[str]) -> Path:
     return path
 
 
+def shared_draws_style(work: Path, draws: int) -> Path:
+    """The built-in few-shot style as a user's file with `draws` added: the same pool, header and format."""
+    builtin = Path(str(files("gristmill.app.styles")))
+    text = (builtin / "few-shot.toml").read_text(encoding="utf-8").replace(
+        'pool_file = "few-shot-pool.jsonl"', f"pool_file = {json.dumps((builtin / 'few-shot-pool.jsonl').as_posix())}")
+    path = work / f"few-shot-draws-{draws}.toml"
+    path.write_text(text + f"draws = {draws}\n", encoding="utf-8")
+    return path
+
+
 def main() -> None:
     model = default_model_path()
     work = Path(tempfile.mkdtemp())
@@ -200,12 +214,15 @@ def _counts(engine, work: Path, source: Path) -> None:
     print(f"--samples 4: prompt tokens evaluated {evaluated} / (4 x prompt tokens) {stored} = "
           f"{evaluated / stored:.3f} (goal <= 0.30)")
 
-    for style in ("few-shot", "urial"):
+    shared = shared_draws_style(work, DRAWS)
+    styles = (("few-shot", "few-shot (a draw per item)"), (str(shared), f"few-shot, draws = {DRAWS}"),
+              ("urial", "urial"))
+    for style, label in styles:
         _, aware, stored, _ = pipeline(engine, work, source, DEFAULT_BATCH, style=style, max_tokens=4)
         _, naive, _, _ = pipeline(engine, work, source, DEFAULT_BATCH, style=style, max_tokens=4, prefix_order=False)
-        print(f"{style} run: prompt tokens evaluated, prefix-aware order {aware}, naive order with the same cache "
-              f"{naive}, every prompt in full {stored}: aware/full {aware / stored:.3f} (goal <= 0.5), "
-              f"aware/naive {aware / naive:.3f}")
+        print(f"{label} run: prompt tokens evaluated, prefix-aware order {aware}, naive order with the same cache "
+              f"{naive}, every prompt in full {stored}: aware/full {aware / stored:.3f}, "
+              f"aware/naive {aware / naive:.3f} (goal <= 0.5)")
     engine.close()
 
 
