@@ -48,9 +48,9 @@ QUICK = "--quick" in sys.argv
 BATCHES = (1, 2, 4) if QUICK else (1, 2, 4, 8, 16)
 MAX_TOKENS = _option("--tokens", 16 if QUICK else 128)  # the demo's length; the default --max-tokens is 256
 ITEMS_PER_SEQ = _option("--items-per-seq", 2 if QUICK else 12)
-N_ITEMS = 32  # the prompt-token counts (part 4, 5)
+N_ITEMS = _option("--count-items", 128)  # the prompt-token counts (part 4, 5): many items a draw, as in a long run
 THREADS = _option("--threads", None)
-DRAWS = _option("--draws", 4)  # shared few-shot draws for part 5
+DRAWS = _option("--draws", 16)  # shared few-shot draws for part 5
 COUNTS_ONLY = "--counts-only" in sys.argv  # only the prompt-token counts (deterministic), no timings
 PARAMS = GenerationParams(max_tokens=MAX_TOKENS, temperature=0.8, seed=11)
 

@@ -10,7 +10,9 @@ prompt checks and piece rendering stay there, so a batched completion is made th
 - The samples of one prompt share its evaluation: the prompt is decoded once, then `llama_memory_seq_cp` copies
   it to the other samples' sequences, which sample from the same logits.
 - A finished slot keeps its cache: a new prompt that shares a prefix with any slot's cached tokens (a style
-  header, a few-shot draw) starts from a copy of it and evaluates only the rest.
+  header, a few-shot draw) starts from a copy of it and evaluates only the rest. A prompt whose prefix another
+  slot is still evaluating waits for it rather than evaluating it a second time; a new prompt overwrites the
+  free slot whose cache is least held elsewhere, so distinct prefixes stay cached.
 
 Pitfalls handled here (measured on llama-cpp-python 0.3.x): `n_seq_max` must be N; with `kv_unified` false each
 sequence has `n_ctx / n_seq_max` cells and only whole sequences may be copied (`p0 = p1 = -1`; then the tail is
@@ -41,6 +43,9 @@ class _Slot:
     key: int | None = None  # None: free (its cache stays, as a prefix cache)
     todo: list[int] = field(default_factory=list)  # prompt tokens still to decode
     leader: _Slot | None = None  # a sample waiting for this slot's prompt, to copy it
+    prompt: list[int] = field(default_factory=list)  # the whole prompt of its job
+    prefix_source: _Slot | None = None  # an in-flight slot still evaluating a longer shared prefix: copied when done
+    shared: int = 0  # how many prompt tokens come from prefix_source
     sampler: object = None
     completion: Completion | None = None
     next_token: int | None = None  # sampled, not yet decoded
@@ -102,14 +107,17 @@ class LlamaBatchEngine(ConcurrentEngine):
             )
 
     def submit(self, job: PromptJob) -> None:
+        self._settle_waiting()
         free = [slot for slot in self.slots if slot.key is None]
         if len(job.samples) > len(free):
             raise ValueError(f"{len(job.samples)} samples submitted with {len(free)} free slots")
         if not job.ids:
             raise ValueError("an empty prompt cannot be decoded")
         ids = list(job.ids)
-        # the free slot whose own cache shares most with the prompt leads; a longer prefix elsewhere is copied
-        leader = max(free, key=lambda slot: _common_prefix(slot.cached, ids))
+        # the free slot whose own cache shares most with the prompt leads (ties: the one whose cache is least held
+        # elsewhere, so a distinct prefix survives); a longer decoded prefix elsewhere is copied
+        ranked = sorted(free, key=lambda slot: (-_common_prefix(slot.cached, ids), self._unshared(slot)))
+        leader = ranked[0]
         reuse = min(_common_prefix(leader.cached, ids), len(ids) - 1)  # the last token is decoded for its logits
         source = max(self.slots, key=lambda slot: _common_prefix(slot.cached, ids))
         copied = min(_common_prefix(source.cached, ids), len(ids) - 1)
@@ -122,7 +130,7 @@ class LlamaBatchEngine(ConcurrentEngine):
             reuse = 0
         del leader.cached[reuse:]
         now = time.perf_counter()
-        followers = [slot for slot in free if slot is not leader]
+        followers = [slot for slot in ranked[1:] if slot is not leader]
         for slot, sample in zip([leader, *followers], job.samples, strict=False):
             slot.key, slot.submitted_at, slot.first_at, slot.next_token = sample.key, now, None, None
             slot.sampler = self._sampler(job, sample.seed)
@@ -130,8 +138,44 @@ class LlamaBatchEngine(ConcurrentEngine):
             slot.leader, slot.todo, slot.prompt_evaluated = None, [], 0
             if slot is not leader:
                 slot.leader = leader
-        leader.todo = ids[reuse:]
+        leader.prompt, leader.todo = ids, ids[reuse:]
+        waiting_on, shared = self._evaluating_prefix_of(ids, leader, reuse)
+        if waiting_on is not None:
+            leader.prefix_source, leader.shared, leader.todo = waiting_on, shared, ids[shared:]
         leader.prompt_evaluated = len(leader.todo)
+
+    def _evaluating_prefix_of(self, ids: list[int], leader: _Slot, reuse: int) -> tuple[_Slot | None, int]:
+        """The in-flight slot whose prompt, still being evaluated, shares more than `reuse` tokens with `ids`."""
+        best, shared = None, reuse
+        for slot in self.slots:
+            if slot is leader or slot.key is None or not slot.todo or slot.prefix_source is not None:
+                continue
+            common = min(_common_prefix(slot.cached + slot.todo, ids), len(ids) - 1)
+            if common > shared:
+                best, shared = slot, common
+        return best, shared
+
+    def _settle_waiting(self) -> None:
+        """A slot waiting for a shared prefix copies it once decoded (whole sequence, then the tail removed, as
+        a non-unified cache requires); if its source went another way, it evaluates its whole prompt."""
+        for slot in self.slots:
+            source = slot.prefix_source
+            if source is None:
+                continue
+            if _common_prefix(source.cached, slot.prompt) >= slot.shared:
+                self._lib.llama_memory_seq_rm(self._mem, slot.seq, -1, -1)
+                self._lib.llama_memory_seq_cp(self._mem, source.seq, slot.seq, -1, -1)
+                self._lib.llama_memory_seq_rm(self._mem, slot.seq, slot.shared, -1)
+                slot.cached, slot.prefix_source = source.cached[: slot.shared], None
+            elif source.key is None or _common_prefix(source.cached + source.todo, slot.prompt) < slot.shared:
+                self._lib.llama_memory_seq_rm(self._mem, slot.seq, -1, -1)
+                slot.cached, slot.todo, slot.prefix_source = [], list(slot.prompt), None
+                slot.prompt_evaluated = len(slot.todo)
+
+    def _unshared(self, slot: _Slot) -> int:
+        """How many of a slot's cached tokens no other slot holds: what overwriting it would lose."""
+        held = max((_common_prefix(slot.cached, other.cached) for other in self.slots if other is not slot), default=0)
+        return len(slot.cached) - held
 
     def poll(self, timeout: float | None = None) -> list[SequenceEvent]:
         entries = self._fill_batch()
@@ -184,13 +228,15 @@ class LlamaBatchEngine(ConcurrentEngine):
         the weights once; out-of-order ids would split one step into several passes.
         Returns (slot, tokens added, batch index of its logits or None) per slot in the batch.
         """
+        self._settle_waiting()
         planned: list[tuple[_Slot, list[int], bool]] = []  # (slot, tokens, whether its last token needs logits)
         room = self.n_batch
         for slot in self.slots:
             if slot.key is not None and slot.next_token is not None:
                 planned.append((slot, [slot.next_token], True))
                 room -= 1
-        for slot in sorted((s for s in self.slots if s.key is not None and s.todo), key=lambda s: s.submitted_at):
+        evaluating = (s for s in self.slots if s.key is not None and s.todo and s.prefix_source is None)
+        for slot in sorted(evaluating, key=lambda s: s.submitted_at):
             if room <= 0:
                 break
             chunk, slot.todo = slot.todo[:room], slot.todo[room:]
@@ -245,6 +291,7 @@ class LlamaBatchEngine(ConcurrentEngine):
         if slot.todo or slot.leader is not None:  # an unfinished prompt: forget the partial cache
             self._lib.llama_memory_seq_rm(self._mem, slot.seq, -1, -1)
             slot.cached = []
+        slot.prefix_source = None
         if slot.sampler:
             self._lib.llama_sampler_free(slot.sampler)
         slot.key, slot.sampler, slot.completion, slot.next_token, slot.todo, slot.leader = (
@@ -295,9 +342,16 @@ class LlamaBatchEngine(ConcurrentEngine):
         return chain
 
 
-def _common_prefix(a, b) -> int:
+def _common_prefix(a: list[int], b: list[int]) -> int:
+    """Length of the common prefix, by bisection on slice equality (compared in C: prompts are long)."""
     n = min(len(a), len(b))
-    i = 0
-    while i < n and a[i] == b[i]:
-        i += 1
-    return i
+    if a[:n] == b[:n]:
+        return n
+    low, high = 0, n  # a[:low] == b[:low] and a[:high] != b[:high]
+    while high - low > 1:
+        middle = (low + high) // 2
+        if a[:middle] == b[:middle]:
+            low = middle
+        else:
+            high = middle
+    return low

@@ -81,6 +81,39 @@ def test_a_prompt_sharing_a_cached_prefix_evaluates_only_the_rest(gemma, batch4)
     assert reused[2].text[:8] == alone[3].text[:8] and reused[2].text.strip()
 
 
+def test_a_prompt_whose_prefix_is_still_being_evaluated_waits_for_it(gemma):
+    """Two prompts sharing a long prefix, submitted together: the second copies the first's prefix once it is
+    decoded instead of evaluating it too; a third that shares nothing evaluates in full meanwhile."""
+    header = "Below are instructions, each followed by a helpful, accurate response.\n\n" * 4
+    first = tuple(gemma.tokenize(header + "Instruction: Name a colour.\nResponse:"))
+    second = tuple(gemma.tokenize(header + "Instruction: Name a fruit.\nResponse:"))
+    other = tuple(gemma.tokenize("Q: What is two and two?\nA:"))
+    shared = next(i for i, (a, b) in enumerate(zip(first, second)) if a != b)
+    params = GenerationParams(max_tokens=8, temperature=0)
+    engine = LlamaBatchEngine(gemma, 4)
+    engine.n_batch = 16  # the first prompt takes several steps, so the second arrives while it is evaluated
+    try:
+        engine.submit(PromptJob(first, params, (SampleRequest(1, 1),)))
+        engine.poll()
+        engine.submit(PromptJob(second, params, (SampleRequest(2, 1),)))
+        engine.submit(PromptJob(other, params, (SampleRequest(3, 1),)))
+        results, pieces = drain(engine)
+    finally:
+        engine.close()
+    assert results[1].timings["prompt_tokens_evaluated"] == len(first)
+    assert results[2].timings["prompt_tokens_evaluated"] == len(second) - shared
+    bos = next(i for i, (a, b) in enumerate(zip(first, other)) if a != b)  # the BOS token, cached everywhere
+    assert results[3].timings["prompt_tokens_evaluated"] == len(other) - bos
+    assert all(r.text.strip() and pieces[k] == r.text for k, r in results.items())
+    fresh = LlamaBatchEngine(gemma, 4)
+    try:
+        fresh.submit(PromptJob(second, params, (SampleRequest(4, 1),)))
+        alone, _ = drain(fresh)
+    finally:
+        fresh.close()
+    assert results[2].text[:8] == alone[4].text[:8]  # the copied prefix holds what a fresh evaluation computes
+
+
 def test_stop_string_ends_a_batched_sequence_and_is_excluded(gemma, batch4):
     ids = tuple(gemma.tokenize("Q: What is the capital of France?\nA: Paris.\nQ: What is the capital of Spain?\nA:"))
     batch4.submit(PromptJob(ids, GenerationParams(max_tokens=40, temperature=0), (SampleRequest(1, 0),)))
