@@ -47,7 +47,7 @@ def _option(name: str, default: int | None) -> int | None:
 QUICK = "--quick" in sys.argv
 BATCHES = (1, 2, 4) if QUICK else (1, 2, 4, 8, 16)
 MAX_TOKENS = _option("--tokens", 16 if QUICK else 128)  # the demo's length; the default --max-tokens is 256
-ITEMS_PER_SEQ = _option("--items-per-seq", 2 if QUICK else 12)
+ITEMS_PER_SEQ = _option("--items-per-seq", 2 if QUICK else 24)
 N_ITEMS = _option("--count-items", 128)  # the prompt-token counts (part 4, 5): many items a draw, as in a long run
 THREADS = _option("--threads", None)
 DRAWS = _option("--draws", 16)  # shared few-shot draws for part 5
