@@ -114,8 +114,8 @@ def export_command(
         )
     if report.orphaned:
         out.print(
-            f"not exported: {report.orphaned} accepted record(s) whose run or instruction row is gone from the "
-            "database (deleted outside gristmill)"
+            f"not exportable: the database holds {report.orphaned} accepted record(s) whose run or instruction "
+            "row is gone (deleted outside gristmill); no export can include them"
         )
     out.print(escape(one_line(f"manifest: {report.manifest_path}")))
 

@@ -50,7 +50,7 @@ class ExportReport:
     accepted: int = 0  # accepted records read, before dedup
     dropped_by: dict = field(default_factory=dict)  # {"exact": n, "near": n} for the dedup rule
     details: dict = field(default_factory=dict)  # a training format's counts: derivation, labels, ids' sources
-    orphaned: int = 0  # accepted generations not exported because their run or instruction row is gone
+    orphaned: int = 0  # accepted generations in the database (any filter) whose run or instruction row is gone
 
 
 def user_message(instruction: str, input_text: str) -> str:
@@ -254,7 +254,7 @@ def export(
         "filters": {k: v for k, v in asdict(where).items() if v not in (None, ())},
         "runs": {str(k): v for k, v in sorted(runs.items())},
         "types": dict(sorted(types.items())),
-        "not_exported_run_or_instruction_missing": report.orphaned,
+        "accepted_in_database_without_run_or_instruction": report.orphaned,
         "dedup": {
             "rule": dedup,
             "enabled": dedup != "off",

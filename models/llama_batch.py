@@ -12,7 +12,7 @@ prompt checks and piece rendering stay there, so a batched completion is made th
 - A finished slot keeps its cache: a new prompt that shares a prefix with any slot's cached tokens (a style
   header, a few-shot draw) starts from a copy of it and evaluates only the rest. A prompt whose prefix another
   slot is still evaluating waits for it rather than evaluating it a second time; a new prompt overwrites the
-  free slot whose cache is least held elsewhere, so distinct prefixes stay cached.
+  free slot whose cache would be least missed, so distinct prefixes stay cached.
 
 Pitfalls handled here (measured on llama-cpp-python 0.3.x): `n_seq_max` must be N; with `kv_unified` false each
 sequence has `n_ctx / n_seq_max` cells and only whole sequences may be copied (`p0 = p1 = -1`; then the tail is
@@ -114,9 +114,9 @@ class LlamaBatchEngine(ConcurrentEngine):
         if not job.ids:
             raise ValueError("an empty prompt cannot be decoded")
         ids = list(job.ids)
-        # the free slot whose own cache shares most with the prompt leads (ties: the one whose cache is least held
-        # elsewhere, so a distinct prefix survives); a longer decoded prefix elsewhere is copied
-        ranked = sorted(free, key=lambda slot: (-_common_prefix(slot.cached, ids), self._unshared(slot)))
+        # the free slot whose cache is least missed leads (what it holds that neither the prompt keeps nor another
+        # slot holds: so a distinct prefix survives), then the one sharing most; a longer prefix elsewhere is copied
+        ranked = sorted(free, key=lambda slot: (self._loss(slot, ids), -_common_prefix(slot.cached, ids)))
         leader = ranked[0]
         reuse = min(_common_prefix(leader.cached, ids), len(ids) - 1)  # the last token is decoded for its logits
         source = max(self.slots, key=lambda slot: _common_prefix(slot.cached, ids))
@@ -165,17 +165,31 @@ class LlamaBatchEngine(ConcurrentEngine):
             if _common_prefix(source.cached, slot.prompt) >= slot.shared:
                 self._lib.llama_memory_seq_rm(self._mem, slot.seq, -1, -1)
                 self._lib.llama_memory_seq_cp(self._mem, source.seq, slot.seq, -1, -1)
-                self._lib.llama_memory_seq_rm(self._mem, slot.seq, slot.shared, -1)
-                slot.cached, slot.prefix_source = source.cached[: slot.shared], None
-            elif source.key is None or _common_prefix(source.cached + source.todo, slot.prompt) < slot.shared:
+                if self._lib.llama_memory_seq_rm(self._mem, slot.seq, slot.shared, -1):
+                    slot.cached, slot.prefix_source = source.cached[: slot.shared], None
+                    continue
+                source = None  # this cache cannot drop a tail: evaluate the whole prompt
+            if (
+                source is None
+                or source.key is None
+                or (_common_prefix(source.cached + source.todo, slot.prompt) < slot.shared)
+            ):
                 self._lib.llama_memory_seq_rm(self._mem, slot.seq, -1, -1)
                 slot.cached, slot.todo, slot.prefix_source = [], list(slot.prompt), None
                 slot.prompt_evaluated = len(slot.todo)
 
-    def _unshared(self, slot: _Slot) -> int:
-        """How many of a slot's cached tokens no other slot holds: what overwriting it would lose."""
-        held = max((_common_prefix(slot.cached, other.cached) for other in self.slots if other is not slot), default=0)
-        return len(slot.cached) - held
+    def _loss(self, slot: _Slot, ids: list[int]) -> int:
+        """How many of a slot's cached tokens giving it `ids` would lose: not kept by the prompt, held nowhere
+        else (a follower's or waiting slot's cache is about to be replaced: it holds nothing for long)."""
+        held = max(
+            (
+                _common_prefix(slot.cached, other.cached)
+                for other in self.slots
+                if other is not slot and other.leader is None and other.prefix_source is None
+            ),
+            default=0,
+        )
+        return len(slot.cached) - max(held, _common_prefix(slot.cached, ids))
 
     def poll(self, timeout: float | None = None) -> list[SequenceEvent]:
         entries = self._fill_batch()

@@ -2,7 +2,7 @@
 
 `RemoteEngine` is both surfaces at once:
 - a `ConcurrentEngine` (capacity = concurrency × endpoints): `submit` hands a prompt job to an asyncio loop
-  running in a background thread, which sends its requests (httpx) and queues each finished sample; `poll`
+  running in a background thread, which sends its requests (httpcore) and queues each finished sample; `poll`
   returns what finished. The scheduler drives it like in-process batching.
 - a plain `Engine`: `stream` is one request, so the serial pipeline works against a server too.
 

@@ -180,6 +180,6 @@ def test_records_whose_run_or_instruction_row_is_gone_are_counted_not_silently_d
     result = runner.invoke(app, ["export", str(out)])
     assert result.exit_code == 0, result.output
     assert len(read_jsonl(out)) == full - 1
-    assert "not exported: 1 accepted record(s) whose run or instruction row is gone" in result.output
+    assert "the database holds 1 accepted record(s) whose run or instruction row is gone" in result.output
     manifest = json.loads((tmp_path / "x.jsonl.manifest.json").read_text())
-    assert manifest["not_exported_run_or_instruction_missing"] == 1
+    assert manifest["accepted_in_database_without_run_or_instruction"] == 1

@@ -201,7 +201,7 @@ class GristmillApp(App):
             if not worker.is_cancelled:
                 self.call_from_thread(self._not_written, error)
             raise
-        if not worker.is_cancelled:
+        if not worker.is_cancelled and self.is_running:  # a write landing while the app closes updates nothing
             self.call_from_thread(self._written, then, result)
 
     def _not_written(self, error: Exception) -> None:

@@ -36,7 +36,8 @@ def describe(report: ExportReport) -> Text:
     )
     if report.orphaned:
         text.append(
-            f"not exported: {report.orphaned:,} accepted record(s) whose run or instruction row is gone\n",
+            f"not exportable: {report.orphaned:,} accepted record(s) in the database whose run or instruction "
+            "row is gone\n",
             style="bold",
         )
     text.append(f"file: {Path(report.path).resolve()}\nmanifest: {Path(report.manifest_path).resolve()}\n")
