@@ -193,7 +193,7 @@ class ClientPool:
         self._headers: list[tuple[bytes, bytes]] = [(b"Accept", b"application/json")]
         if api_key:
             self._headers.append((b"Authorization", f"Bearer {api_key.reveal()}".encode()))
-        self._timeouts = {
+        self.timeouts = {
             "connect": policy.connect_timeout_s,
             "read": policy.timeout_s,
             "write": policy.timeout_s,
@@ -242,7 +242,7 @@ async def request_json(
     headers, body = clients.request_parts(payload)
     try:
         response = await pool.request(
-            method, url, headers=headers, content=body, extensions={"timeout": clients._timeouts}
+            method, url, headers=headers, content=body, extensions={"timeout": clients.timeouts}
         )
     except httpcore.TimeoutException as error:
         raise Fault(f"timeout ({type(error).__name__})") from None
