@@ -25,7 +25,7 @@ from gristmill.db import generations as generations_db
 from gristmill.db.generations import Outcome, WorkItem
 from gristmill.models import Engine, GenerationParams, GenerationResult, PromptRefused, TextPiece
 from gristmill.models.base import EngineError, token_ids_sha256
-from gristmill.models.batch import ConcurrentEngine, PromptJob, SampleRequest
+from gristmill.models.batch import ConcurrentEngine, PromptJob, SampleRequest, common_prefix
 
 if TYPE_CHECKING:
     from gristmill.app.generate import RunSettings
@@ -141,14 +141,6 @@ def outcome_of(prepared: Prepared, result: GenerationResult, batch: int | None =
         completion_token_ids=sampled_ids(result),
         style_meta=meta,
     )
-
-
-def _common_prefix(a: Sequence[int], b: Sequence[int]) -> int:
-    n = min(len(a), len(b))
-    i = 0
-    while i < n and a[i] == b[i]:
-        i += 1
-    return i
 
 
 class _PieceRelay:
@@ -325,7 +317,7 @@ class Scheduler:
         if self.prefix_order and self.recent:
             best_len = -1
             for index, candidate in enumerate(self.window):
-                length = max(_common_prefix(candidate.ids, ids) for ids in self.recent)
+                length = max(common_prefix(candidate.ids, ids) for ids in self.recent)
                 if length > best_len:
                     best, best_len = index, length
         chosen = self.window[best]

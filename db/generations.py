@@ -169,19 +169,7 @@ def claim(
             "INSERT INTO claims (generation_id, run_id, owner, expires_at) VALUES (?, ?, ?, ?)",
             [(r["id"], run_id, owner, now + lease_s) for r in rows],
         )
-    return [
-        WorkItem(
-            r["id"],
-            r["instruction_id"],
-            r["sample_index"],
-            r["seed"],
-            r["instruction"],
-            r["input"],
-            r["instruction_type"],
-            r["content_hash"],
-        )
-        for r in rows
-    ]
+    return [_work_item(r) for r in rows]
 
 
 def claimed(
@@ -247,16 +235,21 @@ def pending(store: Store, run_id: int, *, retry_failed: bool = False, batch: int
             return
         for r in rows:
             last_id = r["id"]
-            yield WorkItem(
-                r["id"],
-                r["instruction_id"],
-                r["sample_index"],
-                r["seed"],
-                r["instruction"],
-                r["input"],
-                r["instruction_type"],
-                r["content_hash"],
-            )
+            yield _work_item(r)
+
+
+def _work_item(row) -> WorkItem:
+    """A work item from a row of the queue's select (generation, instruction and its fields)."""
+    return WorkItem(
+        row["id"],
+        row["instruction_id"],
+        row["sample_index"],
+        row["seed"],
+        row["instruction"],
+        row["input"],
+        row["instruction_type"],
+        row["content_hash"],
+    )
 
 
 def finish(store: Store, generation_id: int, outcome: Outcome) -> None:

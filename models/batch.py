@@ -15,7 +15,7 @@ from __future__ import annotations
 
 from abc import ABC, abstractmethod
 from collections import deque
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, replace
 
 from gristmill.models.base import Engine, EngineError, GenerationParams, GenerationResult, TextPiece
@@ -147,3 +147,19 @@ class SerialSequences(ConcurrentEngine):
 
 
 __all__ = ["ConcurrentEngine", "GenerationParams", "PromptJob", "SampleRequest", "SequenceEvent", "SerialSequences"]
+
+
+def common_prefix(a: Sequence[int], b: Sequence[int]) -> int:
+    """Length of the common prefix of two token sequences of the same type (a list and a tuple never compare
+    equal), by bisection on slice equality: compared in C, as prompts are long."""
+    n = min(len(a), len(b))
+    if a[:n] == b[:n]:
+        return n
+    low, high = 0, n  # a[:low] == b[:low] and a[:high] != b[:high]
+    while high - low > 1:
+        middle = (low + high) // 2
+        if a[:middle] == b[:middle]:
+            low = middle
+        else:
+            high = middle
+    return low

@@ -28,7 +28,7 @@ import time
 from dataclasses import dataclass, field
 
 from gristmill.models.base import EngineError, GenerationResult, PromptRefused, TextPiece
-from gristmill.models.batch import ConcurrentEngine, PromptJob, SequenceEvent
+from gristmill.models.batch import ConcurrentEngine, PromptJob, SequenceEvent, common_prefix
 from gristmill.models.llama_cpp_engine import Completion, LlamaCppEngine
 
 PENALTY_LAST_N = 64  # as llama-cpp-python's Llama (last_n_tokens_size), so a batched sample is drawn the same way
@@ -116,11 +116,11 @@ class LlamaBatchEngine(ConcurrentEngine):
         ids = list(job.ids)
         # the free slot whose cache is least missed leads (what it holds that neither the prompt keeps nor another
         # slot holds: so a distinct prefix survives), then the one sharing most; a longer prefix elsewhere is copied
-        ranked = sorted(free, key=lambda slot: (self._loss(slot, ids), -_common_prefix(slot.cached, ids)))
+        ranked = sorted(free, key=lambda slot: (self._loss(slot, ids), -common_prefix(slot.cached, ids)))
         leader = ranked[0]
-        reuse = min(_common_prefix(leader.cached, ids), len(ids) - 1)  # the last token is decoded for its logits
-        source = max(self.slots, key=lambda slot: _common_prefix(slot.cached, ids))
-        copied = min(_common_prefix(source.cached, ids), len(ids) - 1)
+        reuse = min(common_prefix(leader.cached, ids), len(ids) - 1)  # the last token is decoded for its logits
+        source = max(self.slots, key=lambda slot: common_prefix(slot.cached, ids))
+        copied = min(common_prefix(source.cached, ids), len(ids) - 1)
         if source is not leader and copied > reuse:
             self._lib.llama_memory_seq_rm(self._mem, leader.seq, -1, -1)
             self._lib.llama_memory_seq_cp(self._mem, source.seq, leader.seq, -1, -1)
@@ -150,7 +150,7 @@ class LlamaBatchEngine(ConcurrentEngine):
         for slot in self.slots:
             if slot is leader or slot.key is None or not slot.todo or slot.prefix_source is not None:
                 continue
-            common = min(_common_prefix(slot.cached + slot.todo, ids), len(ids) - 1)
+            common = min(common_prefix(slot.cached + slot.todo, ids), len(ids) - 1)
             if common > shared:
                 best, shared = slot, common
         return best, shared
@@ -162,7 +162,7 @@ class LlamaBatchEngine(ConcurrentEngine):
             source = slot.prefix_source
             if source is None:
                 continue
-            if _common_prefix(source.cached, slot.prompt) >= slot.shared:
+            if common_prefix(source.cached, slot.prompt) >= slot.shared:
                 self._lib.llama_memory_seq_rm(self._mem, slot.seq, -1, -1)
                 self._lib.llama_memory_seq_cp(self._mem, source.seq, slot.seq, -1, -1)
                 if self._lib.llama_memory_seq_rm(self._mem, slot.seq, slot.shared, -1):
@@ -172,7 +172,7 @@ class LlamaBatchEngine(ConcurrentEngine):
             if (
                 source is None
                 or source.key is None
-                or (_common_prefix(source.cached + source.todo, slot.prompt) < slot.shared)
+                or (common_prefix(source.cached + source.todo, slot.prompt) < slot.shared)
             ):
                 self._lib.llama_memory_seq_rm(self._mem, slot.seq, -1, -1)
                 slot.cached, slot.todo, slot.prefix_source = [], list(slot.prompt), None
@@ -183,13 +183,13 @@ class LlamaBatchEngine(ConcurrentEngine):
         else (a follower's or waiting slot's cache is about to be replaced: it holds nothing for long)."""
         held = max(
             (
-                _common_prefix(slot.cached, other.cached)
+                common_prefix(slot.cached, other.cached)
                 for other in self.slots
                 if other is not slot and other.leader is None and other.prefix_source is None
             ),
             default=0,
         )
-        return len(slot.cached) - max(held, _common_prefix(slot.cached, ids))
+        return len(slot.cached) - max(held, common_prefix(slot.cached, ids))
 
     def poll(self, timeout: float | None = None) -> list[SequenceEvent]:
         entries = self._fill_batch()
@@ -354,18 +354,3 @@ class LlamaBatchEngine(ConcurrentEngine):
             lib.llama_sampler_chain_add(chain, lib.llama_sampler_init_temp(p.temperature))
             lib.llama_sampler_chain_add(chain, lib.llama_sampler_init_dist(seed & 0xFFFFFFFF))
         return chain
-
-
-def _common_prefix(a: list[int], b: list[int]) -> int:
-    """Length of the common prefix, by bisection on slice equality (compared in C: prompts are long)."""
-    n = min(len(a), len(b))
-    if a[:n] == b[:n]:
-        return n
-    low, high = 0, n  # a[:low] == b[:low] and a[:high] != b[:high]
-    while high - low > 1:
-        middle = (low + high) // 2
-        if a[:middle] == b[:middle]:
-            low = middle
-        else:
-            high = middle
-    return low
