@@ -63,6 +63,10 @@ def generate(
         Optional[int],
         typer.Option(min=_low("n_ctx"), max=_high("n_ctx"), help="Context size (default: the model's, capped)."),
     ] = None,
+    flash_attn: Annotated[
+        Optional[bool],
+        typer.Option("--flash-attn/--no-flash-attn", help="llama.cpp's flash attention (default on: faster batches)."),
+    ] = None,
     add_bos: Annotated[
         Optional[bool], typer.Option("--add-bos/--no-add-bos", help="Override the GGUF's BOS rule.")
     ] = None,
@@ -130,6 +134,7 @@ def generate(
         stop=stop,
         threads=threads,
         gpu_layers=gpu_layers,
+        flash_attn=flash_attn,
         n_ctx=n_ctx,
         add_bos=add_bos,
         pool=pool,
@@ -172,6 +177,7 @@ def generate(
                         "n_ctx": engine.info().n_ctx,
                         "threads": config.threads,
                         "gpu_layers": config.gpu_layers,
+                        "flash_attn": config.flash_attn,
                         "batch": concurrent.capacity,
                     },
                 )

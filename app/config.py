@@ -83,6 +83,7 @@ class GenerateConfig:
     stop: list[str] = field(default_factory=list)  # extra stop strings beside the style's
     threads: int | None = None
     gpu_layers: int = 0  # -1 offloads every layer
+    flash_attn: bool = True  # llama.cpp's flash attention: faster batched decoding; README "Batched generation"
     n_ctx: int | None = None  # default: the model's training context, capped at n_ctx_cap
     n_ctx_cap: int = 4096
     add_bos: bool | None = None  # default: the GGUF's tokenizer.ggml.add_bos_token

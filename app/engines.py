@@ -50,6 +50,7 @@ def open_engine(config: GenerateConfig, *, vocab_only: bool = False) -> Engine:
             n_ctx_cap=config.n_ctx_cap,
             n_threads=config.threads,
             n_gpu_layers=config.gpu_layers,
+            flash_attn=config.flash_attn,
             add_bos=config.add_bos,
             vocab_only=vocab_only,
         )

@@ -39,6 +39,7 @@ class LlamaCppEngine(Engine):
         add_bos: bool | None = None,
         vocab_only: bool = False,
         n_batch: int = 512,
+        flash_attn: bool = True,
     ):
         from gristmill.models import native_log
 
@@ -59,6 +60,7 @@ class LlamaCppEngine(Engine):
                 vocab_only=vocab_only,
                 verbose=False,
                 n_batch=n_batch,
+                flash_attn=flash_attn,  # llama.cpp's own default ("auto": on where supported); the binding's is off
             )
         except (ValueError, RuntimeError) as error:
             raise EngineError(f"cannot load {path}: {error}") from error
@@ -77,6 +79,7 @@ class LlamaCppEngine(Engine):
         self.n_threads = n_threads or os.cpu_count() or 2
         self.n_batch = n_batch
         self.n_gpu_layers = n_gpu_layers
+        self.flash_attn = flash_attn
         self.logits_processor = None  # tests force a token through this (llama-cpp-python's LogitsProcessorList)
 
     # --- what the model is -------------------------------------------------------------------
@@ -248,7 +251,7 @@ class Completion:
             completion_tokens=len(self.sampled),
             finish_reason=self.finish or "length",
             token_ids=tuple(self.sampled),
-            timings=timings,
+            timings={**timings, "flash_attn": self.engine.flash_attn},  # changes outputs by float rounding
             control_token=self.control_token,
         )
 

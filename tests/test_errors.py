@@ -379,7 +379,7 @@ def test_any_option_value_is_one_line_never_a_traceback(values, tmp_path):
 
 
 CONFIG_KEYS = ["samples", "max_tokens", "temperature", "top_p", "top_k", "min_p", "repeat_penalty", "seed",
-               "threads", "gpu_layers", "n_ctx", "n_ctx_cap", "pool", "style", "stop", "add_bos"]
+               "threads", "gpu_layers", "flash_attn", "n_ctx", "n_ctx_cap", "pool", "style", "stop", "add_bos"]
 TOML_VALUES = st.one_of(st.integers(min_value=-(2**63), max_value=2**63 - 1).map(str),
                         st.floats(allow_nan=True, allow_infinity=True).map(
                             lambda f: "nan" if f != f else "inf" if f == float("inf") else "-inf"

@@ -89,6 +89,20 @@ def test_cli_generate_resumes_and_never_duplicates(tmp_path, gemma_path, batch):
 
 
 @BATCHES
+def test_flash_attention_is_on_by_default_switchable_and_recorded(tmp_path, gemma_path, batch):
+    """It changes outputs by float rounding, like the batch size: each generation says which it was made with."""
+    add_instructions(tmp_path, 2)
+    on = runner.invoke(app, ["generate", "--max-tokens", "2", "--limit", "1", "--quiet", "--batch", batch])
+    off = runner.invoke(app, ["generate", "--max-tokens", "2", "--quiet", "--batch", batch, "--no-flash-attn"])
+    assert on.exit_code == 0 and off.exit_code == 0, on.output + off.output
+    assert "run 1" in off.output  # not part of the run's identity: the same run goes on
+    with open_store(tmp_path / "test.db") as store:
+        made_with = [json.loads(r["timings"])["flash_attn"] for r in store.query("SELECT timings FROM generations ORDER BY finished_at")]
+        engine = json.loads(store.query("SELECT settings FROM runs WHERE id = 1")[0]["settings"])["engine"]
+    assert made_with == [True, False] and engine["flash_attn"] is False
+
+
+@BATCHES
 def test_too_long_prompt_is_refused_with_the_numbers(tmp_path, gemma_path, batch):
     runner.invoke(app, ["add", str(write(tmp_path / "a.txt", "word " * 400 + "\nshort one\n"))])
     result = runner.invoke(app, ["generate", "--n-ctx", "256", "--max-tokens", "8", "--quiet", "--batch", batch])
