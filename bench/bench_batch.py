@@ -5,9 +5,13 @@ in the same run on the same loaded model (the goal is relative: a faster single 
    sampler chain per sequence: the most batching can give on this machine. Aggregate tokens/s at N = 1..16.
 2. Pipeline: `run_generation` (render, tokenize, evaluate each prompt, schedule, commit every item to SQLite)
    at --batch N (1 = the plain engine, one sequence at a time, as `generate --batch 1`) on the shipped sample
-   instructions (numbered variants), K items per sequence in flight so the drain at the end of a run (slots
-   emptying one by one) weighs the same at every N, as it would in a long run. Goal: gain(N) >= 90% of the
-   loop's. Unlike the loop, the pipeline also evaluates every prompt: the share of prompt tokens is printed.
+   instructions (numbered variants), K items per sequence in flight (rounded up to whole rounds of the
+   instructions, so every N runs the same mix) so the drain at the end of a run (slots emptying one by one)
+   weighs the same at every N, as it would in a long run. Goal: gain(N) >= 90% of the loop's.
+   Unlike the loop, the pipeline also evaluates every prompt. So the same work (the pipeline's own prompts and
+   answer lengths) is then run again without the pipeline: a minimal continuous-batching loop, no database,
+   no text, no stops. Its gain is what evaluating these prompts leaves of the loop's; the pipeline's gain over
+   its gain is what the pipeline around the batch costs.
 3. The whole default pipeline against a bare single-sequence llama-cpp-python loop (Llama.generate).
 4. Prompt tokens evaluated for --samples 4 / (4 x prompt tokens) (goal <= 0.30).
 5. Few-shot and URIAL runs' prompt tokens evaluated: prefix-aware order with cache reuse / the same prompts each
@@ -15,7 +19,7 @@ in the same run on the same loaded model (the goal is relative: a faster single 
    in (a draw per item) and with shared draws (`draws = D` added to a copy of it; goal aware/naive <= 0.5).
 
 Usage: python bench/bench_batch.py [--quick] [--counts-only] [--threads T] [--items-per-seq K] [--tokens M]
-    [--draws D]
+    [--draws D] [--samples S]
 """
 
 from __future__ import annotations
@@ -25,6 +29,7 @@ import platform
 import sys
 import tempfile
 import time
+from dataclasses import dataclass
 from importlib.resources import files
 from pathlib import Path
 
@@ -36,6 +41,7 @@ from gristmill.app.generate import RunSettings, open_run, run_generation  # noqa
 from gristmill.app.ingest import import_file  # noqa: E402
 from gristmill.db import open_store  # noqa: E402
 from gristmill.models import GenerationParams, create_engine  # noqa: E402
+from gristmill.models.batch import common_prefix  # noqa: E402
 from gristmill.models.default_model import default_model_path  # noqa: E402
 
 
@@ -50,7 +56,8 @@ MAX_TOKENS = _option("--tokens", 16 if QUICK else 128)  # the demo's length; the
 ITEMS_PER_SEQ = _option("--items-per-seq", 2 if QUICK else 24)
 N_ITEMS = _option("--count-items", 128)  # the prompt-token counts (part 4, 5): many items a draw, as in a long run
 THREADS = _option("--threads", None)
-DRAWS = _option("--draws", 16)  # shared few-shot draws for part 5
+DRAWS = _option("--draws", 16)
+SAMPLES = _option("--samples", 1)  # samples per instruction in the throughput table (part 2)  # shared few-shot draws for part 5
 COUNTS_ONLY = "--counts-only" in sys.argv  # only the prompt-token counts (deterministic), no timings
 PARAMS = GenerationParams(max_tokens=MAX_TOKENS, temperature=0.8, seed=11)
 
@@ -72,24 +79,12 @@ def minimal_loop(engine, n: int, prompts: list[list[int]], steps: int) -> float:
     params.flash_attn_type = engine._llm.context_params.flash_attn_type
     ctx = lib.llama_init_from_model(engine._llm._model.model, params)
     batch = lib.llama_batch_init(512, 0, 1)
-    chains = []
-    for seq in range(n):
-        chain = lib.llama_sampler_chain_init(lib.llama_sampler_chain_default_params())
-        for sampler in (lib.llama_sampler_init_top_k(PARAMS.top_k), lib.llama_sampler_init_top_p(PARAMS.top_p, 1),
-                        lib.llama_sampler_init_min_p(PARAMS.min_p, 1), lib.llama_sampler_init_temp(PARAMS.temperature),
-                        lib.llama_sampler_init_dist(seq + 1)):
-            lib.llama_sampler_chain_add(chain, sampler)
-        chains.append(chain)
-
-    def put(i, token, pos, seq, logits):
-        batch.token[i], batch.pos[i], batch.n_seq_id[i], batch.logits[i] = token, pos, 1, logits
-        batch.seq_id[i][0] = seq
-
+    chains = [_sampler_chain(lib, seq + 1) for seq in range(n)]
     positions, last = [], []
     for seq in range(n):
         ids = prompts[seq % len(prompts)]
         for i, token in enumerate(ids):
-            put(i, token, i, seq, i == len(ids) - 1)
+            _put(batch, i, token, i, seq, i == len(ids) - 1)
         batch.n_tokens = len(ids)
         assert lib.llama_decode(ctx, batch) == 0
         last.append(lib.llama_sampler_sample(chains[seq], ctx, len(ids) - 1))
@@ -97,7 +92,7 @@ def minimal_loop(engine, n: int, prompts: list[list[int]], steps: int) -> float:
     start = time.perf_counter()
     for _ in range(steps):
         for seq in range(n):
-            put(seq, last[seq], positions[seq], seq, True)
+            _put(batch, seq, last[seq], positions[seq], seq, True)
             positions[seq] += 1
         batch.n_tokens = n
         assert lib.llama_decode(ctx, batch) == 0
@@ -108,6 +103,83 @@ def minimal_loop(engine, n: int, prompts: list[list[int]], steps: int) -> float:
     lib.llama_batch_free(batch)
     lib.llama_free(ctx)
     return n * steps / elapsed
+
+
+def same_work_loop(engine, n: int, work: list[tuple[list[int], int]]) -> tuple[float, int]:
+    """The pipeline's own work without the pipeline: its prompts and answer lengths (`work`, in id order) on n
+    sequences with continuous batching, each new prompt evaluated in the step it arrives (after what its
+    sequence's cache already holds), exactly as many tokens sampled as the pipeline's answer had. No database,
+    no text, no stops: what any batched generator must do for these items. Aggregate tokens/s, tokens evaluated."""
+    import llama_cpp as lib
+
+    params = lib.llama_context_default_params()
+    params.n_ctx, params.n_batch, params.n_seq_max = engine.n_ctx * n, 512, n
+    params.n_ubatch = 512
+    params.n_threads = params.n_threads_batch = engine.n_threads
+    params.flash_attn_type = engine._llm.context_params.flash_attn_type
+    params.swa_full = True
+    ctx = lib.llama_init_from_model(engine._llm._model.model, params)
+    memory = lib.llama_get_memory(ctx)
+    batch = lib.llama_batch_init(512, 0, 1)
+    chains = [_sampler_chain(lib, seq + 1) for seq in range(n)]
+    cached: list[list[int]] = [[] for _ in range(n)]
+    left, pending = [0] * n, [None] * n  # tokens still to sample; a sampled token still to decode
+    queue, evaluated, generated = list(reversed(work)), 0, sum(count for _, count in work)
+    start = time.perf_counter()
+    while queue or any(left):
+        size, sample_at, held, placed, waiting = 0, {}, [list(tokens) for tokens in cached], {}, False
+        for seq in range(n):
+            if not left[seq] and queue and not waiting and size + len(queue[-1][0]) + n <= 512:
+                ids, count = queue[-1]
+                # a longer prefix is being evaluated in this step: wait for it and copy it, as the pipeline does
+                waiting = any(common_prefix(other, ids) > common_prefix(held[seq], ids) for other in placed.values())
+                if waiting:
+                    continue
+                queue.pop()
+                placed[seq] = ids
+                source = max(range(n), key=lambda other: common_prefix(held[other], ids))
+                if common_prefix(held[source], ids) > common_prefix(held[seq], ids):  # whole copy, then the tail off
+                    lib.llama_memory_seq_rm(memory, seq, -1, -1)
+                    lib.llama_memory_seq_cp(memory, source, seq, -1, -1)
+                    cached[seq] = held[seq] = held[source]
+                keep = min(common_prefix(held[seq], ids), len(ids) - 1)
+                lib.llama_memory_seq_rm(memory, seq, keep, -1)
+                lib.llama_sampler_reset(chains[seq])
+                for position in range(keep, len(ids)):
+                    _put(batch, size, ids[position], position, seq, position == len(ids) - 1)
+                    size += 1
+                evaluated += len(ids) - keep
+                cached[seq], left[seq], sample_at[seq] = list(ids), max(count, 1), size - 1
+            elif left[seq] and pending[seq] is not None:
+                _put(batch, size, pending[seq], len(cached[seq]), seq, True)
+                cached[seq].append(pending[seq])
+                sample_at[seq], size = size, size + 1
+        batch.n_tokens = size
+        assert lib.llama_decode(ctx, batch) == 0
+        for seq, index in sample_at.items():
+            token = lib.llama_sampler_sample(chains[seq], ctx, index)
+            left[seq] -= 1
+            pending[seq] = token if left[seq] else None
+    elapsed = time.perf_counter() - start
+    for chain in chains:
+        lib.llama_sampler_free(chain)
+    lib.llama_batch_free(batch)
+    lib.llama_free(ctx)
+    return generated / elapsed, evaluated
+
+
+def _sampler_chain(lib, seed: int):
+    chain = lib.llama_sampler_chain_init(lib.llama_sampler_chain_default_params())
+    for sampler in (lib.llama_sampler_init_top_k(PARAMS.top_k), lib.llama_sampler_init_top_p(PARAMS.top_p, 1),
+                    lib.llama_sampler_init_min_p(PARAMS.min_p, 1), lib.llama_sampler_init_temp(PARAMS.temperature),
+                    lib.llama_sampler_init_dist(seed)):
+        lib.llama_sampler_chain_add(chain, sampler)
+    return chain
+
+
+def _put(batch, i: int, token: int, pos: int, seq: int, logits: bool) -> None:
+    batch.token[i], batch.pos[i], batch.n_seq_id[i], batch.logits[i] = token, pos, 1, logits
+    batch.seq_id[i][0] = seq
 
 
 def bare_single(engine, prompts: list[list[int]]) -> float:
@@ -127,10 +199,18 @@ def bare_single(engine, prompts: list[list[int]]) -> float:
     return tokens / (time.perf_counter() - start)
 
 
+@dataclass
+class PipelineRun:
+    tokens_per_s: float  # completion tokens / the run's wall time
+    evaluated: int  # prompt tokens evaluated
+    stored: int  # prompt tokens stored (every prompt in full)
+    generated: int  # completion tokens
+    work: list[tuple[list[int], int]]  # each item's prompt ids and completion tokens, in id order
+
+
 def pipeline(engine, work: Path, source: Path, batch: int, *, samples: int = 1, style: str = "completion",
-             prefix_order: bool = True, max_tokens: int = MAX_TOKENS) -> tuple[float, int, int, int]:
-    """Aggregate completion tokens/s of run_generation; also prompt tokens evaluated, prompt tokens stored and
-    completion tokens."""
+             prefix_order: bool = True, max_tokens: int = MAX_TOKENS) -> PipelineRun:
+    """Aggregate completion tokens/s of run_generation, prompt tokens evaluated, and the work it did."""
     concurrent = open_concurrent(engine, batch)
     db = work / f"run-{time.monotonic_ns()}.db"
     try:
@@ -144,18 +224,29 @@ def pipeline(engine, work: Path, source: Path, batch: int, *, samples: int = 1, 
                                    prefix_order=prefix_order)
             elapsed = time.perf_counter() - start
             stored = store.conn.execute("SELECT sum(prompt_tokens) FROM generations").fetchone()[0]
+            done = store.conn.execute("SELECT prompt, completion_tokens FROM generations ORDER BY id").fetchall()
         evaluated = getattr(concurrent, "prompt_tokens_evaluated", stored)
-        return final.completion_tokens / elapsed, evaluated, stored, final.completion_tokens
+        return PipelineRun(final.completion_tokens / elapsed, evaluated, stored, final.completion_tokens,
+                           [(engine.tokenize(prompt), count) for prompt, count in done])
     finally:
         concurrent.close()
         db.unlink(missing_ok=True)
 
 
-def sample_instructions(count: int) -> list[str]:
+def sample_instructions(count: int, base_only: bool = False) -> list[str]:
     """The shipped sample instructions, numbered past the first round so every item is its own."""
     path = Path(__import__("gristmill.app", fromlist=["x"]).__file__).parent / "data" / "sample_instructions.jsonl"
     base = [json.loads(line)["instruction"] for line in path.read_text().splitlines() if line.strip()]
+    if base_only:
+        return base
     return [base[i % len(base)] + ("" if i < len(base) else f" ({i // len(base) + 1})") for i in range(count)]
+
+
+def whole_rounds(count: int) -> int:
+    """`count` rounded up to whole rounds of the shipped instructions, so every N runs the same mix of them (their
+    answers' lengths differ by instruction, and with them the share of time spent evaluating prompts)."""
+    rounds = len(sample_instructions(0, base_only=True))
+    return -(-count // rounds) * rounds
 
 
 def write_items(path: Path, instructions: list[str]) -> Path:
@@ -186,21 +277,25 @@ def main() -> None:
           f"{llama_cpp.__version__}; {llama_cpp.llama_print_system_info().decode().strip()}")
     print(f"pipeline: {ITEMS_PER_SEQ} sample instructions per sequence in flight, {MAX_TOKENS} max tokens; "
           f"loop: {MAX_TOKENS} decode steps per sequence")
-    loop, pipe = {}, {}
-    for n in () if COUNTS_ONLY else BATCHES:  # alternate the two so machine noise hits both alike
+    loop, pipe, same = {}, {}, {}
+    for n in () if COUNTS_ONLY else BATCHES:  # alternate the three so machine noise hits them alike
         loop[n] = minimal_loop(engine, n, prompts, MAX_TOKENS)
-        items = write_items(work / f"items-{n}.jsonl", sample_instructions(ITEMS_PER_SEQ * n))
-        pipe[n], evaluated, _, generated = pipeline(engine, work, items, n)
-        print(f"N={n:2d}  minimal loop {loop[n]:7.1f} tok/s (x{loop[n] / loop[1]:.2f})   "
-              f"pipeline --batch {n} {pipe[n]:7.1f} tok/s (x{pipe[n] / pipe[1]:.2f})   "
-              f"pipeline gain / loop gain {(pipe[n] / pipe[1]) / (loop[n] / loop[1]):.2f} (goal >= 0.90)   "
-              f"[{ITEMS_PER_SEQ * n} items, {generated} tokens generated, {evaluated} prompt tokens evaluated]")
+        items = write_items(work / f"items-{n}.jsonl", sample_instructions(whole_rounds(ITEMS_PER_SEQ * n)))
+        run = pipeline(engine, work, items, n, samples=SAMPLES)
+        same[n], same_evaluated = same_work_loop(engine, n, run.work)
+        pipe[n] = run.tokens_per_s
+        print(f"N={n:2d}  minimal loop {loop[n]:6.1f} tok/s (x{loop[n] / loop[1]:.2f})  "
+              f"pipeline --batch {n} {pipe[n]:6.1f} (x{pipe[n] / pipe[1]:.2f})  "
+              f"pipeline gain / loop gain {(pipe[n] / pipe[1]) / (loop[n] / loop[1]):.2f} (goal >= 0.90)  "
+              f"| same work, no pipeline {same[n]:6.1f} (x{same[n] / same[1]:.2f}), pipeline gain / its gain "
+              f"{(pipe[n] / pipe[1]) / (same[n] / same[1]):.2f}  [{len(run.work)} items, {run.generated} tokens "
+              f"generated, prompt tokens evaluated: pipeline {run.evaluated}, same work {same_evaluated}]")
     if COUNTS_ONLY:
         return _counts(engine, work, source)
     default_items = sample_instructions(ITEMS_PER_SEQ * DEFAULT_BATCH)
     bare = bare_single(engine, [engine.tokenize(text) for text in default_items[: ITEMS_PER_SEQ * 2]])
     default = pipe.get(DEFAULT_BATCH) or pipeline(engine, work, write_items(work / "d.jsonl", default_items),
-                                                  DEFAULT_BATCH)[0]
+                                                  DEFAULT_BATCH).tokens_per_s
     loop_gain = loop.get(DEFAULT_BATCH, loop[max(loop)]) / loop[1]
     print(f"default pipeline (--batch {DEFAULT_BATCH}) {default:.1f} tok/s / bare Llama.generate loop {bare:.1f} "
           f"tok/s = x{default / bare:.2f}; minimal loop gain at that N x{loop_gain:.2f}; "
@@ -210,16 +305,17 @@ def main() -> None:
 
 def _counts(engine, work: Path, source: Path) -> None:
     """Prompt tokens evaluated: exact counts, not timings, so they hold on a busy machine too."""
-    _, evaluated, stored, _ = pipeline(engine, work, source, DEFAULT_BATCH, samples=4, max_tokens=4)
-    print(f"--samples 4: prompt tokens evaluated {evaluated} / (4 x prompt tokens) {stored} = "
-          f"{evaluated / stored:.3f} (goal <= 0.30)")
+    run = pipeline(engine, work, source, DEFAULT_BATCH, samples=4, max_tokens=4)
+    print(f"--samples 4: prompt tokens evaluated {run.evaluated} / (4 x prompt tokens) {run.stored} = "
+          f"{run.evaluated / run.stored:.3f} (goal <= 0.30)")
 
     shared = shared_draws_style(work, DRAWS)
     styles = (("few-shot", "few-shot (a draw per item)"), (str(shared), f"few-shot, draws = {DRAWS}"),
               ("urial", "urial"))
     for style, label in styles:
-        _, aware, stored, _ = pipeline(engine, work, source, DEFAULT_BATCH, style=style, max_tokens=4)
-        _, naive, _, _ = pipeline(engine, work, source, DEFAULT_BATCH, style=style, max_tokens=4, prefix_order=False)
+        aware_run = pipeline(engine, work, source, DEFAULT_BATCH, style=style, max_tokens=4)
+        aware, stored = aware_run.evaluated, aware_run.stored
+        naive = pipeline(engine, work, source, DEFAULT_BATCH, style=style, max_tokens=4, prefix_order=False).evaluated
         print(f"{label} run: prompt tokens evaluated, prefix-aware order {aware}, naive order with the same cache "
               f"{naive}, every prompt in full {stored}: aware/full {aware / stored:.3f}, "
               f"aware/naive {aware / naive:.3f} (goal <= 0.5)")
