@@ -42,6 +42,7 @@ from gristmill.app.ingest import import_file  # noqa: E402
 from gristmill.db import open_store  # noqa: E402
 from gristmill.models import GenerationParams, create_engine  # noqa: E402
 from gristmill.models.batch import common_prefix  # noqa: E402
+from gristmill.models.llama_batch import min_shared_gain  # noqa: E402
 from gristmill.models.default_model import default_model_path  # noqa: E402
 
 
@@ -125,6 +126,7 @@ def same_work_loop(engine, n: int, work: list[tuple[list[int], int]]) -> tuple[f
     cached: list[list[int]] = [[] for _ in range(n)]
     left, pending = [0] * n, [None] * n  # tokens still to sample; a sampled token still to decode
     queue, evaluated, generated = list(reversed(work)), 0, sum(count for _, count in work)
+    least_gain = min_shared_gain(engine.n_ctx)
     start = time.perf_counter()
     while queue or any(left):
         size, sample_at, held, placed, waiting = 0, {}, [list(tokens) for tokens in cached], {}, False
@@ -132,13 +134,14 @@ def same_work_loop(engine, n: int, work: list[tuple[list[int], int]]) -> tuple[f
             if not left[seq] and queue and not waiting and size + len(queue[-1][0]) + n <= 512:
                 ids, count = queue[-1]
                 # a longer prefix is being evaluated in this step: wait for it and copy it, as the pipeline does
-                waiting = any(common_prefix(other, ids) > common_prefix(held[seq], ids) for other in placed.values())
+                own = common_prefix(held[seq], ids)
+                waiting = any(common_prefix(other, ids) - own >= least_gain for other in placed.values())
                 if waiting:
                     continue
                 queue.pop()
                 placed[seq] = ids
                 source = max(range(n), key=lambda other: common_prefix(held[other], ids))
-                if common_prefix(held[source], ids) > common_prefix(held[seq], ids):  # whole copy, then the tail off
+                if common_prefix(held[source], ids) - own >= least_gain:  # whole copy, then the tail off
                     lib.llama_memory_seq_rm(memory, seq, -1, -1)
                     lib.llama_memory_seq_cp(memory, source, seq, -1, -1)
                     cached[seq] = held[seq] = held[source]
