@@ -97,9 +97,24 @@ def test_flash_attention_is_on_by_default_switchable_and_recorded(tmp_path, gemm
     assert on.exit_code == 0 and off.exit_code == 0, on.output + off.output
     assert "run 1" in off.output  # not part of the run's identity: the same run goes on
     with open_store(tmp_path / "test.db") as store:
-        made_with = [json.loads(r["timings"])["flash_attn"] for r in store.query("SELECT timings FROM generations ORDER BY finished_at")]
+        rows = store.query("SELECT timings FROM generations ORDER BY finished_at")
         engine = json.loads(store.query("SELECT settings FROM runs WHERE id = 1")[0]["settings"])["engine"]
-    assert made_with == [True, False] and engine["flash_attn"] is False
+    assert [json.loads(r["timings"])["flash_attn"] for r in rows] == [True, False] and engine["flash_attn"] is False
+
+
+def test_flash_attention_setting_reaches_llama_cpp(gemma_path):
+    """The batched engine copies these context parameters, so both paths run with what was asked."""
+    import llama_cpp
+
+    from gristmill.models import create_engine
+
+    for asked, expected in ((True, llama_cpp.LLAMA_FLASH_ATTN_TYPE_ENABLED),
+                            (False, llama_cpp.LLAMA_FLASH_ATTN_TYPE_DISABLED)):
+        engine = create_engine("llama_cpp", model_path=gemma_path, n_ctx=256, flash_attn=asked)
+        try:
+            assert engine._llm.context_params.flash_attn_type == expected
+        finally:
+            engine.close()
 
 
 @BATCHES
