@@ -146,6 +146,14 @@ def generate(
         api_key_env=api_key_env,
     )
     check_generate(config, lambda key: f"generate: --{key.replace('_', '-')} (or generate.{key} in the config)")
+    local_only = {"--batch": batch, "--threads": threads, "--gpu-layers": gpu_layers, "--n-ctx": n_ctx,
+                  "--flash-attn/--no-flash-attn": flash_attn}  # fmt: skip
+    given = [name for name, value in local_only.items() if value is not None]
+    if config.server and given:  # an option that would change nothing is refused, never silently dropped
+        raise BadInput(
+            f"generate: {', '.join(given)} {'is' if len(given) == 1 else 'are'} for the in-process engine; with "
+            "--server the server's own settings apply (--concurrency sets requests in flight): leave it out"
+        )
     try:
         settings = settings_for(config)  # the same RunSettings the app's generate room builds
     except ValueError as error:

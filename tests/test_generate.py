@@ -117,6 +117,15 @@ def test_flash_attention_setting_reaches_llama_cpp(gemma_path):
             engine.close()
 
 
+def test_in_process_options_with_a_server_are_refused_not_ignored(tmp_path, gemma_path):
+    add_instructions(tmp_path, 1)
+    result = runner.invoke(app, ["generate", "--server", "http://127.0.0.1:9", "--tokenizer", str(gemma_path),
+                                 "--batch", "4", "--no-flash-attn"])
+    lines = [line for line in result.output.splitlines() if line.strip()]
+    assert result.exit_code == 2 and len(lines) == 1, result.output
+    assert "--batch" in lines[0] and "--flash-attn" in lines[0] and "--server" in lines[0]
+
+
 @BATCHES
 def test_too_long_prompt_is_refused_with_the_numbers(tmp_path, gemma_path, batch):
     runner.invoke(app, ["add", str(write(tmp_path / "a.txt", "word " * 400 + "\nshort one\n"))])
