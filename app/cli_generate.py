@@ -152,7 +152,8 @@ def generate(
     if config.server and given:  # an option that would change nothing is refused, never silently dropped
         raise BadInput(
             f"generate: {', '.join(given)} {'is' if len(given) == 1 else 'are'} for the in-process engine; with "
-            "--server the server's own settings apply (--concurrency sets requests in flight): leave it out"
+            "--server the server's own settings apply (--concurrency sets requests in flight): "
+            f"leave {'it' if len(given) == 1 else 'them'} out"
         )
     try:
         settings = settings_for(config)  # the same RunSettings the app's generate room builds
