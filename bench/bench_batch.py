@@ -57,8 +57,8 @@ MAX_TOKENS = _option("--tokens", 16 if QUICK else 128)  # the demo's length; the
 ITEMS_PER_SEQ = _option("--items-per-seq", 2 if QUICK else 24)
 N_ITEMS = _option("--count-items", 128)  # the prompt-token counts (part 4, 5): many items a draw, as in a long run
 THREADS = _option("--threads", None)
-DRAWS = _option("--draws", 16)
-SAMPLES = _option("--samples", 1)  # samples per instruction in the throughput table (part 2)  # shared few-shot draws for part 5
+DRAWS = _option("--draws", 16)  # shared few-shot draws for part 5
+SAMPLES = _option("--samples", 1)  # samples per instruction in the throughput table (part 2)
 COUNTS_ONLY = "--counts-only" in sys.argv  # only the prompt-token counts (deterministic), no timings
 PARAMS = GenerationParams(max_tokens=MAX_TOKENS, temperature=0.8, seed=11)
 
@@ -110,7 +110,9 @@ def same_work_loop(engine, n: int, work: list[tuple[list[int], int]]) -> tuple[f
     """The pipeline's own work without the pipeline: its prompts and answer lengths (`work`, in id order) on n
     sequences with continuous batching, each new prompt evaluated in the step it arrives (after what its
     sequence's cache already holds), exactly as many tokens sampled as the pipeline's answer had. No database,
-    no text, no stops: what any batched generator must do for these items. Aggregate tokens/s, tokens evaluated."""
+    no text, no stops: what any batched generator must do for these items. Aggregate tokens/s, tokens evaluated.
+    With --samples S a sample copies its prompt a step after it is evaluated and decodes its last token again
+    (the pipeline's samples sample from the same logits at once): this loop is then slightly slower."""
     import llama_cpp as lib
 
     params = lib.llama_context_default_params()
@@ -248,8 +250,8 @@ def sample_instructions(count: int, base_only: bool = False) -> list[str]:
 def whole_rounds(count: int) -> int:
     """`count` rounded up to whole rounds of the shipped instructions, so every N runs the same mix of them (their
     answers' lengths differ by instruction, and with them the share of time spent evaluating prompts)."""
-    rounds = len(sample_instructions(0, base_only=True))
-    return -(-count // rounds) * rounds
+    round_size = len(sample_instructions(0, base_only=True))
+    return -(-count // round_size) * round_size
 
 
 def write_items(path: Path, instructions: list[str]) -> Path:
