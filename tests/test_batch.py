@@ -59,6 +59,16 @@ def test_samples_of_one_prompt_evaluate_it_once_and_keep_their_own_seeds(gemma, 
     assert texts[0] == texts[1]
 
 
+def evaluated_alone(gemma, ids, params):
+    """One prompt on a fresh engine, evaluated in full: what a reused or copied prefix must reproduce."""
+    fresh = LlamaBatchEngine(gemma, 4)
+    try:
+        fresh.submit(PromptJob(ids, params, (SampleRequest(1, 1),)))
+        return drain(fresh)[0][1]
+    finally:
+        fresh.close()
+
+
 def test_a_prompt_sharing_a_cached_prefix_evaluates_only_the_rest(gemma, batch4):
     header = "The following are questions and their answers.\n\nQ: What is the capital of France?\nA:"
     first = tuple(gemma.tokenize(header + " Paris.\n\nQ: What colour is the sky?\nA:"))
@@ -70,15 +80,10 @@ def test_a_prompt_sharing_a_cached_prefix_evaluates_only_the_rest(gemma, batch4)
     reused, _ = drain(batch4)
     shared = next(i for i, (a, b) in enumerate(zip(first, second)) if a != b)
     assert reused[2].timings["prompt_tokens_evaluated"] == len(second) - shared
-    fresh = LlamaBatchEngine(gemma, 4)
-    try:
-        fresh.submit(PromptJob(second, params, (SampleRequest(3, 1),)))
-        alone, _ = drain(fresh)
-    finally:
-        fresh.close()
-    assert alone[3].timings["prompt_tokens_evaluated"] == len(second)
+    alone = evaluated_alone(gemma, second, params)
+    assert alone.timings["prompt_tokens_evaluated"] == len(second)
     # the reused cache holds what a fresh evaluation computes: the greedy answers start the same
-    assert reused[2].text[:8] == alone[3].text[:8] and reused[2].text.strip()
+    assert reused[2].text[:8] == alone.text[:8] and reused[2].text.strip()
 
 
 def test_a_prompt_whose_prefix_is_still_being_evaluated_waits_for_it(gemma):
@@ -106,13 +111,8 @@ def test_a_prompt_whose_prefix_is_still_being_evaluated_waits_for_it(gemma):
     # it shares only the BOS token with the others: not worth copying a whole cache stream for
     assert results[3].timings["prompt_tokens_evaluated"] == len(other)
     assert all(r.text.strip() and pieces[k] == r.text for k, r in results.items())
-    fresh = LlamaBatchEngine(gemma, 4)
-    try:
-        fresh.submit(PromptJob(second, params, (SampleRequest(4, 1),)))
-        alone, _ = drain(fresh)
-    finally:
-        fresh.close()
-    assert results[2].text[:8] == alone[4].text[:8]  # the copied prefix holds what a fresh evaluation computes
+    # the copied prefix holds what a fresh evaluation computes
+    assert results[2].text[:8] == evaluated_alone(gemma, second, params).text[:8]
 
 
 def test_stop_string_ends_a_batched_sequence_and_is_excluded(gemma, batch4):
