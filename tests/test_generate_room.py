@@ -26,13 +26,18 @@ def statuses(db) -> dict[int, str]:
         return {r[0]: r[1] for r in store.query("SELECT id, status FROM generations ORDER BY id")}
 
 
+ITEMS = 6
+
+
 @pytest.mark.slow
 async def test_start_watch_stop_and_resume_on_the_real_model(tmp_path, gemma_path):
     db = tmp_path / "test.db"
     with open_store(db) as store:
         import_file(store, write(tmp_path / "i.jsonl", "\n".join(
-            json.dumps({"instruction": f"Name a colour, number {i}."}) for i in range(3)) + "\n"))
-    config = GenerateConfig(model=str(gemma_path), max_tokens=12, threads=2, n_ctx=512)
+            json.dumps({"instruction": f"Name a colour, number {i}."}) for i in range(ITEMS)) + "\n"))
+    # one sequence at a time, so the stop finds items not yet started whatever the machine's speed
+    # (with every item in flight at once, all of them can finish before the stop is seen)
+    config = GenerateConfig(model=str(gemma_path), max_tokens=12, threads=2, n_ctx=512, batch=1)
     app = make_app(db, reviewer="ann", generate_config=config)
     async with app.run_test(size=(80, 24)) as pilot:
         await pilot.press("g")
@@ -61,12 +66,12 @@ async def test_start_watch_stop_and_resume_on_the_real_model(tmp_path, gemma_pat
         await pilot.press("ctrl+s")
         await wait_until(pilot, lambda: screen.progress is not None)
         first = screen.progress
-        assert first.finished >= 1 and first.total == 3 and first.run_id == run_id
-        assert screen.query_one(ProgressBar).total == 3
+        assert first.finished >= 1 and first.total == ITEMS and first.run_id == run_id
+        assert screen.query_one(ProgressBar).total == ITEMS
         assert "tok/s" in str(screen.query_one("#status", Static).render())
         await wait_until(pilot, lambda: not screen.running)
         assert "Finished" in str(screen.query_one("#status", Static).render())
-    assert set(statuses(db).values()) == {"done"} and len(statuses(db)) == 3
+    assert set(statuses(db).values()) == {"done"} and len(statuses(db)) == ITEMS
     with open_store(db) as store:
         assert store.query("SELECT count(*) FROM runs")[0][0] == 1
         assert max(r[0] for r in store.query("SELECT completion_tokens FROM generations")) <= 12
