@@ -5,8 +5,9 @@ is (prompt evaluation is already compute-bound and barely gains). No released ll
 batched API, so this drives the C API directly, reusing the model that `LlamaCppEngine` loaded (tokenizing,
 prompt checks and piece rendering stay there, so a batched completion is made the same way as a single one).
 
-- Each of the N sequences has its own slot (sequence id), its own sampler chain and seed (`llama_sampler_sample`
-  accepts the sampled token into that chain, so penalties and RNG are per sequence).
+- Each of the N sequences has its own slot (sequence id), its own sampler chain and seed (the sampled token is
+  accepted into that chain, so penalties and RNG are per sequence); after a decode the chains draw in parallel,
+  one per worker thread (`llama_sampling`).
 - The samples of one prompt share its evaluation: the prompt is decoded once, then `llama_memory_seq_cp` copies
   it to the other samples' sequences, which sample from the same logits.
 - A finished slot keeps its cache: a new prompt that shares a prefix with any slot's cached tokens (a style
@@ -31,6 +32,7 @@ from dataclasses import dataclass, field
 from gristmill.models.base import EngineError, GenerationResult, PromptRefused, TextPiece
 from gristmill.models.batch import ConcurrentEngine, PromptJob, SequenceEvent, common_prefix
 from gristmill.models.llama_cpp_engine import Completion, LlamaCppEngine
+from gristmill.models.llama_sampling import ParallelSampler
 
 PENALTY_LAST_N = 64  # as llama-cpp-python's Llama (last_n_tokens_size), so a batched sample is drawn the same way
 
@@ -97,6 +99,7 @@ class LlamaBatchEngine(ConcurrentEngine):
         self._batch = lib.llama_batch_init(self.n_batch, 0, 1)
         self._n_vocab = lib.llama_vocab_n_tokens(engine._vocab)
         self.slots = [_Slot(seq) for seq in range(n_seq)]
+        self._sampling = ParallelSampler(lib, self._n_vocab, min(engine.n_threads, n_seq))
         self.prompt_tokens_evaluated = 0  # for the benchmark: what prefix sharing saved
         self.decode_calls = 0
 
@@ -210,21 +213,26 @@ class LlamaBatchEngine(ConcurrentEngine):
         self.decode_calls += 1
         if code != 0:
             return self._fail_all(f"llama_decode returned {code}" + (" (no free cache cell)" if code == 1 else ""))
-        events: list[SequenceEvent] = []
+        draws: list[tuple[_Slot, int]] = []  # (slot, batch index of the logits it samples from)
         for slot, tokens, logits_index in entries:
             slot.cached.extend(tokens)
             if logits_index is None:  # a prompt chunk that is not the last: nothing to sample yet
                 continue
-            group = [slot]
+            draws.append((slot, logits_index))
             if slot.next_token is None:  # its prompt just finished: the samples waiting on it copy it now
                 for follower in self.slots:
                     if follower.leader is slot and follower.key is not None:
                         self._lib.llama_memory_seq_rm(self._mem, follower.seq, -1, -1)
                         self._lib.llama_memory_seq_cp(self._mem, slot.seq, follower.seq, -1, -1)
                         follower.cached, follower.leader = list(slot.cached), None
-                        group.append(follower)
-            for member in group:
-                events.extend(self._sample(member, logits_index))
+                        draws.append((follower, logits_index))
+        try:
+            tokens = self._sampling.sample(self._ctx, [(slot.sampler, index) for slot, index in draws])
+        except EngineError as error:
+            return self._fail_all(str(error))
+        events: list[SequenceEvent] = []
+        for (slot, _), token in zip(draws, tokens, strict=True):
+            events.extend(self._advance(slot, token))
         return events
 
     def cancel(self) -> list[int]:
@@ -236,6 +244,7 @@ class LlamaBatchEngine(ConcurrentEngine):
 
     def close(self) -> None:
         self.cancel()
+        self._sampling.close()
         if getattr(self, "_ctx", None):
             self._lib.llama_batch_free(self._batch)
             self._lib.llama_free(self._ctx)
@@ -283,8 +292,8 @@ class LlamaBatchEngine(ConcurrentEngine):
         batch.n_tokens = count
         return entries
 
-    def _sample(self, slot: _Slot, logits_index: int) -> list[SequenceEvent]:
-        token = self._lib.llama_sampler_sample(slot.sampler, self._ctx, logits_index)
+    def _advance(self, slot: _Slot, token: int) -> list[SequenceEvent]:
+        """A sequence's sampled token: its text, and its result if that token ends it."""
         now = time.perf_counter()
         if slot.first_at is None:
             slot.first_at = now
