@@ -243,8 +243,8 @@ class LlamaBatchEngine(ConcurrentEngine):
         return keys
 
     def close(self) -> None:
+        self._sampling.close()  # no worker holds a chain when cancel frees them
         self.cancel()
-        self._sampling.close()
         if getattr(self, "_ctx", None):
             self._lib.llama_batch_free(self._batch)
             self._lib.llama_free(self._ctx)

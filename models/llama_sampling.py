@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import ctypes
 import threading
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import ThreadPoolExecutor, wait
 from typing import Any
 
 import numpy as np
@@ -48,7 +48,13 @@ class ParallelSampler:
         chains = [chain for chain, _ in requests]
         step = -(-len(requests) // self.workers)  # one task per worker: fewer hand-offs than one per draw
         chunks = [(chains[i : i + step], logits[i : i + step]) for i in range(0, len(requests), step)]
-        return [token for tokens in self._pool.map(self._draw_all, chunks) for token in tokens]
+        futures = [self._pool.submit(self._draw_all, chunk) for chunk in chunks]
+        try:
+            wait(futures)
+        except BaseException:  # Ctrl-C: the caller may free these chains next, so the workers finish first (ms)
+            wait(futures)
+            raise
+        return [token for future in futures for token in future.result()]
 
     def close(self) -> None:
         if self._pool is not None:
