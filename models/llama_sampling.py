@@ -24,6 +24,12 @@ import numpy as np
 from gristmill.models.base import EngineError
 
 
+# Below this many draws per worker, the hand-offs and, on a CPU build, llama.cpp's OpenMP threads (which spin on
+# the cores for a while after a decode) cost more than the parallel draws save: measured with 2 threads on the
+# embedded model (bench/bench_sampling.py), 4 draws on 2 workers took 2% longer than on one thread, 8 took 1% less.
+MIN_DRAWS_PER_WORKER = 4
+
+
 class ParallelSampler:
     """Draws one token per (sampler chain, logits index) after a decode, on up to `workers` threads."""
 
@@ -35,7 +41,8 @@ class ParallelSampler:
 
     def sample(self, ctx: Any, requests: list[tuple[Any, int]]) -> list[int]:
         """The token each chain draws from the logits at its batch index, in the order of `requests`."""
-        if self.workers == 1 or len(requests) < 2:
+        workers = min(self.workers, len(requests) // MIN_DRAWS_PER_WORKER)
+        if workers < 2:
             return [self._lib.llama_sampler_sample(chain, ctx, index) for chain, index in requests]
         logits = []
         for _, index in requests:
@@ -44,17 +51,18 @@ class ParallelSampler:
                 raise EngineError(f"llama.cpp has no logits for batch index {index}")
             logits.append(pointer)
         if self._pool is None:
-            self._pool = ThreadPoolExecutor(self.workers, thread_name_prefix="gristmill-sampling")
+            self._pool = ThreadPoolExecutor(self.workers - 1, thread_name_prefix="gristmill-sampling")
         chains = [chain for chain, _ in requests]
-        step = -(-len(requests) // self.workers)  # one task per worker: fewer hand-offs than one per draw
+        step = -(-len(requests) // workers)  # one chunk per worker: fewer hand-offs than one per draw
         chunks = [(chains[i : i + step], logits[i : i + step]) for i in range(0, len(requests), step)]
-        futures = [self._pool.submit(self._draw_all, chunk) for chunk in chunks]
+        futures = [self._pool.submit(self._draw_all, chunk) for chunk in chunks[1:]]
         try:
+            first = self._draw_all(chunks[0])  # the calling thread is one of the workers
             wait(futures)
         except BaseException:  # Ctrl-C: the caller may free these chains next, so the workers finish first (ms)
             wait(futures)
             raise
-        return [token for future in futures for token in future.result()]
+        return first + [token for future in futures for token in future.result()]
 
     def close(self) -> None:
         if self._pool is not None:
