@@ -57,12 +57,13 @@ demo: install
 test: lint
 	$(BIN)/python -m pytest -q -p no:cacheprovider
 
-# app/, models/, db/: ruff, then mypy (`typecheck`). Prerequisites run left to right.
+# app/, models/, db/: ruff, then mypy (`typecheck`); bench/ and tests/ get ruff's checks, not its formatting.
+# Prerequisites run left to right.
 LINTED := app models db
 lint: ruff typecheck
 
 ruff: $(VENV)/.test-installed
-	$(BIN)/ruff check $(LINTED)
+	$(BIN)/ruff check $(LINTED) bench tests
 	$(BIN)/ruff format --check $(LINTED)
 
 # mypy checks the installed layout (gristmill.app, ...; settings in pyproject.toml): the repository keeps app/,

@@ -75,7 +75,7 @@ def bench_real_server(model: Path) -> None:
 
         def rate(engine) -> float:
             start, tokens = time.perf_counter(), 0
-            for ids, p in zip(prompts, params):
+            for ids, p in zip(prompts, params, strict=True):
                 tokens += engine.generate(ids, p).completion_tokens
             return tokens / (time.perf_counter() - start)
 
@@ -139,7 +139,7 @@ def bench_stub(model: Path) -> None:
             engine.tokenizer.close = lambda: None  # shared across levels
             total = concurrency * STUB_ROUNDS
 
-            def drive(count: int) -> int:
+            def drive(count: int, engine: RemoteEngine = engine) -> int:
                 jobs = [PromptJob(ids, params, (SampleRequest(k, 1000 + 7 * k),)) for k in range(count)]
                 done = 0
                 while jobs or engine.in_flight():

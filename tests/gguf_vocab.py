@@ -52,7 +52,7 @@ def write_tokenizer_json(gguf: Path, out: Path) -> Path:
         raise ValueError("only byte-level BPE (gpt2) vocabularies are converted")
     tokens, types = meta["tokenizer.ggml.tokens"], meta["tokenizer.ggml.token_type"]
     added = [{"id": i, "content": t, "single_word": False, "lstrip": False, "rstrip": False, "normalized": False,
-              "special": True} for i, (t, kind) in enumerate(zip(tokens, types)) if kind == 3]
+              "special": True} for i, (t, kind) in enumerate(zip(tokens, types, strict=True)) if kind == 3]
     document = {
         "version": "1.0", "truncation": None, "padding": None, "added_tokens": added, "normalizer": None,
         "pre_tokenizer": {"type": "Sequence", "pretokenizers": [

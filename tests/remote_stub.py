@@ -139,7 +139,7 @@ class StubServer:
         return {"id": "cmpl-1", "object": "text_completion", "model": self.model, "choices": choices,
                 "usage": usage}
 
-    def __enter__(self) -> "StubServer":
+    def __enter__(self) -> StubServer:
         self.thread.start()
         return self
 

@@ -112,7 +112,7 @@ def test_two_generate_processes_on_one_new_run_share_the_work(tmp_path, gemma_pa
     processes = [subprocess.Popen(args, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) for _ in range(2)]
     outputs = [p.communicate(timeout=600) for p in processes]
     by_process = 0
-    for process, (out, err) in zip(processes, outputs):
+    for process, (out, err) in zip(processes, outputs, strict=True):
         assert process.returncode == 0 and "Traceback" not in err, err
         summary = [line for line in out.splitlines() if "pending" in line][-1]
         if "by this process" in summary:

@@ -124,7 +124,7 @@ def test_prefix_order_changes_when_an_item_runs_never_its_prompt(tmp_path, tmp_p
     assert orders[0] == sorted(orders[0]) and orders[1] != orders[0]  # naive: id order; prefix-aware: grouped
 
     def shared(order, prompt_of):
-        return sum(_common_prefix(prompt_of[a], prompt_of[b]) for a, b in zip(order, order[1:]))
+        return sum(_common_prefix(prompt_of[a], prompt_of[b]) for a, b in zip(order, order[1:], strict=False))
     assert shared(orders[1], prompts[1]) > shared(orders[0], prompts[0])
 
 

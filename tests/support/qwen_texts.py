@@ -97,7 +97,7 @@ FRAMES = ["{}", "Q: {}\nA:", "Instruction: {}\n\nResponse:", " {} ", "{}\n\n"]
 
 def _texts() -> list[str]:
     texts = list(dict.fromkeys(frame.format(base) for base, frame in product(BASES, FRAMES)))
-    texts += [a + b for a, b in zip(BASES, BASES[1:])]
+    texts += [a + b for a, b in zip(BASES, BASES[1:], strict=False)]
     return list(dict.fromkeys(texts))
 
 
