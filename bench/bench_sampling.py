@@ -3,7 +3,8 @@ engine's worker threads (`models/llama_sampling.py`), the same work in the same 
 
 The batched engine alone (no database, no pipeline), embedded model: 3 x N distinct prompts at N sequences in
 flight, 64 max tokens, sampled (temperature 0.8). The time inside `llama_decode` is reported too, so a gain
-outside it is seen to come from the draws. No goal: it shows what the parallel draws are worth on this machine.
+outside it is seen to come from the draws, and each round checks that both make the same texts (same seeds, same
+draws). No goal: it shows what the parallel draws are worth on this machine.
 
 Usage: python bench/bench_sampling.py [--threads T] [--rounds R]
 """
@@ -18,6 +19,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).parent))
 
 from gristmill.models import GenerationParams, create_engine  # noqa: E402
+from gristmill.models.base import EngineError, GenerationResult  # noqa: E402
 from gristmill.models.batch import PromptJob, SampleRequest  # noqa: E402
 from gristmill.models.default_model import default_model_path  # noqa: E402
 from gristmill.models.llama_batch import LlamaBatchEngine  # noqa: E402
@@ -46,22 +48,27 @@ class _TimedDecode:
             self.seconds += time.perf_counter() - start
 
 
-def run(engine, n: int, workers: int) -> tuple[float, float]:
-    """Wall seconds and seconds in llama_decode for 3 x n prompts at n sequences, drawing on `workers` threads."""
+def run(engine, n: int, workers: int) -> tuple[float, float, dict[int, str]]:
+    """Wall seconds, seconds in llama_decode and the texts of 3 x n prompts at n sequences, drawing on `workers`
+    threads."""
     batch = LlamaBatchEngine(engine, n)
     batch._sampling.workers = workers
     timed = batch._lib = _TimedDecode(batch._lib)
-    queue = list(range(3 * n))
+    queue, texts = list(range(3 * n)), {}
     start = time.perf_counter()
     while queue or batch.in_flight():
         while queue and batch.in_flight() < n:
             k = queue.pop()
             ids = tuple(engine.tokenize(f"Write a short story about a {SUBJECTS[k % len(SUBJECTS)]} who learns {k}"))
             batch.submit(PromptJob(ids, PARAMS, (SampleRequest(k, seed=k),)))
-        batch.poll()
+        for event in batch.poll():
+            if isinstance(event.event, EngineError):
+                raise SystemExit(f"sequence {event.key} failed: {event.event}")
+            if isinstance(event.event, GenerationResult):
+                texts[event.key] = event.event.text
     wall = time.perf_counter() - start
     batch.close()
-    return wall, timed.seconds
+    return wall, timed.seconds, texts
 
 
 def main() -> None:
@@ -70,8 +77,11 @@ def main() -> None:
     for n in (4, 8, 16):
         serial, parallel = [], []
         for _ in range(ROUNDS):
-            serial.append(run(engine, n, 1))
-            parallel.append(run(engine, n, THREADS))
+            *one, serial_texts = run(engine, n, 1)
+            *many, parallel_texts = run(engine, n, THREADS)
+            assert parallel_texts == serial_texts, "the parallel draws must be the serial draws"
+            serial.append(one)
+            parallel.append(many)
         (s_wall, s_decode), (p_wall, p_decode) = (tuple(map(statistics.median, zip(*r, strict=True)))
                                                   for r in (serial, parallel))
         print(f"N={n:2d}: draws on 1 thread {s_wall:.2f} s (outside llama_decode {s_wall - s_decode:.2f} s), "

@@ -10,13 +10,15 @@ so the context is only touched on the caller's thread (the logits pointer of eac
 its own candidate array and runs `llama_sampler_apply` and `llama_sampler_accept` on its sequence's own chain.
 That is what `llama_sampler_sample` does on the CPU, so a token drawn here is the token it would draw; ctypes
 releases the GIL around each C call, and numpy around the array copies, so the workers run in parallel.
+(`llama_sampler_sample` also takes a token that a backend sampler attached to the context already drew; no
+backend sampler is attached here, so the logits are always the full vocabulary's.)
 """
 
 from __future__ import annotations
 
 import ctypes
 import threading
-from concurrent.futures import ThreadPoolExecutor, wait
+from concurrent.futures import Future, ThreadPoolExecutor, wait
 from typing import Any
 
 import numpy as np
@@ -27,6 +29,7 @@ from gristmill.models.base import EngineError
 # Below this many draws per worker, the hand-offs and, on a CPU build, llama.cpp's OpenMP threads (which spin on
 # the cores for a while after a decode) cost more than the parallel draws save: measured with 2 threads on the
 # embedded model (bench/bench_sampling.py), 4 draws on 2 workers took 2% longer than on one thread, 8 took 1% less.
+# Tuned on a CPU build; with the decode on a GPU nothing spins, and a lower figure may pay there (unmeasured).
 MIN_DRAWS_PER_WORKER = 4
 
 
@@ -59,12 +62,13 @@ class ParallelSampler:
         try:
             first = self._draw_all(chunks[0])  # the calling thread is one of the workers
             wait(futures)
-        except BaseException:  # Ctrl-C: the caller may free these chains next, so the workers finish first (ms)
-            wait(futures)
+        except BaseException:  # Ctrl-C, or an error: the caller may free these chains next
+            _wait_through_interrupts(futures)
             raise
         return first + [token for future in futures for token in future.result()]
 
     def close(self) -> None:
+        """Stop the workers, waiting for any draw in progress: after this no thread holds a chain."""
         if self._pool is not None:
             self._pool.shutdown()
             self._pool = None
@@ -92,3 +96,13 @@ class ParallelSampler:
             local.candidates = (self._lib.llama_token_data * self._n_vocab)()
             local.view = np.ctypeslib.as_array(local.candidates)
         return local.candidates, local.view
+
+
+def _wait_through_interrupts(futures: list[Future]) -> None:
+    """Wait until every worker is done with its chains (milliseconds), even through another Ctrl-C."""
+    while True:
+        try:
+            wait(futures)
+            return
+        except KeyboardInterrupt:
+            continue

@@ -35,9 +35,9 @@ async def test_start_watch_stop_and_resume_on_the_real_model(tmp_path, gemma_pat
     with open_store(db) as store:
         import_file(store, write(tmp_path / "i.jsonl", "\n".join(
             json.dumps({"instruction": f"Name a colour, number {i}."}) for i in range(ITEMS)) + "\n"))
-    # one sequence at a time, so the stop finds items not yet started whatever the machine's speed
-    # (with every item in flight at once, all of them can finish before the stop is seen)
-    config = GenerateConfig(model=str(gemma_path), max_tokens=12, threads=2, n_ctx=512, batch=1)
+    # batched, with fewer sequences than items, so the stop finds items not yet started whatever the machine's
+    # speed (with every item in flight at once, all of them could finish before the stop is seen)
+    config = GenerateConfig(model=str(gemma_path), max_tokens=12, threads=2, n_ctx=512, batch=2)
     app = make_app(db, reviewer="ann", generate_config=config)
     async with app.run_test(size=(80, 24)) as pilot:
         await pilot.press("g")
