@@ -6,8 +6,8 @@ batched API, so this drives the C API directly, reusing the model that `LlamaCpp
 prompt checks and piece rendering stay there, so a batched completion is made the same way as a single one).
 
 - Each of the N sequences has its own slot (sequence id), its own sampler chain and seed (the sampled token is
-  accepted into that chain, so penalties and RNG are per sequence); after a decode the chains draw in parallel,
-  one per worker thread (`llama_sampling`).
+  accepted into that chain, so penalties and RNG are per sequence); after a decode the chains draw in parallel
+  on worker threads (`llama_sampling`).
 - The samples of one prompt share its evaluation: the prompt is decoded once, then `llama_memory_seq_cp` copies
   it to the other samples' sequences, which sample from the same logits.
 - A finished slot keeps its cache: a new prompt that shares a prefix with any slot's cached tokens (a style
