@@ -3,6 +3,9 @@ a failed draw ends every sequence with an error rather than a traceback."""
 
 from __future__ import annotations
 
+import threading
+import time
+
 import llama_cpp as lib
 import pytest
 
@@ -67,3 +70,27 @@ def test_a_failed_parallel_draw_ends_every_sequence_with_an_error(gemma, batch8)
     assert sorted(event.key for event in events) == list(range(8))
     assert all(isinstance(event.event, EngineError) and "no logits" in str(event.event) for event in events)
     assert batch8.in_flight() == 0
+
+
+class _SlowWorkers(ParallelSampler):
+    """Draws that take a while on the pool's threads and a Ctrl-C on the calling thread's first draw."""
+
+    def __init__(self):
+        super().__init__(_NoLogits(), n_vocab=4, workers=2)
+        self.finished: list[int] = []
+
+    def _draw(self, chain, logits):
+        if threading.current_thread() is threading.main_thread():
+            raise KeyboardInterrupt
+        time.sleep(0.05)
+        self.finished.append(chain)
+        return chain
+
+
+def test_a_ctrl_c_while_drawing_returns_only_after_every_worker_let_go_of_its_chain(monkeypatch):
+    sampler = _SlowWorkers()
+    monkeypatch.setattr(_NoLogits, "llama_get_logits_ith", lambda self, ctx, index: 1)
+    with pytest.raises(KeyboardInterrupt):
+        sampler.sample(None, [(chain, 0) for chain in range(8)])
+    assert sorted(sampler.finished) == [4, 5, 6, 7]  # the second half, on the worker, ran to its end
+    sampler.close()
