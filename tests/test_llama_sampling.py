@@ -1,5 +1,5 @@
-"""Parallel sampling on the real Gemma GGUF draws exactly what `llama_sampler_sample` draws, chain by chain, and
-a failed draw ends every sequence with an error rather than a traceback."""
+"""Parallel sampling on the real Gemma GGUF draws exactly what `llama_sampler_sample` draws, chain by chain; a
+failed draw ends every sequence with an error rather than a traceback; a Ctrl-C waits for the workers."""
 
 from __future__ import annotations
 
