@@ -35,6 +35,8 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).parent))
 
+from common import int_option  # noqa: E402
+
 from gristmill.app.config import DEFAULT_BATCH  # noqa: E402
 from gristmill.app.engines import open_concurrent  # noqa: E402
 from gristmill.app.generate import RunSettings, open_run, run_generation  # noqa: E402
@@ -47,18 +49,14 @@ from gristmill.models.default_model import default_model_path  # noqa: E402
 
 
 
-def _option(name: str, default: int | None) -> int | None:
-    return int(sys.argv[sys.argv.index(name) + 1]) if name in sys.argv else default
-
-
 QUICK = "--quick" in sys.argv
 BATCHES = (1, 2, 4) if QUICK else (1, 2, 4, 8, 16)
-MAX_TOKENS = _option("--tokens", 16 if QUICK else 128)  # the demo's length; the default --max-tokens is 256
-ITEMS_PER_SEQ = _option("--items-per-seq", 2 if QUICK else 24)
-N_ITEMS = _option("--count-items", 128)  # the prompt-token counts (part 4, 5): many items a draw, as in a long run
-THREADS = _option("--threads", None)
-DRAWS = _option("--draws", 16)  # shared few-shot draws for part 5
-SAMPLES = _option("--samples", 1)  # samples per instruction in the throughput table (part 2)
+MAX_TOKENS = int_option("--tokens", 16 if QUICK else 128)  # the demo's length; the default --max-tokens is 256
+ITEMS_PER_SEQ = int_option("--items-per-seq", 2 if QUICK else 24)
+N_ITEMS = int_option("--count-items", 128)  # the prompt-token counts (part 4, 5): many items a draw, as in a long run
+THREADS = int_option("--threads", None)
+DRAWS = int_option("--draws", 16)  # shared few-shot draws for part 5
+SAMPLES = int_option("--samples", 1)  # samples per instruction in the throughput table (part 2)
 COUNTS_ONLY = "--counts-only" in sys.argv  # only the prompt-token counts (deterministic), no timings
 PARAMS = GenerationParams(max_tokens=MAX_TOKENS, temperature=0.8, seed=11)
 

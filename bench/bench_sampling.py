@@ -18,14 +18,16 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).parent))
 
+from common import int_option  # noqa: E402
+
 from gristmill.models import GenerationParams, create_engine  # noqa: E402
 from gristmill.models.base import EngineError, GenerationResult  # noqa: E402
 from gristmill.models.batch import PromptJob, SampleRequest  # noqa: E402
 from gristmill.models.default_model import default_model_path  # noqa: E402
 from gristmill.models.llama_batch import LlamaBatchEngine  # noqa: E402
 
-THREADS = int(sys.argv[sys.argv.index("--threads") + 1]) if "--threads" in sys.argv else 2
-ROUNDS = int(sys.argv[sys.argv.index("--rounds") + 1]) if "--rounds" in sys.argv else 3
+THREADS = int_option("--threads", 2)
+ROUNDS = int_option("--rounds", 3)
 SUBJECTS = ["cat", "dog", "robot", "king", "tree", "river", "pilot", "chef", "child", "ghost", "bird", "fox",
             "queen", "baker", "sailor", "farmer"]
 PARAMS = GenerationParams(max_tokens=64, temperature=0.8, seed=1)

@@ -3,8 +3,14 @@
 from __future__ import annotations
 
 import statistics
+import sys
 import time
 from collections.abc import Callable
+
+
+def int_option(name: str, default: int | None) -> int | None:
+    """`--name N` from the command line, else `default`."""
+    return int(sys.argv[sys.argv.index(name) + 1]) if name in sys.argv else default
 
 
 def best_of(repeats: int, fn: Callable[[], float | None]) -> float:

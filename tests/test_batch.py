@@ -12,7 +12,7 @@ from gristmill.app.cli import app
 from gristmill.app.generate import RunSettings, open_run, run_generation
 from gristmill.models import GenerationParams, PromptRefused
 from gristmill.models.base import GenerationResult, TextPiece
-from gristmill.models.batch import PromptJob, SampleRequest
+from gristmill.models.batch import PromptJob, SampleRequest, common_prefix
 from gristmill.models.llama_batch import LlamaBatchEngine
 from tests.conftest import write
 
@@ -78,7 +78,7 @@ def test_a_prompt_sharing_a_cached_prefix_evaluates_only_the_rest(gemma, batch4)
     drain(batch4)
     batch4.submit(PromptJob(second, params, (SampleRequest(2, 1),)))
     reused, _ = drain(batch4)
-    shared = next(i for i, (a, b) in enumerate(zip(first, second, strict=False)) if a != b)
+    shared = common_prefix(first, second)
     assert reused[2].timings["prompt_tokens_evaluated"] == len(second) - shared
     alone = evaluated_alone(gemma, second, params)
     assert alone.timings["prompt_tokens_evaluated"] == len(second)
@@ -94,7 +94,7 @@ def test_a_prompt_whose_prefix_is_still_being_evaluated_waits_for_it(gemma):
     first = tuple(gemma.tokenize(header + "Instruction: Name a colour.\nResponse:"))
     second = tuple(gemma.tokenize(header + "Instruction: Name a fruit.\nResponse:"))
     other = tuple(gemma.tokenize("Q: What is two and two?\nA:"))
-    shared = next(i for i, (a, b) in enumerate(zip(first, second, strict=False)) if a != b)
+    shared = common_prefix(first, second)
     params = GenerationParams(max_tokens=8, temperature=0)
     engine = LlamaBatchEngine(gemma, 4)
     engine.n_batch = 16  # the first prompt takes several steps, so the second arrives while it is evaluated
