@@ -9,7 +9,7 @@ from typing import Annotated, Optional
 import typer
 from rich.markup import escape
 
-from gristmill.app.cli import app, one_line, open_db, out
+from gristmill.app.cli import State, app, one_line, open_db, out
 from gristmill.app.errors import BadInput, RuntimeFailure
 
 
@@ -55,7 +55,7 @@ def export_command(
 ) -> None:
     """Write accepted records as JSONL (dpo and kto use rejects too), with OUT.manifest.json beside it."""
     from gristmill.app.dedup import MODES
-    from gristmill.app.export import FORMATS, ExportError, export
+    from gristmill.app.export import FORMATS, ExportError, export, manifest_path_for, refuse_database_files
     from gristmill.app.export_formats import FormatOptions, TokenizerMissing
     from gristmill.models import EngineError
     from gristmill.db.exports import ExportFilter
@@ -67,6 +67,10 @@ def export_command(
     if dedup not in MODES:
         raise BadInput(f"export: --dedup must be one of {', '.join(MODES)}, not {dedup!r}")
     check_output_path(out_path)
+    try:
+        refuse_database_files(State.db_path, out_path)
+    except ExportError as error:
+        raise BadInput(f"export: {error}") from None
     where = ExportFilter(
         instruction_type=type_,
         style=style,
@@ -122,7 +126,9 @@ def export_command(
 
 def check_output_path(out_path: Path) -> None:
     """OUT and OUT.manifest.json must be files we can replace atomically: say why not before reading anything."""
-    manifest = out_path.with_name(out_path.name + ".manifest.json")
+    from gristmill.app.export import manifest_path_for
+
+    manifest = manifest_path_for(out_path)
     for path in (out_path, manifest):
         if path.is_dir():
             raise BadInput(f"export: {path} is a directory; give a file name, e.g. {out_path / 'data.jsonl'}")

@@ -53,6 +53,23 @@ class ExportReport:
     orphaned: int = 0  # accepted generations in the database (any filter) whose run or instruction row is gone
 
 
+def manifest_path_for(out: Path) -> Path:
+    return out.with_name(out.name + ".manifest.json")
+
+
+def refuse_database_files(database: str | Path, out: Path) -> None:
+    """An export renames a new file over OUT and OUT.manifest.json: neither may be the database or its journal
+    files, or the export would replace every generation and review with the JSONL it just wrote."""
+    db = Path(database).resolve()
+    guarded = [db, *(db.with_name(db.name + suffix) for suffix in ("-wal", "-shm", "-journal"))]
+    for target in (out, manifest_path_for(out)):
+        resolved = target.resolve()
+        for path in guarded:
+            same = resolved == path or (target.exists() and path.exists() and os.path.samefile(target, path))
+            if same:
+                raise ExportError(f"{target} would replace the database file {path.name}; give another output path")
+
+
 def user_message(instruction: str, input_text: str) -> str:
     return f"{instruction}\n\n{input_text}" if input_text else instruction
 
@@ -191,6 +208,7 @@ def export(
         dedup = "pair" if dedup else "off"
     if fmt not in FORMATS:
         raise ValueError(f"unknown format {fmt!r}: use one of {', '.join(FORMATS)}")
+    refuse_database_files(store.path, out)
     report = ExportReport(str(out), dedup=dedup)
     deduplicator = Deduplicator(
         dedup,
@@ -268,7 +286,7 @@ def export(
     if shaper:
         report.details = shaper.summary()
         manifest.update(shaper.manifest())
-    manifest_path = out.with_name(out.name + ".manifest.json")
+    manifest_path = manifest_path_for(out)
     atomic_write(
         manifest_path, iter([json.dumps(manifest, ensure_ascii=False, indent=2).encode() + b"\n"]), _output_mode()
     )

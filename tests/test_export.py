@@ -166,6 +166,32 @@ def test_bad_export_arguments_are_exit_2(tmp_path):
     assert runner.invoke(app, ["export", str(tmp_path / "x.jsonl"), "--dedup", "fuzzy"]).exit_code == 2
 
 
+def test_an_export_never_replaces_the_database_or_its_journal(tmp_path):
+    """OUT (or OUT.manifest.json) naming the database, by any path or a hard link, is refused before anything is
+    written: the command with exit 2, the export function (the app's dialog calls it) with an ExportError."""
+    import pytest
+
+    from gristmill.app.export import ExportError, export
+
+    db = fake_db(tmp_path)
+    before = db.read_bytes()
+    os.link(db, tmp_path / "linked.db")
+    (tmp_path / "sub").mkdir()
+    for target in ("test.db", "sub/../test.db", "linked.db", "test.db-wal", "test.db-shm"):
+        result = runner.invoke(app, ["export", target])
+        assert result.exit_code == 2, (target, result.output)
+        assert "would replace the database file" in result.output
+    assert db.read_bytes() == before
+    with open_store(db) as store:
+        with pytest.raises(ExportError, match="would replace the database file test.db"):
+            export(store, tmp_path / "test.db")
+    manifest_named = tmp_path / "x.jsonl.manifest.json"  # the manifest's name may be the database's too
+    os.replace(db, manifest_named)
+    result = runner.invoke(app, ["--db", str(manifest_named), "export", "x.jsonl"])
+    assert result.exit_code == 2 and "x.jsonl.manifest.json would replace the database file" in result.output
+    assert not (tmp_path / "x.jsonl").exists()
+
+
 def test_records_whose_run_or_instruction_row_is_gone_are_counted_not_silently_dropped(tmp_path):
     """A row deleted with plain sqlite3 (foreign keys not enforced there) leaves accepted generations the export's
     joins cannot return: the command says how many were not exported, and the manifest records it."""
