@@ -261,6 +261,9 @@ def _migrate(store: Store, stop_before: str | None) -> None:
     """Apply pending migrations, waiting (like every writer) while another process holds the write lock."""
     delay = RETRY_FIRST_S
     while True:
+        # A migration may rebuild a table (SQLite's procedure for what ALTER TABLE cannot do); with foreign keys
+        # on, dropping the old table would fail on the rows that refer to it. The pragma is a no-op in a transaction.
+        store.conn.execute("PRAGMA foreign_keys = OFF")
         try:
             MIGRATIONS.apply(store.db, stop_before=stop_before)
             return
@@ -271,6 +274,8 @@ def _migrate(store: Store, stop_before: str | None) -> None:
                 store.conn.execute("ROLLBACK")
             time.sleep(delay)
             delay = min(delay * 2, RETRY_MAX_S)
+        finally:
+            store.conn.execute("PRAGMA foreign_keys = ON")
 
 
 def schema_version(store: Store) -> list[str]:

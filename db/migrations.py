@@ -197,7 +197,7 @@ def m005_review_log_triggers(db: Database) -> None:
             generation_id INTEGER NOT NULL
         );
         CREATE INDEX idx_review_cancellations_generation ON review_cancellations(generation_id);
-        CREATE INDEX idx_reviews_undoes ON reviews(undoes_review_id) WHERE undoes_review_id IS NOT NULL;
+        CREATE INDEX IF NOT EXISTS idx_reviews_undoes ON reviews(undoes_review_id) WHERE undoes_review_id IS NOT NULL;
         CREATE INDEX idx_reviews_undo ON reviews(generation_id) WHERE decision = 'undo'
         """,
     )
@@ -345,6 +345,47 @@ def m009_search_index(db: Database) -> None:
     db.execute("""INSERT INTO search_index (rowid, instruction, input, output)
                   SELECT g.id, i.instruction, i.input, COALESCE(g.completion, '')
                   FROM generations g JOIN instructions i ON i.id = g.instruction_id""")
+
+
+@MIGRATIONS()
+def m010_generation_ids_never_reused(db: Database) -> None:
+    """Generation ids are AUTOINCREMENT: a new generation never takes the id of one deleted by hand.
+
+    Deleting generations with sqlite3 leaves their `reviews` rows (the log is never cut). Without
+    AUTOINCREMENT SQLite gives the next insert max(id) + 1, so after deleting the newest rows a new
+    generation inherited their decisions: shown as reviewed, exported as accepted, never seen by anyone.
+    The table is rebuilt (SQLite's documented procedure; `_migrate` turns foreign keys off around every
+    migration, and the legacy rename leaves the other tables' triggers naming `generations` alone), and
+    the counter starts above every id any table still refers to.
+    """
+    (table_sql,) = db.execute("SELECT sql FROM sqlite_master WHERE type = 'table' AND name = 'generations'").fetchone()
+    dependents = [
+        sql
+        for (sql,) in db.execute(
+            "SELECT sql FROM sqlite_master WHERE tbl_name = 'generations' AND type IN ('index', 'trigger') "
+            "AND sql IS NOT NULL"
+        ).fetchall()
+    ]
+    rebuilt = table_sql.replace("CREATE TABLE generations", "CREATE TABLE generations_rebuilt", 1)
+    rebuilt = rebuilt.replace("id INTEGER PRIMARY KEY,", "id INTEGER PRIMARY KEY AUTOINCREMENT,", 1)
+    if "AUTOINCREMENT" not in rebuilt:
+        raise RuntimeError("m010: the generations table's id column is not declared as m001 declared it")
+    db.execute("PRAGMA legacy_alter_table = ON")
+    db.execute(rebuilt)
+    db.execute("INSERT INTO generations_rebuilt SELECT * FROM generations")
+    db.execute("DROP TABLE generations")
+    db.execute("ALTER TABLE generations_rebuilt RENAME TO generations")
+    db.execute("PRAGMA legacy_alter_table = OFF")
+    for sql in dependents:
+        db.execute(sql)
+    db.execute("DELETE FROM sqlite_sequence WHERE name = 'generations'")  # the copy above made one; one row a table
+    db.execute(
+        """INSERT INTO sqlite_sequence (name, seq) SELECT 'generations', max(
+               (SELECT coalesce(max(id), 0) FROM generations),
+               (SELECT coalesce(max(generation_id), 0) FROM reviews),
+               (SELECT coalesce(max(generation_id), 0) FROM review_cancellations),
+               (SELECT coalesce(max(generation_id), 0) FROM claims))"""
+    )
 
 
 def migration_names() -> list[str]:

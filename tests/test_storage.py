@@ -89,3 +89,65 @@ def test_a_run_that_must_exist_and_does_not_is_one_line_naming_it(tmp_path):
         )
         with pytest.raises(StoreError, match=rf"a\.db: run {run.id + 1} is not in the database"):
             runs_db.require(store, run.id + 1)
+
+
+def _delete_reviewed_newest_generation_by_hand(path) -> None:
+    """What a user does with the sqlite3 shell (foreign keys off there): the generation goes, its log stays."""
+    with sqlite3.connect(path) as conn:
+        newest = conn.execute("SELECT max(id) FROM generations").fetchone()[0]
+        conn.execute("INSERT INTO reviews (generation_id, decision, reviewer, created_at) VALUES (?, 'accept', 'ann', 't')",
+                     (newest,))
+        conn.execute("DELETE FROM generations WHERE id = ?", (newest,))
+    conn.close()
+
+
+def _add_generation(store) -> int:
+    with store.write() as conn:
+        cursor = conn.execute("INSERT INTO generations (instruction_id, run_id, sample_index, created_at) "
+                              "VALUES (1, 1, (SELECT count(*) FROM generations), 't')")
+    return cursor.lastrowid
+
+
+def _seed(conn) -> None:
+    conn.execute("INSERT INTO instructions (instruction, content_hash, created_at) VALUES ('hi', 'h', 't')")
+    conn.execute("INSERT INTO runs (engine, model, model_fingerprint, style, seed, version, started_at)"
+                 " VALUES ('llama_cpp', 'm', 'sha256:x', 'completion', 0, '0.0.1', 't')")
+    for k in range(2):
+        conn.execute("INSERT INTO generations (instruction_id, run_id, sample_index, created_at) VALUES (1, 1, ?, 't')",
+                     (k,))
+
+
+def test_a_new_generation_never_inherits_the_reviews_of_one_deleted_by_hand(tmp_path):
+    """Ids are never reused, so the log of a generation deleted with sqlite3 never attaches to a new one (it would be
+    shown as reviewed and exported as accepted without anyone having seen it)."""
+    path = tmp_path / "a.db"
+    with open_store(path) as store, store.write() as conn:
+        _seed(conn)
+    _delete_reviewed_newest_generation_by_hand(path)
+    with open_store(path) as store:
+        assert _add_generation(store) == 3
+        assert store.conn.execute("SELECT decision FROM generations WHERE id = 3").fetchone()[0] is None
+
+
+def test_a_database_from_before_autoincrement_keeps_its_rows_and_never_reuses_a_referenced_id(tmp_path):
+    """The rebuild keeps every row, index and trigger; the counter starts above ids only the log still names."""
+    path = tmp_path / "old.db"
+    with open_store(path, stop_before="m010_generation_ids_never_reused") as old, old.write() as conn:
+        _seed(conn)
+        conn.execute("UPDATE generations SET status = 'done', completion = 'Paris is the capital' WHERE id = 1")
+        conn.execute("INSERT INTO reviews (generation_id, decision, reviewer, created_at) VALUES (1, 'reject', 'b', 't')")
+        before = {row[0]: row[1] for row in conn.execute(
+            "SELECT name, sql FROM sqlite_master WHERE tbl_name = 'generations' AND type IN ('index', 'trigger')")}
+    _delete_reviewed_newest_generation_by_hand(path)
+    with open_store(path) as store:
+        assert pending_migrations(store) == []
+        after = {row[0]: row[1] for row in store.conn.execute(
+            "SELECT name, sql FROM sqlite_master WHERE tbl_name = 'generations' AND type IN ('index', 'trigger')")}
+        assert after == before
+        assert tuple(store.conn.execute("SELECT id, completion, decision FROM generations").fetchone()) == (
+            1, "Paris is the capital", "reject")
+        assert [tuple(r) for r in store.conn.execute("SELECT rowid FROM search_index WHERE search_index MATCH 'paris'")] == [(1,)]
+        assert store.conn.execute("PRAGMA foreign_keys").fetchone()[0] == 1
+        assert _add_generation(store) == 3
+        assert store.conn.execute("SELECT decision FROM generations WHERE id = 3").fetchone()[0] is None
+        assert store.conn.execute("PRAGMA integrity_check").fetchone()[0] == "ok"
