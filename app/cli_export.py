@@ -55,7 +55,7 @@ def export_command(
 ) -> None:
     """Write accepted records as JSONL (dpo and kto use rejects too), with OUT.manifest.json beside it."""
     from gristmill.app.dedup import MODES
-    from gristmill.app.export import FORMATS, ExportError, export, manifest_path_for, refuse_database_files
+    from gristmill.app.export import FORMATS, ExportError, export, refuse_database_files
     from gristmill.app.export_formats import FormatOptions, TokenizerMissing
     from gristmill.models import EngineError
     from gristmill.db.exports import ExportFilter

@@ -222,7 +222,13 @@ def export(
     runs: dict[int, dict] = {}
     types: Counter[str] = Counter()
     shaper = (
-        export_formats.Shaper(store, fmt, deduplicator=deduplicator if dedup != "off" else None, options=options)
+        export_formats.Shaper(
+            store,
+            fmt,
+            style_of=formatted.style,
+            deduplicator=deduplicator if dedup != "off" else None,
+            options=options,
+        )
         if fmt in export_formats.FORMATS
         else None
     )

@@ -11,15 +11,14 @@ from __future__ import annotations
 import hashlib
 import json
 from collections import Counter
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from itertools import accumulate
 from pathlib import Path
 from typing import Protocol, runtime_checkable
 
 from gristmill.app.dedup import Deduplicator, Dropped
-from gristmill.app.generate import run_style
-from gristmill.app.prompts import PLACEHOLDER, Style, StyleError, fill
+from gristmill.app.prompts import PLACEHOLDER, Style, fill
 from gristmill.db import Store
 from gristmill.db import exports as exports_db
 from gristmill.db import runs as runs_db
@@ -154,12 +153,15 @@ class Shaper:
         store: Store,
         fmt: str,
         *,
+        style_of: Callable[[int], Style],
         deduplicator: Deduplicator | None = None,
         options: FormatOptions = FormatOptions(),
     ):
+        """`style_of(run_id)` is the run's stored style, the one export's native formats use (and its error)."""
         if fmt not in FORMATS:
             raise ValueError(f"unknown training format {fmt!r}")
         self.store, self.fmt, self.options, self.deduplicator = store, fmt, options, deduplicator
+        self.style_of = style_of
         self.deduplicates = fmt in ("dpo", "kto")  # whole records, here; the others go through export's dedup
         self.derivation = _Derivation()
         self._runs: dict[int, tuple[RunRecord, Style]] = {}
@@ -295,12 +297,7 @@ class Shaper:
 
     def _run(self, run_id: int) -> tuple[RunRecord, Style]:
         if run_id not in self._runs:
-            run = runs_db.require(self.store, run_id)
-            try:
-                style = run_style(run)
-            except StyleError:  # a run from before m004 whose style file is gone: the default training format
-                style = Style(name=run.style)
-            self._runs[run_id] = (run, style)
+            self._runs[run_id] = (runs_db.require(self.store, run_id), self.style_of(run_id))
         return self._runs[run_id]
 
     def _tokenizer(self, run_id: int) -> _Tokenizer:

@@ -219,6 +219,24 @@ def test_options_that_do_not_fit_the_format_are_exit_2(tmp_path):
     assert runner.invoke(app, ["export", out, "--format", "tokens", "--tokenizer", str(tmp_path / "no.gguf")]).exit_code == 2
 
 
+@pytest.mark.parametrize("fmt", ["native", "messages", *FORMATS])
+def test_a_run_whose_style_is_lost_fails_every_format_naming_the_run(tmp_path, fmt):
+    """A run from before styles were stored, its style file since deleted: every format refuses it the same way,
+    never writing records in some other prompt format (the training shapes had fallen back to a default)."""
+    import sqlite3
+
+    db = training_db(tmp_path)
+    with sqlite3.connect(db) as conn:
+        conn.execute("UPDATE runs SET style_definition = NULL, style = ?, settings = json_set(settings, '$.style', ?)",
+                     (str(tmp_path / "gone.toml"), str(tmp_path / "gone.toml")))
+    conn.close()
+    out = tmp_path / "x.jsonl"
+    result = runner.invoke(app, ["export", str(out), "--format", fmt])
+    assert result.exit_code == 1, result.output
+    assert "run 1: its style" in result.output and "gone.toml" in result.output
+    assert not out.exists()
+
+
 def test_every_training_file_loads_with_datasets(tmp_path):
     os.environ.setdefault("HF_DATASETS_OFFLINE", "1")  # local files only: nothing may download in a test
     datasets = pytest.importorskip("datasets")
