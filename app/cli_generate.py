@@ -121,8 +121,13 @@ def generate(
     from gristmill.app.prompts import StyleError, load_style
     from gristmill.models import EngineError
 
-    if run is not None:  # the run's own BOS rule and model, unless the user names them
-        model, add_bos = _stored_engine_options(run, model, add_bos)
+    type_list = sorted({t.strip().lower() for t in types.split(",") if t.strip()}) if types else []
+    if run is not None:  # the run's own BOS rule and model, unless the user names them; its own settings, always
+        typed: dict[str, object] = {
+            "style": style, "samples": samples, "pool": pool, "types": type_list if types is not None else None,
+            "max_tokens": max_tokens, "temperature": temperature, "top_p": top_p, "seed": seed, "stop": stop,
+        }  # fmt: skip
+        model, add_bos = _continued_run_options(run, model, add_bos, typed)
     config = _merged_config(
         model=model,
         style=style,
@@ -161,7 +166,6 @@ def generate(
         raise BadInput(f"generate: {error}") from error
     if run is None:
         load_style(config.style)  # a bad style file is bad input: say so before loading a model
-    type_list = sorted({t.strip().lower() for t in types.split(",") if t.strip()}) if types else []
     settings = replace(settings, types=tuple(type_list))
     store = open_db()  # an existing database only: `add` makes one; a typo in --db creates nothing
     store.on_busy = _say_waiting
@@ -223,17 +227,27 @@ def generate(
         store.close()
 
 
-def _stored_engine_options(run_id: int, model: str | None, add_bos: bool | None) -> tuple[str | None, bool | None]:
-    """`--run N` loads the run's model file and feeds BOS by the run's rule, unless told otherwise."""
+def _continued_run_options(
+    run_id: int, model: str | None, add_bos: bool | None, typed: dict[str, object]
+) -> tuple[str | None, bool | None]:
+    """`--run N` loads the run's model file and feeds BOS by the run's rule, unless told otherwise. It generates
+    with the run's own style and sampling settings: one typed with another value is refused, never ignored."""
     from pathlib import Path
 
-    from gristmill.app.generate import run_add_bos
+    from gristmill.app.generate import options_the_run_overrides, run_add_bos
     from gristmill.db import runs as runs_db
 
     with open_db() as store:
         record = runs_db.get(store, run_id)
     if record is None:
         raise BadInput(f"generate: no run {run_id}")
+    differing = options_the_run_overrides(record, typed)
+    if differing:
+        raise BadInput(
+            f"generate: --run {run_id} continues the run with its own settings, and these differ: "
+            f"{'; '.join(differing)}. Leave them out to continue it, or leave out --run to start or resume the "
+            "run with these settings"
+        )
     stored_path = record.settings.get("model_path")
     if model is None and State.config.generate.model is None and stored_path and Path(stored_path).exists():
         model = stored_path

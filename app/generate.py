@@ -205,6 +205,32 @@ def run_add_bos(run: RunRecord) -> bool | None:
     return None if value is None else bool(value)
 
 
+def options_the_run_overrides(run: RunRecord, typed: dict[str, object]) -> list[str]:
+    """Which of the options given with `--run` differ from the run's own settings (those are what it continues
+    with: one run never mixes two settings), each as `--name value (the run's: value)`. None means not given."""
+    stored = RunSettings.from_run(run)
+    params = stored.params
+    own: dict[str, object] = {
+        "style": stored.style,
+        "samples": stored.samples,
+        "pool": stored.pool,
+        "types": sorted(set(stored.types)),
+        "max_tokens": params.max_tokens,
+        "temperature": params.temperature,
+        "top_p": params.top_p,
+        "seed": params.seed,
+        "stop": sorted(set(params.stop)),
+    }
+    differing = []
+    for name, value in typed.items():
+        if value is None:
+            continue
+        given = sorted(set(value)) if isinstance(value, (list, tuple)) else value
+        if given != own[name]:
+            differing.append(f"--{name.replace('_', '-')} {given} (the run's: {own[name]})")
+    return differing
+
+
 def style_file_drift(run: RunRecord) -> str | None:
     """A warning when the run's style came from a file that now says something else (or is gone).
 

@@ -184,6 +184,27 @@ def test_run_n_feeds_bos_by_the_runs_own_rule(tmp_path, gemma_path):
     assert clash.exit_code == 2 and "--no-add-bos" in clash.output
 
 
+def test_run_n_refuses_style_and_sampling_options_that_differ_from_the_runs_own(tmp_path, gemma_path):
+    """`--run N` generates with the run's own settings: an option typed with another value would be silently
+    ignored, so it is refused naming both values; the same value (in any spelling) is fine."""
+    write(tmp_path / "a.txt", "one\ntwo\n")
+    runner.invoke(app, ["add", str(tmp_path / "a.txt")])
+    first = runner.invoke(app, ["generate", "--max-tokens", "2", "--samples", "2", "--limit", "1", "--quiet"])
+    assert first.exit_code == 0, first.output
+    clash = runner.invoke(app, ["generate", "--run", "1", "--style", "few-shot", "--samples", "1", "--temperature",
+                                "0", "--stop", "x", "--quiet"])
+    assert clash.exit_code == 2, clash.output
+    message = " ".join(clash.output.split())
+    for part in ("--style few-shot (the run's: completion)", "--samples 1 (the run's: 2)",
+                 "--temperature 0.0 (the run's: 0.7)", "--stop ['x'] (the run's: [])"):
+        assert part in message
+    with open_store(tmp_path / "test.db") as store:
+        assert store.query("SELECT count(*) FROM generations WHERE status = 'done'")[0][0] == 1  # nothing generated
+    same = runner.invoke(app, ["generate", "--run", "1", "--max-tokens", "2", "--samples", "2", "--temperature", "0.70",
+                               "--style", "completion", "--types", "", "--quiet"])
+    assert same.exit_code == 0, same.output
+
+
 def test_a_run_from_before_m006_keeps_resuming(tmp_path):
     path = tmp_path / "old.db"
     engine = FakeEngine()
