@@ -116,11 +116,8 @@ def export_command(
             f"dedup rule {dedup}: dropped {len(report.dropped)} record(s) ({by['exact']} exact, "
             f"{by['near']} near at Jaccard >= {dedup_threshold}); the manifest lists each pair"
         )
-    if report.orphaned:
-        out.print(
-            f"not exportable: the database holds {report.orphaned} accepted record(s) whose run or instruction "
-            "row is gone (deleted outside gristmill); no export can include them"
-        )
+    if line := report.not_exportable_line():
+        out.print(escape(line))
     out.print(escape(one_line(f"manifest: {report.manifest_path}")))
 
 

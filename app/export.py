@@ -50,7 +50,15 @@ class ExportReport:
     accepted: int = 0  # accepted records read, before dedup
     dropped_by: dict = field(default_factory=dict)  # {"exact": n, "near": n} for the dedup rule
     details: dict = field(default_factory=dict)  # a training format's counts: derivation, labels, ids' sources
-    orphaned: int = 0  # accepted generations in the database (any filter) whose run or instruction row is gone
+    not_exportable: dict = field(default_factory=dict)  # accepted generations (any filter) no export can include
+
+    def not_exportable_line(self) -> str | None:
+        """What the command and the app say of the accepted records no export can include, if any."""
+        if not self.not_exportable:
+            return None
+        reasons = "; ".join(f"{n:,} {why}" for why, n in self.not_exportable.items())
+        total = sum(self.not_exportable.values())
+        return f"not exportable: the database holds {total:,} accepted record(s) no export can include: {reasons}"
 
 
 def manifest_path_for(out: Path) -> Path:
@@ -259,7 +267,7 @@ def export(
 
     try:
         with exports_db.snapshot(store):
-            report.orphaned = exports_db.orphaned(store)
+            report.not_exportable = exports_db.not_exportable(store)
             report.sha256 = atomic_write(out, lines(), _output_mode())
     finally:
         if shaper:
@@ -278,7 +286,10 @@ def export(
         "filters": {k: v for k, v in asdict(where).items() if v not in (None, ())},
         "runs": {str(k): v for k, v in sorted(runs.items())},
         "types": dict(sorted(types.items())),
-        "accepted_in_database_without_run_or_instruction": report.orphaned,
+        "accepted_in_database_without_run_or_instruction": report.not_exportable.get(
+            exports_db.NO_RUN_OR_INSTRUCTION, 0
+        ),
+        "accepted_in_database_not_exportable": report.not_exportable,
         "dedup": {
             "rule": dedup,
             "enabled": dedup != "off",

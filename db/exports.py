@@ -44,7 +44,7 @@ def filter_clauses(where: ExportFilter) -> tuple[list[str], list[Param]]:
     Every export shape (accepted records here, labels and pairs in `training`) narrows through this one.
     """
     found, params = clauses(where.fields(), WITH_REVIEW)
-    return ["g.status = 'done'", *found], params
+    return ["g.status = 'done'", f"{RESPONSE} IS NOT NULL", *found], params
 
 
 @contextmanager
@@ -88,15 +88,28 @@ def responses(store: Store, ids: list[int]) -> list[dict]:
     return rows
 
 
-def orphaned(store: Store) -> int:
-    """Accepted generations whose run or instruction row is gone (deleted by hand: SQLite does not enforce the
-    foreign keys unless asked). The export's joins cannot return them, so they are counted to be reported."""
-    return store.conn.execute(
-        """SELECT count(*) FROM generations g
-        WHERE g.decision = 'accept'
-          AND (NOT EXISTS (SELECT 1 FROM runs r WHERE r.id = g.run_id)
-               OR NOT EXISTS (SELECT 1 FROM instructions i WHERE i.id = g.instruction_id))"""
-    ).fetchone()[0]
+NO_RUN_OR_INSTRUCTION = "whose run or instruction row is gone"
+
+
+def not_exportable(store: Store) -> dict[str, int]:
+    """Accepted generations no export can include, by why (the first reason that applies; only those that occur).
+    Each is a row written by hand: SQLite does not enforce foreign keys unless asked, and nothing stops an accept
+    on an unfinished or empty generation. The export's joins and filters cannot return them, so they are counted
+    to be reported."""
+    rows = store.conn.execute(
+        f"""SELECT why, count(*) FROM (
+            SELECT CASE
+                WHEN NOT EXISTS (SELECT 1 FROM runs r WHERE r.id = g.run_id)
+                  OR NOT EXISTS (SELECT 1 FROM instructions i WHERE i.id = g.instruction_id) THEN :gone
+                WHEN g.status != 'done' THEN 'not finished (pending, refused or failed)'
+                WHEN {RESPONSE} IS NULL THEN 'with no text (no completion and no edit)'
+            END AS why
+            FROM generations g LEFT JOIN reviews rv ON rv.id = g.review_id
+            WHERE g.decision = 'accept')
+        WHERE why IS NOT NULL GROUP BY why ORDER BY why""",
+        {"gone": NO_RUN_OR_INSTRUCTION},
+    ).fetchall()
+    return {why: count for why, count in rows}
 
 
 def accepted_pages(store: Store, where: ExportFilter, batch: int = 1000) -> Iterator[list[dict]]:

@@ -206,6 +206,31 @@ def test_records_whose_run_or_instruction_row_is_gone_are_counted_not_silently_d
     result = runner.invoke(app, ["export", str(out)])
     assert result.exit_code == 0, result.output
     assert len(read_jsonl(out)) == full - 1
-    assert "the database holds 1 accepted record(s) whose run or instruction row is gone" in result.output
+    assert ("the database holds 1 accepted record(s) no export can include: 1 whose run or instruction row is gone"
+            in " ".join(result.output.split()))
     manifest = json.loads((tmp_path / "x.jsonl.manifest.json").read_text())
     assert manifest["accepted_in_database_without_run_or_instruction"] == 1
+
+
+def test_accepts_on_unfinished_or_empty_generations_are_counted_never_crash_or_vanish(tmp_path):
+    """An accept written by hand on a generation with no text, or one not finished, can be in no export: every
+    format says how many and why (in its output and manifest), and exports the rest."""
+    import sqlite3
+
+    db = fake_db(tmp_path)
+    with sqlite3.connect(db) as conn:
+        conn.execute("UPDATE generations SET completion = NULL WHERE id = 1")  # accepted, no edit: no text at all
+        conn.execute("UPDATE generations SET status = 'failed' WHERE id = 3")  # accepted after a reject
+    conn.close()
+    for fmt in ("native", "messages", "text", "prompt-completion", "kto"):
+        for dedup in ("pair", "off"):
+            out = tmp_path / f"{fmt}-{dedup}.jsonl"
+            result = runner.invoke(app, ["export", str(out), "--format", fmt, "--dedup", dedup])
+            assert result.exit_code == 0, result.output
+            said = " ".join(result.output.split())
+            assert ("no export can include: 1 not finished (pending, refused or failed); 1 with no text (no "
+                    "completion and no edit)") in said
+            manifest = json.loads(out.with_name(out.name + ".manifest.json").read_text())
+            assert sum(manifest["accepted_in_database_not_exportable"].values()) == 2
+            if fmt == "native":
+                assert [r["id"] for r in read_jsonl(out)] == [2]

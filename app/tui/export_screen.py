@@ -34,12 +34,8 @@ def describe(report: ExportReport) -> Text:
     text.append(
         f"dedup dropped {len(report.dropped):,}" + (" (the manifest lists each pair)\n" if report.dropped else "\n")
     )
-    if report.orphaned:
-        text.append(
-            f"not exportable: {report.orphaned:,} accepted record(s) in the database whose run or instruction "
-            "row is gone\n",
-            style="bold",
-        )
+    if line := report.not_exportable_line():
+        text.append(line + "\n", style="bold")
     text.append(f"file: {Path(report.path).resolve()}\nmanifest: {Path(report.manifest_path).resolve()}\n")
     text.append(f"sha256 {report.sha256}", style="dim")
     return text
