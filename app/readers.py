@@ -110,6 +110,11 @@ def _csv(handle: BinaryIO, instruction_key: str | None = None) -> Iterator[Row |
             if header is None:
                 header = [h.strip() for h in fields]
                 record_start = reader.line_num + 1
+                repeated = sorted({h for h in header if header.count(h) > 1}, key=header.index)
+                if repeated:  # a row would keep only the last column of each name: refuse, never drop silently
+                    names = ", ".join(repr(h) if h else "an unnamed column" for h in repeated)
+                    yield Problem(1, f"the header names {names} more than once; give every column its own name")
+                    return
                 if instruction_key is not None and instruction_key not in header:
                     columns = ", ".join(repr(h) for h in header[:8]) + (", ..." if len(header) > 8 else "")
                     separated = [sep for sep in (";", "\t", "|") if len(header) == 1 and sep in header[0]]

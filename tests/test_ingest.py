@@ -78,6 +78,8 @@ def test_key_mapping_options(tmp_path, store):
     ("a.csv", 'instruction,input\n"ok","never closed\n', "a.csv:2: CSV error"),
     ("a.csv", 'prompt,input\nhello,x\n', "a.csv:1: the header has no 'instruction' column"),
     ("a.csv", 'instruction,input\nhello,x,extra\n', "a.csv:2: has 3 fields, the header has 2"),
+    ("a.csv", 'instruction,instruction\nkept,dropped\n', "a.csv:1: the header names 'instruction' more than once"),
+    ("a.csv", 'instruction,,\nhello,x,y\n', "a.csv:1: the header names an unnamed column more than once"),
     ("a.json", '{"instruction": "not a list"}', "a.json:1: expected a JSON list"),
     ("a.json", '[{"instruction": "ok"},\n {"instruction": "x"} {"instruction": "y"}]',
      "a.json:2: invalid JSON: expected ',' or ']'"),
