@@ -336,7 +336,7 @@ def styles() -> None:
     from gristmill.app.prompts import list_styles
 
     for style in list_styles([Path.cwd()]):
-        out.print(f"{style.name:<14} {escape(style.source):<10} {escape(style.description)}")
+        out.print(f"{escape(style.name):<14} {escape(style.source):<10} {escape(style.description)}")
         out.print(f"{'':<14} stop: {escape(json.dumps(list(style.stop)))}")
 
 

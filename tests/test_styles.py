@@ -122,6 +122,13 @@ def test_styles_lists_builtins_and_local_files(tmp_path):
         assert name in result.output
 
 
+def test_styles_shows_a_name_with_markup_as_written(tmp_path):
+    write(tmp_path / "evil.toml", 'name = "[bold red]evil[/bold red] [/x]"\ntemplate = "{instruction}"\n')
+    result = runner.invoke(app, ["styles"])
+    assert result.exit_code == 0, result.output
+    assert "[bold red]evil[/bold red] [/x]" in result.output
+
+
 def test_bad_style_is_exit_2(tmp_path):
     result = runner.invoke(app, ["generate", "--style", str(write(tmp_path / "b.toml", "x = 1\n"))])
     assert result.exit_code == 2 and "key 'x': unknown" in result.output
