@@ -343,7 +343,7 @@ class Scheduler:
         if isinstance(event, GenerationResult):
             outcome = outcome_of(prepared, event, self.batch)
         else:
-            outcome = Outcome(status="failed", error=str(event) or type(event).__name__)
+            outcome = prepared.record.outcome("failed", error=str(event) or type(event).__name__)  # it was fed
         self._commit(key, outcome)
 
     def _commit(self, generation_id: int, outcome: Outcome) -> None:

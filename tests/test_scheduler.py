@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 
+import pytest
 from typer.testing import CliRunner
 
 from gristmill.app.cli import app
@@ -147,7 +148,6 @@ def test_refusals_are_committed_before_submit_and_never_reach_the_engine(tmp_pat
 
 
 def test_consecutive_failures_stop_the_run_and_in_flight_items_stay_pending(tmp_path, store):
-    import pytest
     add(tmp_path, [f"BOOM {i}" for i in range(10)])
     fake = FakeEngine(fail_on="BOOM")
     batch = FakeBatch(fake, 3)
@@ -185,9 +185,13 @@ def test_pieces_reach_on_piece_one_completion_at_a_time(tmp_path, store):
     assert "".join(pieces) == "".join(completions[key] for key in submitted)
 
 
-def test_an_engine_error_fails_that_item_only(tmp_path, store):
+@pytest.mark.parametrize("batch", [None, 2])
+def test_an_engine_error_fails_that_item_only_and_keeps_what_it_was_fed(tmp_path, store, batch):
     add(tmp_path, ["fine", "BOOM", "fine again"])
     fake = FakeEngine(fail_on="BOOM")
     final = run_generation(store, fake, *open_run(store, fake, RunSettings(params=GenerationParams(max_tokens=9))),
-                           concurrent=FakeBatch(fake, 2))
+                           concurrent=FakeBatch(fake, batch) if batch else None)
     assert (final.done, final.failed) == (2, 1)
+    prompt, tokens, digest = store.query(
+        "SELECT prompt, prompt_tokens, prompt_token_ids_sha256 FROM generations WHERE status = 'failed'")[0]
+    assert "BOOM" in prompt and tokens == len(fake.tokenize(prompt)) and digest
