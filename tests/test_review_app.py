@@ -218,3 +218,18 @@ async def _settle(pilot) -> None:
     while not pilot.app.counts:
         await pilot.pause(0.05)
     await pilot.pause()
+
+
+async def test_notifications_show_paths_and_errors_as_written(tmp_path):
+    """A screen's notification carries text from outside (an export path, an error, a reject reason): shown as
+    written, never read as markup, which crashed the app on a `[/x]` and dropped a `[bold]`."""
+    from textual.widgets._toast import Toast
+
+    db = seed_db(tmp_path, ["one"], n=1)
+    app = make_app(db, reviewer="ann")
+    async with app.run_test(size=(80, 24), notifications=True) as pilot:
+        await pilot.pause()
+        app.screen.notify("Exported to /tmp/out[/x].jsonl [bold]b[/bold] [Errno 2]")
+        await pilot.pause(0.2)
+        shown = [str(toast.render()) for toast in app.screen.query(Toast)]
+        assert shown == ["Exported to /tmp/out[/x].jsonl [bold]b[/bold] [Errno 2]"]

@@ -20,6 +20,7 @@ from textual import work
 from textual.app import App
 from textual.binding import Binding
 from textual.message import Message
+from textual.notifications import SeverityLevel
 from textual.worker import Worker, get_current_worker
 
 from gristmill.app import review
@@ -104,6 +105,19 @@ class GristmillApp(App):
         self.write_settled = threading.Event()  # clear while a worker waits to write: set once it has stopped
         self.write_settled.set()
         self.looking_up = False  # a queue lookup too slow for the event loop runs in a thread
+
+    def notify(
+        self,
+        message: str,
+        *,
+        title: str = "",
+        severity: SeverityLevel = "information",
+        timeout: float | None = None,
+        markup: bool = False,
+    ) -> None:
+        """Every notification is plain text, whoever raises it (screens pass markup=True): they carry paths, error
+        texts and reject reasons as they are, and a `[/x]` in one would crash the app, a `[Errno 2]` vanish."""
+        super().notify(message, title=title, severity=severity, timeout=timeout, markup=False)
 
     def on_mount(self) -> None:
         if self.keymap_overrides:
