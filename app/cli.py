@@ -259,7 +259,9 @@ def add(
                     f"interrupted: nothing from {path} was imported (files reported as added above are kept)"
                 ) from None
             if report.ok:
-                out.print(escape(one_line(f"{path}: added {report.added}, skipped {report.duplicates} duplicate(s)")))
+                blank = f" and {report.blank} blank line(s)" if report.blank else ""
+                said = f"{path}: added {report.added}, skipped {report.duplicates} duplicate(s){blank}"
+                out.print(escape(one_line(said)))
                 continue
             failed += 1
             if report.problem_count == 1:  # the common case stays one line

@@ -8,7 +8,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from gristmill.app.readers import SUFFIXES, Problem, read_records
+from gristmill.app.readers import SUFFIXES, Blank, Problem, TextLine, read_records
 from gristmill.db import Store
 from gristmill.db import instructions as instructions_db
 from gristmill.db.instructions import NewInstruction
@@ -34,6 +34,7 @@ class FileReport:
     path: str
     added: int = 0
     duplicates: int = 0
+    blank: int = 0  # blank lines (or CSV rows of empty fields): no record, skipped, counted
     problems: list[str] = field(default_factory=list)
     problem_count: int = 0
 
@@ -57,8 +58,10 @@ def content_hash(instruction: str, input_text: str) -> str:
 
 def _to_instruction(value: object, source: str, keys: KeyMap, forced_type: str | None) -> NewInstruction | str:
     """Validate one record; returns the instruction or a problem text naming the field."""
-    if type(value) is str:  # .txt lines
-        value = {keys.instruction: value}
+    if type(value) is TextLine:
+        value = {keys.instruction: str(value)}
+    elif type(value) is str:
+        return f'expected a JSON object, got a string; write it as {{"{keys.instruction}": ...}}'
     elif type(value) is not dict:
         return f"expected a JSON object, got {_json_type(value)}"
     record = dict(value)
@@ -204,6 +207,9 @@ def import_file(store: Store, path: Path, keys: KeyMap = KeyMap(), forced_type: 
             for item in read_records(path, handle, instruction_key=keys.instruction):
                 if isinstance(item, Problem):
                     problem(item.line, item.message)
+                    continue
+                if isinstance(item, Blank):
+                    report.blank += 1
                     continue
                 line, value = item
                 records += 1

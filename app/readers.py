@@ -25,10 +25,23 @@ class Problem:
     message: str
 
 
-Row = tuple[int, object]  # (line number, parsed value: dict for jsonl/json/csv, str for txt)
+@dataclass(frozen=True)
+class Blank:
+    """A line with nothing on it (or only whitespace, or a CSV row of empty fields): no record, but counted."""
+
+    line: int
 
 
-def read_records(path: Path, handle: BinaryIO, *, instruction_key: str | None = None) -> Iterator[Row | Problem]:
+class TextLine(str):
+    """A .txt line, which is an instruction as it stands (a JSON string on a .jsonl line is not one)."""
+
+
+Row = tuple[int, object]  # (line number, parsed value: dict for jsonl/json/csv, TextLine for txt)
+
+
+def read_records(
+    path: Path, handle: BinaryIO, *, instruction_key: str | None = None
+) -> Iterator[Row | Problem | Blank]:
     """`instruction_key`: the column a CSV header must have (a header without it is one problem, not one a row)."""
     suffix = path.suffix.lower()
     if suffix == ".jsonl":
@@ -53,7 +66,7 @@ def _decoded_lines(handle: BinaryIO) -> Iterator[tuple[int, str] | Problem]:
             yield Problem(number, f"not valid UTF-8 (byte 0x{raw[error.start]:02x} at column {error.start + 1})")
 
 
-def _jsonl(handle: BinaryIO) -> Iterator[Row | Problem]:
+def _jsonl(handle: BinaryIO) -> Iterator[Row | Problem | Blank]:
     """One pass per line: json.loads reads the bytes itself (a third faster than decoding first)."""
     for number, raw in enumerate(handle, start=1):
         if number == 1 and raw.startswith(BOM):
@@ -61,6 +74,9 @@ def _jsonl(handle: BinaryIO) -> Iterator[Row | Problem]:
             raw = raw[len(BOM) :]
         if b"\x00" in raw[:4]:  # json.loads would guess UTF-16/32 from the NULs; we accept UTF-8 only
             yield Problem(number, f"not valid UTF-8 (byte 0x00 at column {raw.index(0) + 1})")
+            continue
+        if not raw.strip():
+            yield Blank(number)
             continue
         if number == 1 and raw.strip() == b"[":  # a pretty-printed list: one problem, not one for every line
             yield Problem(1, "a JSON list, not one JSON object per line: a list belongs in a .json file")
@@ -70,26 +86,24 @@ def _jsonl(handle: BinaryIO) -> Iterator[Row | Problem]:
         except UnicodeDecodeError as error:
             yield Problem(number, f"not valid UTF-8 (byte 0x{raw[error.start]:02x} at column {error.start + 1})")
         except json.JSONDecodeError as error:
-            if raw.strip():
-                yield Problem(number, f"invalid JSON: {error.msg} (column {error.colno})")
+            yield Problem(number, f"invalid JSON: {error.msg} (column {error.colno})")
         except RecursionError:
             yield Problem(number, "invalid JSON: nested too deeply")
         except ValueError as error:  # e.g. an integer of more than 4,300 digits
             yield Problem(number, f"invalid JSON: {_value_error(error)}")
 
 
-def _txt(handle: BinaryIO) -> Iterator[Row | Problem]:
+def _txt(handle: BinaryIO) -> Iterator[Row | Problem | Blank]:
     for item in _decoded_lines(handle):
         if isinstance(item, Problem):
             yield item
             continue
         number, text = item
         text = text.rstrip("\r\n")
-        if text.strip():
-            yield number, text
+        yield (number, TextLine(text)) if text.strip() else Blank(number)
 
 
-def _csv(handle: BinaryIO, instruction_key: str | None = None) -> Iterator[Row | Problem]:
+def _csv(handle: BinaryIO, instruction_key: str | None = None) -> Iterator[Row | Problem | Blank]:
     problems: list[Problem] = []
 
     def lines() -> Iterator[str]:
@@ -131,6 +145,7 @@ def _csv(handle: BinaryIO, instruction_key: str | None = None) -> Iterator[Row |
                     return
                 continue
             if not fields or all(not f.strip() for f in fields):
+                yield Blank(record_start)
                 record_start = reader.line_num + 1
                 continue
             if len(fields) != len(header):

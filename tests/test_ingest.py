@@ -52,6 +52,19 @@ def test_json_csv_txt_and_type_override(tmp_path, store):
     assert rows[4]["source"] == "c.txt:4"
 
 
+def test_blank_lines_are_skipped_and_counted_in_every_line_format(tmp_path, store):
+    """No record, so nothing to import; but what a default skips is said: each file's line counts them."""
+    files = [write(tmp_path / "a.txt", "Four\n\n  \nFive\n"),
+             write(tmp_path / "b.jsonl", '{"instruction": "Six"}\n\n   \n{"instruction": "Seven"}\n'),
+             write(tmp_path / "c.csv", "instruction,input\nEight,x\n,\n\nNine,y\n")]
+    result = add(*map(str, files))
+    assert result.exit_code == 0, result.output
+    said = " ".join(result.output.split())
+    for path in files:
+        assert f"{path}: added 2, skipped 0 duplicate(s) and 2 blank line(s)" in said
+    assert instructions_db.count(store) == 6
+
+
 def test_duplicates_are_skipped_within_a_file_and_against_the_database(tmp_path, store):
     path = write(tmp_path / "a.jsonl", '{"instruction": "Same  thing"}\n{"instruction": "Same thing "}\n')
     assert import_file(store, path).duplicates == 1
@@ -73,6 +86,8 @@ def test_key_mapping_options(tmp_path, store):
     ("a.jsonl", '{"instruction": "   "}\n', "a.jsonl:1: field 'instruction': empty"),
     ("a.jsonl", '{"instruction": "ok"}\n{"instruction": "x",\n', "a.jsonl:2: invalid JSON"),
     ("a.jsonl", '["instruction"]\n', "a.jsonl:1: expected a JSON object, got list"),
+    ("a.jsonl", '{"instruction": "ok"}\n"a bare string"\n', "a.jsonl:2: expected a JSON object, got a string"),
+    ("a.json", '["a bare string"]', "a.json:1: expected a JSON object, got a string"),
     ("a.jsonl", '{"instruction": "ok", "input": ["x"]}\n', "a.jsonl:1: field 'input': expected text, got list"),
     ("a.jsonl", '{"instruction": "ok", "category": 3}\n', "a.jsonl:1: field 'category': expected text, got number"),
     ("a.csv", 'instruction,input\n"ok","never closed\n', "a.csv:2: CSV error"),
