@@ -13,7 +13,8 @@ from urllib.parse import quote
 
 import sqlite_utils
 
-from gristmill.db.migrations import MIGRATIONS
+from gristmill import __version__
+from gristmill.db.migrations import MIGRATIONS, migration_names
 
 # One attempt at the write lock waits this long inside SQLite; `Store.write` then retries with backoff for as
 # long as it takes. Short, because SQLite's wait cannot be interrupted: Ctrl-C lands between attempts.
@@ -219,6 +220,17 @@ def open_store(path: str | Path, *, migrate: bool = True, stop_before: str | Non
             f"database {path}: a SQLite database, but not gristmill's (it has {foreign}); "
             "give a new file or a gristmill database"
         )
+    try:
+        unknown = _unknown_migrations(store)
+    except sqlite3.DatabaseError as error:
+        store.close()
+        raise _store_error(path, error) from error
+    if unknown:
+        store.close()
+        raise StoreError(
+            f"database {path}: made by a newer gristmill (its schema has {', '.join(unknown)}, which this "
+            f"version {__version__} does not know); upgrade gristmill to open it"
+        )
     if migrate:
         try:
             _migrate(store, stop_before)
@@ -228,6 +240,19 @@ def open_store(path: str | Path, *, migrate: bool = True, stop_before: str | Non
                 raise
             raise _store_error(path, error) from error
     return store
+
+
+def _unknown_migrations(store: Store) -> list[str]:
+    """Migrations applied to this database that this version does not have: a newer gristmill made it, and
+    writing to it with older code could break what that version relies on."""
+    table = MIGRATIONS.migrations_table
+    if not store.conn.execute("SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = ?", (table,)).fetchone():
+        return []
+    known = set(migration_names())
+    applied = store.conn.execute(
+        f"SELECT name FROM [{table}] WHERE migration_set = ? ORDER BY rowid", (MIGRATIONS.name,)
+    ).fetchall()
+    return [name for (name,) in applied if name not in known]
 
 
 def _foreign_tables(store: Store) -> str:

@@ -151,3 +151,23 @@ def test_a_database_from_before_autoincrement_keeps_its_rows_and_never_reuses_a_
         assert _add_generation(store) == 3
         assert store.conn.execute("SELECT decision FROM generations WHERE id = 3").fetchone()[0] is None
         assert store.conn.execute("PRAGMA integrity_check").fetchone()[0] == "ok"
+
+
+def test_a_database_from_a_newer_gristmill_is_refused_not_written(tmp_path):
+    """A schema with a migration this version lacks was made by a newer gristmill: opening it for any command
+    (even one that only reads) is one line naming what is unknown, and nothing is written to it."""
+    import pytest
+
+    from gristmill.db import StoreError
+
+    path = tmp_path / "new.db"
+    with open_store(path, stop_before="m010_generation_ids_never_reused") as store, store.write() as conn:
+        conn.execute("INSERT INTO _sqlite_migrations (migration_set, name, applied_at) "
+                     "VALUES ('gristmill', 'm099_from_the_future', 't')")
+    for migrate in (True, False):
+        with pytest.raises(StoreError, match="made by a newer gristmill .*m099_from_the_future"):
+            open_store(path, migrate=migrate, create=False)
+    with sqlite3.connect(path) as conn:
+        names = [r[0] for r in conn.execute("SELECT name FROM _sqlite_migrations")]
+    conn.close()
+    assert "m010_generation_ids_never_reused" not in names
