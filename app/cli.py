@@ -142,6 +142,7 @@ class State:
     db_path: Path = locations.default_database()
     db_source: str = "default"  # "--db", "GRISTMILL_DB" or "default": named in messages about the path
     config: Config = Config()
+    config_path: Path | None = None  # the file `config` was read from, if any
 
 
 def setup_logging() -> None:
@@ -225,9 +226,11 @@ def main_callback(
         source = "--config" if _source(ctx, "config") == "COMMANDLINE" else "GRISTMILL_CONFIG"
         if not config.exists():
             raise BadInput(f"config {config} (from {source}): does not exist")
-        State.config = load_config(config)
+        State.config, State.config_path = load_config(config), config
     else:  # the default ./gristmill.toml is optional
-        State.config = load_config(locations.project_config())
+        default_config = locations.project_config()
+        State.config = load_config(default_config)
+        State.config_path = default_config if default_config.exists() else None
     if ctx.invoked_subcommand is None:
         from gristmill.app.cli_review import review
 

@@ -20,9 +20,15 @@ def review(
 ) -> None:
     """Open the review app (bare `gristmill` opens it too)."""
     open_db().close()  # an existing database only: reviewing a typo'd path creates nothing
-    if not (sys.stdin.isatty() and sys.stdout.isatty()):
+    from gristmill.app.tui.keymap import keymap_problem
+
+    if problem := keymap_problem(State.config.keymap):
+        raise BadInput(f"config {State.config_path}: {problem}")
+    not_terminals = [name for name in ("stdin", "stdout", "stderr") if not getattr(sys, name).isatty()]
+    if not_terminals:  # the app reads keys from stdin and draws on stderr (Textual's driver), sized from stdout
         raise BadInput(
-            "review: the review app needs a terminal (stdin and stdout are not one); "
+            f"review: the review app needs a terminal ({', '.join(not_terminals)} "
+            f"{'is not one' if len(not_terminals) == 1 else 'are not'}); "
             "in scripts use `gristmill stats` or `gristmill export`"
         )
     from gristmill.app.crash import guard_app

@@ -60,3 +60,44 @@ def test_config_sets_generation_defaults(tmp_path, gemma_path):
     result = runner.invoke(app, ["generate", "--quiet"])
     assert result.exit_code == 0, result.output
     assert "style few-shot" in result.output and "seed 9" in result.output
+
+
+def test_a_keymap_that_clashes_or_names_no_binding_is_exit_2_before_the_app_starts(tmp_path):
+    """Textual would apply it as given: `accept = "r"` made r accept and reject unreachable."""
+    from gristmill.app.ingest import import_file
+    from gristmill.db import open_store
+
+    with open_store(tmp_path / "test.db") as store:
+        import_file(store, write(tmp_path / "i.txt", "one\n"))
+    cases = [('accept = "r"', "keymap.accept: key 'r' is already 'reject' (Reject) in the review room"),
+             ('quit = "a"', "keymap.quit: key 'a' is already 'accept' (Accept) in the review room"),
+             ('acept = "y"', "keymap.acept: no binding has that id"),
+             ('accept = " , "', "keymap.accept: no key given")]
+    for line, message in cases:
+        write(tmp_path / "gristmill.toml", f"[keymap]\n{line}\n")
+        result = runner.invoke(app, ["review"])
+        assert result.exit_code == 2 and message in " ".join(result.output.split()), (line, result.output)
+    write(tmp_path / "gristmill.toml", '[keymap]\naccept = "y"\nreject = "n"\n')  # a good one gets that far
+    assert "needs a terminal" in runner.invoke(app, ["review"]).output
+
+
+def test_review_with_stderr_redirected_is_refused_it_would_draw_there_unseen(tmp_path):
+    import os
+    import pty
+    import subprocess
+    import sys
+
+    from gristmill.app.ingest import import_file
+    from gristmill.db import open_store
+
+    with open_store(tmp_path / "test.db") as store:
+        import_file(store, write(tmp_path / "i.txt", "one\n"))
+    primary, secondary = pty.openpty()
+    try:
+        done = subprocess.run([sys.executable, "-m", "gristmill", "--db", str(tmp_path / "test.db"), "review"],
+                              stdin=secondary, stdout=secondary, stderr=subprocess.PIPE, timeout=60)
+    finally:
+        os.close(secondary)
+        os.close(primary)
+    assert done.returncode == 2
+    assert b"needs a terminal (stderr is not one)" in done.stderr
