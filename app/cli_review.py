@@ -9,7 +9,7 @@ from typing import Annotated, Optional
 import typer
 
 from gristmill.app.cli import State, app, open_db
-from gristmill.app.errors import BadInput
+from gristmill.app.errors import BadInput, RuntimeFailure
 
 
 @app.command()
@@ -24,8 +24,8 @@ def review(
 
     if problem := keymap_problem(State.config.keymap):
         raise BadInput(f"config {State.config_path}: {problem}")
-    not_terminals = [name for name in ("stdin", "stdout", "stderr") if not getattr(sys, name).isatty()]
-    if not_terminals:  # the app reads keys from stdin and draws on stderr (Textual's driver), sized from stdout
+    not_terminals = not_a_terminal()
+    if not_terminals:
         raise BadInput(
             f"review: the review app needs a terminal ({', '.join(not_terminals)} "
             f"{'is not one' if len(not_terminals) == 1 else 'are not'}); "
@@ -47,7 +47,16 @@ def review(
     if failure:
         raise failure[0]
     if app_.unsaved:  # the reviewer quit while it waited for another process's write lock (the app warned)
-        print(f"review: the last {app_.unsaved} was not saved: the database was busy when you quit", file=sys.stderr)
+        raise RuntimeFailure(
+            f"review: the last {app_.unsaved} was not saved: the database was busy when you quit; "
+            "every decision before it is saved"
+        )
+
+
+def not_a_terminal() -> list[str]:
+    """The standard streams that are not a terminal: the app reads keys from stdin, draws on stderr (Textual's
+    driver), and is sized from stdout."""
+    return [name for name in ("stdin", "stdout", "stderr") if not getattr(sys, name).isatty()]
 
 
 def _login() -> str:

@@ -178,12 +178,12 @@ async def test_quitting_while_a_decision_waits_keeps_what_was_committed_and_does
         assert app.saving and "waiting for the database" in app.sub_title
         await pilot.press("q")  # the first q warns: the waiting decision would not be saved
         await pilot.pause()
-        assert app.is_running and app.unsaved == "decision"
+        assert app.is_running and app.unsaved == f"decision (accept #{waiting})"
         assert any("press q again" in n.message for n in app._notifications)
         await pilot.press("q")  # the second quits, the lock still held
     # the worker stops waiting once the app is gone (before the other writer lets go)
     assert app.write_settled.wait(timeout=120)
-    assert app.unsaved == "decision"
+    assert app.unsaved == f"decision (accept #{waiting})"
     holder.execute("COMMIT")
     holder.close()
     fresh = ("import json, sqlite3, sys; c = sqlite3.connect(sys.argv[1]); "
@@ -235,3 +235,26 @@ async def test_a_bulk_decision_in_browse_waits_for_the_lock_in_a_thread(tmp_path
             await pilot.pause(0.05)
         assert app.unsaved is None
     assert current(db) == {1: "accept", 2: "accept", 3: "accept"}
+
+
+def test_review_exits_1_naming_the_decision_lost_when_quit_while_it_waited(tmp_path, monkeypatch):
+    """The app said so before the second q; the command says it again and exits 1, so a script knows."""
+    from typer.testing import CliRunner
+
+    import gristmill.app.cli_review as cli_review
+    import gristmill.app.tui.app as tui_app
+    from gristmill.app.cli import app as cli
+
+    class QuitWhileWaiting:
+        unsaved = "decision (accept #3)"
+
+        def run(self) -> None:
+            pass
+
+    seed(tmp_path, 3)
+    monkeypatch.setattr(cli_review, "not_a_terminal", lambda: [])
+    monkeypatch.setattr(tui_app, "make_app", lambda *args, **kwargs: QuitWhileWaiting())
+    monkeypatch.setattr("gristmill.app.crash.guard_app", lambda app: [])
+    result = CliRunner().invoke(cli, ["review"])
+    assert result.exit_code == 1, result.output
+    assert "the last decision (accept #3) was not saved" in " ".join(result.output.split())

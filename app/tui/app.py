@@ -97,7 +97,7 @@ class GristmillApp(App):
         self.counts: dict[str, int] = {}
         self._next_count: Timer | None = None
         self.saving = False  # a decision is waiting for another process's write lock
-        self.saving_what = "decision"  # what waits ("decision", "undo", "pick"), for the messages
+        self.saving_what = "decision"  # what waits, e.g. "decision (accept #3)", "undo", for the messages
         self._quit_asked = False  # q was pressed once while something waited
         # what a worker waits to save, until it lands (set back on the worker's thread); still set after the
         # app quit while it waited, so the command line can say it was not saved

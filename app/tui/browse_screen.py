@@ -293,7 +293,9 @@ class BrowseScreen(Screen):
 
             # like every decision, never waits for another process's write lock on the event loop
             self.app.write(
-                lambda store: browse.bulk_decide(store, where, decision, reviewer), decided, what="bulk decision"
+                lambda store: browse.bulk_decide(store, where, decision, reviewer),
+                decided,
+                what=f"bulk decision ({decision} {n:,} generation(s))",
             )
 
         self.app.push_screen(

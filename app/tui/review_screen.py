@@ -310,7 +310,11 @@ class ReviewScreen(Screen):
             self._remember(decided)
             self._advance()
 
-        self.app.write(lambda store: review.decide(store, decided, decision, reviewer, edited, reason), committed)
+        self.app.write(
+            lambda store: review.decide(store, decided, decision, reviewer, edited, reason),
+            committed,
+            what=f"decision ({decision} #{decided}{' with an edit' if edited is not None else ''})",
+        )
 
     def _remember(self, generation_id: int) -> None:
         """This sitting's path, so `k` returns to the item just decided even when it left the queue."""
@@ -375,7 +379,9 @@ class ReviewScreen(Screen):
             self.app.refresh_counts()
 
         # a write like any decision: never waits for another process's lock on the event loop
-        self.app.write(lambda store: review.pick_best(store, generation_id, k, reviewer), picked, what="pick")
+        self.app.write(
+            lambda store: review.pick_best(store, generation_id, k, reviewer), picked, what=f"pick (sample {k})"
+        )
 
     def action_edit(self) -> None:
         if self.item is None:
