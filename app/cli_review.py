@@ -3,13 +3,16 @@
 from __future__ import annotations
 
 import getpass
+import signal
 import sys
-from typing import Annotated, Optional
+from collections.abc import Iterator
+from contextlib import contextmanager
+from typing import Annotated, Any, Optional
 
 import typer
 
 from gristmill.app.cli import State, app, open_db
-from gristmill.app.errors import BadInput, RuntimeFailure
+from gristmill.app.errors import BadInput, Interrupted, RuntimeFailure
 
 
 @app.command()
@@ -43,14 +46,37 @@ def review(
         generate_config=State.config.generate,
     )
     failure = guard_app(app_)
-    app_.run()
+    with _interrupt_quits(app_) as interrupted:
+        app_.run()
     if failure:
         raise failure[0]
+    if interrupted:
+        raise Interrupted(
+            "interrupted: every decision made is saved"
+            + (f" except the last {app_.unsaved}, which was waiting for the database" if app_.unsaved else "")
+        )
     if app_.unsaved:  # the reviewer quit while it waited for another process's write lock (the app warned)
         raise RuntimeFailure(
             f"review: the last {app_.unsaved} was not saved: the database was busy when you quit; "
             "every decision before it is saved"
         )
+
+
+@contextmanager
+def _interrupt_quits(app_: Any) -> Iterator[list[int]]:
+    """A SIGINT (`kill -INT`; the app reads Ctrl-C as a key) quits the app as `q` would, and is then reported as
+    an interrupt (exit 130): asyncio's own handler made the app end with exit 0 and no word."""
+    received: list[int] = []
+
+    def quit_app(signum: int, _frame: object) -> None:
+        received.append(signum)
+        app_.exit()
+
+    previous = signal.signal(signal.SIGINT, quit_app)
+    try:
+        yield received
+    finally:
+        signal.signal(signal.SIGINT, previous)
 
 
 def not_a_terminal() -> list[str]:

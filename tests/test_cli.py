@@ -101,3 +101,51 @@ def test_review_with_stderr_redirected_is_refused_it_would_draw_there_unseen(tmp
         os.close(primary)
     assert done.returncode == 2
     assert b"needs a terminal (stderr is not one)" in done.stderr
+
+
+def test_sigint_to_the_review_app_quits_it_with_one_line_and_exit_130(tmp_path):
+    """`kill -INT` (the app itself reads Ctrl-C as a key) ended the app with exit 0 and no word."""
+    import fcntl
+    import os
+    import pty
+    import select
+    import signal
+    import struct
+    import subprocess
+    import sys
+    import termios
+    import time
+
+    from gristmill.app.ingest import import_file
+    from gristmill.db import open_store
+
+    with open_store(tmp_path / "test.db") as store:
+        import_file(store, write(tmp_path / "i.txt", "one\n"))
+    primary, secondary = pty.openpty()
+    fcntl.ioctl(secondary, termios.TIOCSWINSZ, struct.pack("HHHH", 24, 80, 0, 0))
+    process = subprocess.Popen([sys.executable, "-m", "gristmill", "--db", str(tmp_path / "test.db"), "review"],
+                               stdin=secondary, stdout=secondary, stderr=secondary, start_new_session=True)
+    os.close(secondary)
+    shown = b""
+
+    def read_for(seconds: float, until: bytes | None = None) -> None:
+        nonlocal shown
+        deadline = time.monotonic() + seconds
+        while time.monotonic() < deadline and not (until and until in shown):
+            if select.select([primary], [], [], 0.2)[0]:
+                try:
+                    shown += os.read(primary, 65536)
+                except OSError:  # the other end closed: the process is gone
+                    return
+
+    try:
+        read_for(60, until=b"to review")  # the app has drawn its header
+        assert process.poll() is None, shown[-2000:]
+        process.send_signal(signal.SIGINT)
+        assert process.wait(timeout=30) == 130, shown[-2000:]
+        read_for(2)
+    finally:
+        if process.poll() is None:
+            process.kill()
+        os.close(primary)
+    assert b"interrupted: every decision made is saved" in shown
