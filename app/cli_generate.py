@@ -111,10 +111,8 @@ def generate(
     ] = None,
     quiet: Annotated[bool, typer.Option("--quiet", help="Log lines instead of a progress bar.")] = False,
 ) -> None:
-    """Generate completions for every instruction the run lacks; safe to interrupt and re-run.
-
-    Failures are raised, never caught here: the command line's one boundary reports them.
-    """
+    """Generate completions for every instruction the run lacks; safe to interrupt and re-run."""
+    # Failures are raised, never caught here: the command line's one boundary reports them.
     from gristmill.app.engines import open_concurrent, open_engine
     from gristmill.app.generate import open_run, style_file_drift
     from gristmill.app.generate_session import settings_for
@@ -337,7 +335,7 @@ def _drive(store, engine, concurrent, run_record, style_obj, settings, limit, re
     total = sum(counts.values())
     retried_refused = generations_db.length_refused_count(store, run_record.id) if retry_refused else 0
     already = total - counts["pending"] - (counts["failed"] if retry_failed else 0) - retried_refused
-    if quiet:
+    if quiet or not err.is_terminal:  # a bar on a file or pipe would show only at the end: log lines instead
         last_log = [0.0]
 
         def log_progress(p):

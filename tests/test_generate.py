@@ -88,6 +88,14 @@ def test_cli_generate_resumes_and_never_duplicates(tmp_path, gemma_path, batch):
         assert dupes == []
 
 
+def test_without_a_terminal_progress_is_log_lines_not_a_bar_shown_only_at_the_end(tmp_path, gemma_path):
+    """Rich draws no live bar on a file or pipe: a run logged to a file showed nothing until it ended."""
+    add_instructions(tmp_path, 2)
+    result = runner.invoke(app, ["generate", "--max-tokens", "2"])  # no --quiet; the runner's streams are no tty
+    assert result.exit_code == 0, result.output
+    assert "2/2 done, 0 refused, 0 failed" in result.output and "━" not in result.output
+
+
 @BATCHES
 def test_flash_attention_is_on_by_default_switchable_and_recorded(tmp_path, gemma_path, batch):
     """It changes outputs by float rounding, like the batch size: each generation says which it was made with."""
