@@ -58,6 +58,7 @@ def export_command(
     from gristmill.app.export import FORMATS, ExportError, export, refuse_database_files
     from gristmill.app.export_formats import FormatOptions, TokenizerMissing
     from gristmill.models import EngineError
+    from gristmill.db import runs as runs_db
     from gristmill.db.exports import ExportFilter
 
     if format_ not in FORMATS:
@@ -87,7 +88,11 @@ def export_command(
     if tokenizer is not None and not tokenizer.is_file():
         raise BadInput(f"export: --tokenizer {tokenizer} is not a file")
     options = FormatOptions(tokenizer=tokenizer, reasons=tuple(reason or ()))
+    if min_chars is not None and max_chars is not None and min_chars > max_chars:
+        raise BadInput(f"export: --min-chars {min_chars} is more than --max-chars {max_chars}: nothing could match")
     with open_db() as store:
+        if run is not None and runs_db.get(store, run) is None:
+            raise BadInput(f"export: no run {run} in {State.db_path}")
         try:
             report = export(
                 store, out_path, fmt=format_, where=where, dedup=dedup, dedup_threshold=dedup_threshold, options=options
@@ -98,11 +103,9 @@ def export_command(
             raise BadInput(str(error)) from None
         except EngineError as error:
             raise BadInput(f"export: cannot read the tokenizer: {error}") from None
-    out.print(
-        escape(
-            one_line(f"{out_path}: {report.records} record(s) of {report.accepted} accepted, sha256 {report.sha256}")
-        )
-    )
+    # dpo and kto records are pairs and labels built from rejects too: "of N accepted" would misstate them
+    of_accepted = "" if format_ in ("dpo", "kto") else f" of {report.accepted} accepted"
+    out.print(escape(one_line(f"{out_path}: {report.records} record(s){of_accepted}, sha256 {report.sha256}")))
     for key, counts in report.details.items():
         shown = (
             (", ".join(f"{n} {k}" for k, n in counts.items()) or "none") if isinstance(counts, dict) else str(counts)
@@ -126,6 +129,11 @@ def check_output_path(out_path: Path) -> None:
     from gristmill.app.export import manifest_path_for
 
     manifest = manifest_path_for(out_path)
+    if str(out_path) == "-":
+        raise BadInput(
+            "export: OUT '-' (standard output) is not supported: an export is written atomically, with "
+            "OUT.manifest.json beside it; give a file name"
+        )
     for path in (out_path, manifest):
         if path.is_dir():
             raise BadInput(f"export: {path} is a directory; give a file name, e.g. {out_path / 'data.jsonl'}")

@@ -164,6 +164,11 @@ def test_bad_export_arguments_are_exit_2(tmp_path):
     assert runner.invoke(app, ["export", str(tmp_path / "x.jsonl"), "--format", "parquet"]).exit_code == 2
     assert runner.invoke(app, ["export", str(tmp_path / "missing" / "x.jsonl")]).exit_code == 2
     assert runner.invoke(app, ["export", str(tmp_path / "x.jsonl"), "--dedup", "fuzzy"]).exit_code == 2
+    for args, said in ((["-"], "standard output) is not supported"), (["x.jsonl", "--run", "99"], "no run 99"),
+                       (["x.jsonl", "--min-chars", "100", "--max-chars", "10"], "nothing could match")):
+        result = runner.invoke(app, ["export", *args])
+        assert result.exit_code == 2 and said in " ".join(result.output.split()), (args, result.output)
+    assert not (tmp_path / "-").exists() and not (tmp_path / "x.jsonl").exists()
 
 
 def test_an_export_never_replaces_the_database_or_its_journal(tmp_path):

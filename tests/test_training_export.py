@@ -159,6 +159,8 @@ def test_kto_labels_every_accept_and_reject_and_counts_reasons(tmp_path):
     records, manifest = export(tmp_path, "kto", "--reason", "wrong", "--reason", "incomplete")
     assert [d["id"] for d in manifest["derivation"]] == [2, 4, 5, 7, 8, 12]
     assert manifest["labels"] == {"true": 4, "false": 2}
+    said = runner.invoke(app, ["export", str(tmp_path / "k.jsonl"), "--format", "kto"]).output
+    assert "k.jsonl: 11 record(s), sha256" in " ".join(said.split())  # not "of N accepted": rejects are records
 
 
 def test_tokens_carry_the_sampled_ids_and_tokenize_edits(tmp_path):
