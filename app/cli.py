@@ -252,8 +252,11 @@ def add(
     from gristmill.app.ingest import KeyMap, import_file
 
     keys = KeyMap(instruction=instruction_key, input=input_key, type=type_key, id=id_key)
+    from gristmill.app.cli_progress import say_waiting
+
     failed = 0
     with open_db(create=True) as store:
+        store.on_busy = say_waiting  # a long wait for another writer's lock is said, not silent
         for path in files:
             try:
                 report = import_file(store, path, keys, type_.strip().lower() if type_ else None)

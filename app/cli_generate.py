@@ -2,15 +2,14 @@
 
 from __future__ import annotations
 
-import time
 from dataclasses import replace
 from typing import Annotated, Any, Optional
 
 import typer
 from rich.markup import escape
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
 from gristmill.app.cli import State, app, err, open_db, out
+from gristmill.app.cli_progress import drive, fingerprint_with_progress, say_waiting, summary
 from gristmill.app.config import BOUNDS, GenerateConfig, check_generate
 from gristmill.app.errors import BadInput, Interrupted, RuntimeFailure
 
@@ -166,9 +165,10 @@ def generate(
         load_style(config.style)  # a bad style file is bad input: say so before loading a model
     settings = replace(settings, types=tuple(type_list))
     store = open_db()  # an existing database only: `add` makes one; a typo in --db creates nothing
-    store.on_busy = _say_waiting
+    store.on_busy = say_waiting
     run_record = None
     try:
+        _check_types(store, type_list)
         engine = open_engine(config)
         concurrent = None
         try:
@@ -176,7 +176,7 @@ def generate(
                 concurrent = open_concurrent(engine, config.batch)
             except EngineError as error:
                 raise BadInput(f"generate: {error}") from error
-            _fingerprint_with_progress(engine, quiet)
+            fingerprint_with_progress(engine, quiet)
             try:
                 run_record, style_obj, settings = open_run(
                     store,
@@ -207,12 +207,12 @@ def generate(
                 f"{'in flight' if config.server else 'batch'} {concurrent.capacity}"
             )
             _record_servers(store, engine, run_record.id)
-            final = _drive(
+            final = drive(
                 store, engine, concurrent, run_record, style_obj, settings, limit, retry_failed, retry_refused, quiet
             )
         except KeyboardInterrupt:
             if run_record is not None:
-                _summary(store, run_record.id)
+                summary(store, run_record.id)
             raise Interrupted("interrupted: every finished item is saved; run the same command to resume") from None
         except RuntimeError as error:  # too many failures in a row, a server gone
             raise RuntimeFailure(f"generate stopped: {error}") from error
@@ -220,9 +220,24 @@ def generate(
             if concurrent is not None and concurrent is not engine:
                 concurrent.close()
             engine.close()
-        _summary(store, run_record.id, final)
+        summary(store, run_record.id, final)
     finally:
         store.close()
+
+
+def _check_types(store: Any, type_list: list[str]) -> None:
+    """A `--types` value no instruction has is a typo or the wrong database: it would make an empty run."""
+    from gristmill.db import instructions as instructions_db
+
+    if not type_list:
+        return
+    present = instructions_db.types(store)
+    missing = [t for t in type_list if t not in present]
+    if missing:
+        raise BadInput(
+            f"generate: --types: no instruction has type {', '.join(map(repr, missing))} "
+            f"(the database's types: {', '.join(present) or 'none: it has no instructions'})"
+        )
 
 
 def _continued_run_options(
@@ -252,45 +267,6 @@ def _continued_run_options(
     return model, run_add_bos(record) if add_bos is None else add_bos
 
 
-_waiting_since: list[float] = []
-
-
-def _say_waiting(seconds: float | None) -> None:
-    """Store.on_busy: one line when a write starts waiting for another process's lock, one when it lands."""
-    if seconds is None:
-        if _waiting_since:
-            err.print("database free again: continuing")
-            _waiting_since.clear()
-    elif not _waiting_since and seconds >= 2:
-        _waiting_since.append(seconds)
-        err.print("database busy: another process holds the write lock; waiting (Ctrl-C stops, nothing is lost)")
-
-
-def _fingerprint_with_progress(engine, quiet: bool) -> None:
-    """A run is identified by the model's SHA-256: hash it once (cached), with a progress bar on a big file."""
-    from pathlib import Path
-
-    from gristmill.models.fingerprint import cached_fingerprint, fingerprint
-
-    path = getattr(engine, "path", None)
-    if path is None or cached_fingerprint(Path(path)) is not None:
-        return
-    if quiet:
-        out.print(f"hashing {escape(str(path))} once to identify the run (cached afterwards)")
-        fingerprint(Path(path))
-        return
-    with Progress(
-        TextColumn("[bold]hashing model"),
-        BarColumn(),
-        TextColumn("{task.percentage:>3.0f}%"),
-        TimeElapsedColumn(),
-        console=err,
-        transient=True,
-    ) as bar:
-        task = bar.add_task("hash", total=None)
-        fingerprint(Path(path), on_progress=lambda done, total: bar.update(task, completed=done, total=total))
-
-
 def _record_servers(store, engine, run_id: int) -> None:
     """A remote run records its endpoints and their GET /v1/models answers (never the key: it is not in them)."""
     servers = getattr(engine, "servers", None)
@@ -304,101 +280,3 @@ def _record_servers(store, engine, run_id: int) -> None:
             f"server {escape(endpoint['url'])}: {endpoint['kind']}, model {escape(str(endpoint['model']))}, "
             f"context {endpoint['n_ctx'] or '?'}, concurrency {endpoint['concurrency']}"
         )
-
-
-def _rotation_note(engine) -> str:
-    """Endpoints out of the rotation, for the progress line (empty when all serve)."""
-    pool = getattr(engine, "pool", None)
-    out_of_rotation = pool.out_of_rotation() if pool is not None else []
-    return f", out of rotation: {' '.join(out_of_rotation)}" if out_of_rotation else ""
-
-
-def _drive(store, engine, concurrent, run_record, style_obj, settings, limit, retry_failed, retry_refused, quiet):
-    from functools import partial
-
-    from gristmill.app.generate import run_generation
-    from gristmill.db import generations as generations_db
-
-    generate_all = partial(
-        run_generation,
-        store,
-        engine,
-        run_record,
-        style_obj,
-        settings,
-        limit=limit,
-        retry_failed=retry_failed,
-        retry_refused=retry_refused,
-        concurrent=concurrent,
-    )
-    counts = generations_db.status_counts(store, run_record.id)
-    total = sum(counts.values())
-    retried_refused = generations_db.length_refused_count(store, run_record.id) if retry_refused else 0
-    already = total - counts["pending"] - (counts["failed"] if retry_failed else 0) - retried_refused
-    if quiet or not err.is_terminal:  # a bar on a file or pipe would show only at the end: log lines instead
-        last_log = [0.0]
-
-        def log_progress(p):
-            if time.monotonic() - last_log[0] >= 5 or p.finished == p.total:
-                last_log[0] = time.monotonic()
-                eta = f"{p.eta_s:.0f}s" if p.eta_s is not None else "?"
-                out.print(
-                    f"{p.finished}/{p.total} done, {p.refused} refused, {p.failed} failed, "
-                    f"{p.tokens_per_s:.1f} tok/s, ETA {eta}{escape(_rotation_note(engine))}"
-                )
-
-        return generate_all(on_progress=log_progress)
-
-    columns = (
-        TextColumn("[bold]generating"),
-        BarColumn(),
-        MofNCompleteColumn(),
-        TextColumn("{task.fields[rate]} tok/s"),
-        TextColumn("ETA {task.fields[eta]}"),
-        TextColumn("refused {task.fields[refused]} failed {task.fields[failed]}{task.fields[rotation]}"),
-        TimeElapsedColumn(),
-    )
-    with Progress(*columns, console=err, transient=False) as bar:
-        task = bar.add_task(
-            "generate",
-            total=total,
-            completed=already,
-            rate="-",
-            eta="-",
-            refused=counts["refused"] - retried_refused,
-            failed=0 if retry_failed else counts["failed"],
-            rotation="",
-        )
-
-        def show(p):
-            eta = "-" if p.eta_s is None else f"{int(p.eta_s) // 60}:{int(p.eta_s) % 60:02d}"
-            bar.update(
-                task,
-                completed=p.finished,
-                rate=f"{p.tokens_per_s:.1f}",
-                eta=eta,
-                refused=p.refused,
-                failed=p.failed,
-                rotation=_rotation_note(engine),
-            )
-
-        return generate_all(on_progress=show)
-
-
-def _summary(store, run_id: int, final=None) -> None:
-    from gristmill.db import generations as generations_db
-
-    counts = generations_db.status_counts(store, run_id)
-    rate = f", {final.processed} by this process, {final.tokens_per_s:.1f} tok/s" if final and final.processed else ""
-    out.print(
-        f"run {run_id}: {counts['done']} done, {counts['refused']} refused, {counts['failed']} failed, "
-        f"{counts['pending']} pending{rate}"
-    )
-    if counts["refused"]:
-        too_long = generations_db.length_refused_count(store, run_id)
-        out.print("refused items are in the database with the reason (generations.error)")
-        if too_long:
-            out.print(
-                f"{too_long} refused as too long for the context: give a larger --n-ctx with --retry-refused "
-                f"to retry them in this run (run {run_id}; nothing else is regenerated)"
-            )

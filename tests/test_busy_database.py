@@ -111,6 +111,22 @@ def test_ctrl_c_stops_a_generate_that_waits_for_the_lock(tmp_path, gemma_path):
     assert sqlite3.connect(db).execute("PRAGMA integrity_check").fetchone()[0] == "ok"
 
 
+def test_an_import_that_waits_for_the_lock_says_so_and_then_imports(tmp_path):
+    """`add` waited as long as another writer held the lock without a word: it looked hung."""
+    db = seed(tmp_path, 1)
+    holder = hold_write_lock(db)
+    process = subprocess.Popen([sys.executable, "-m", "gristmill", "add", str(write(tmp_path / "n.txt", "new one\n"))],
+                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    waited = ""
+    while "database busy" not in waited:
+        waited += process.stderr.readline()
+        assert process.poll() is None, waited
+    holder.execute("COMMIT")
+    out, err = process.communicate(timeout=120)
+    assert process.returncode == 0, err
+    assert "added 1" in out and "database free again: continuing" in err
+
+
 def test_write_without_waiting_raises_busy_and_changes_nothing(tmp_path):
     db = seed(tmp_path, 1)
     holder = hold_write_lock(db)

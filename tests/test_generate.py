@@ -96,6 +96,15 @@ def test_without_a_terminal_progress_is_log_lines_not_a_bar_shown_only_at_the_en
     assert "2/2 done, 0 refused, 0 failed" in result.output and "━" not in result.output
 
 
+def test_a_type_no_instruction_has_is_refused_before_a_run_is_made(tmp_path, gemma_path):
+    add_instructions(tmp_path, 2)
+    result = runner.invoke(app, ["generate", "--types", "question,nosuchtype", "--max-tokens", "2"])
+    assert result.exit_code == 2
+    assert "no instruction has type 'nosuchtype' (the database's types: question)" in " ".join(result.output.split())
+    with open_store(tmp_path / "test.db") as store:
+        assert store.query("SELECT count(*) FROM runs")[0][0] == 0
+
+
 @BATCHES
 def test_flash_attention_is_on_by_default_switchable_and_recorded(tmp_path, gemma_path, batch):
     """It changes outputs by float rounding, like the batch size: each generation says which it was made with."""

@@ -1,0 +1,148 @@
+"""How a generate run shows on the terminal: the model hash bar, the progress bar (or log lines), the waits for
+another process's write lock, and the closing summary. `generate` (options and checks) calls these."""
+
+from __future__ import annotations
+
+import time
+
+from rich.markup import escape
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+from gristmill.app.cli import err, out
+
+
+_waiting_since: list[float] = []
+
+
+def say_waiting(seconds: float | None) -> None:
+    """Store.on_busy: one line when a write starts waiting for another process's lock, one when it lands."""
+    if seconds is None:
+        if _waiting_since:
+            err.print("database free again: continuing")
+            _waiting_since.clear()
+    elif not _waiting_since and seconds >= 2:
+        _waiting_since.append(seconds)
+        err.print("database busy: another process holds the write lock; waiting (Ctrl-C stops, nothing is lost)")
+
+
+def fingerprint_with_progress(engine, quiet: bool) -> None:
+    """A run is identified by the model's SHA-256: hash it once (cached), with a progress bar on a big file."""
+    from pathlib import Path
+
+    from gristmill.models.fingerprint import cached_fingerprint, fingerprint
+
+    path = getattr(engine, "path", None)
+    if path is None or cached_fingerprint(Path(path)) is not None:
+        return
+    if quiet:
+        out.print(f"hashing {escape(str(path))} once to identify the run (cached afterwards)")
+        fingerprint(Path(path))
+        return
+    with Progress(
+        TextColumn("[bold]hashing model"),
+        BarColumn(),
+        TextColumn("{task.percentage:>3.0f}%"),
+        TimeElapsedColumn(),
+        console=err,
+        transient=True,
+    ) as bar:
+        task = bar.add_task("hash", total=None)
+        fingerprint(Path(path), on_progress=lambda done, total: bar.update(task, completed=done, total=total))
+
+
+def _rotation_note(engine) -> str:
+    """Endpoints out of the rotation, for the progress line (empty when all serve)."""
+    pool = getattr(engine, "pool", None)
+    out_of_rotation = pool.out_of_rotation() if pool is not None else []
+    return f", out of rotation: {' '.join(out_of_rotation)}" if out_of_rotation else ""
+
+
+def drive(store, engine, concurrent, run_record, style_obj, settings, limit, retry_failed, retry_refused, quiet):
+    from functools import partial
+
+    from gristmill.app.generate import run_generation
+    from gristmill.db import generations as generations_db
+
+    generate_all = partial(
+        run_generation,
+        store,
+        engine,
+        run_record,
+        style_obj,
+        settings,
+        limit=limit,
+        retry_failed=retry_failed,
+        retry_refused=retry_refused,
+        concurrent=concurrent,
+    )
+    counts = generations_db.status_counts(store, run_record.id)
+    total = sum(counts.values())
+    retried_refused = generations_db.length_refused_count(store, run_record.id) if retry_refused else 0
+    already = total - counts["pending"] - (counts["failed"] if retry_failed else 0) - retried_refused
+    if quiet or not err.is_terminal:  # a bar on a file or pipe would show only at the end: log lines instead
+        last_log = [0.0]
+
+        def log_progress(p):
+            if time.monotonic() - last_log[0] >= 5 or p.finished == p.total:
+                last_log[0] = time.monotonic()
+                eta = f"{p.eta_s:.0f}s" if p.eta_s is not None else "?"
+                out.print(
+                    f"{p.finished}/{p.total} done, {p.refused} refused, {p.failed} failed, "
+                    f"{p.tokens_per_s:.1f} tok/s, ETA {eta}{escape(_rotation_note(engine))}"
+                )
+
+        return generate_all(on_progress=log_progress)
+
+    columns = (
+        TextColumn("[bold]generating"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TextColumn("{task.fields[rate]} tok/s"),
+        TextColumn("ETA {task.fields[eta]}"),
+        TextColumn("refused {task.fields[refused]} failed {task.fields[failed]}{task.fields[rotation]}"),
+        TimeElapsedColumn(),
+    )
+    with Progress(*columns, console=err, transient=False) as bar:
+        task = bar.add_task(
+            "generate",
+            total=total,
+            completed=already,
+            rate="-",
+            eta="-",
+            refused=counts["refused"] - retried_refused,
+            failed=0 if retry_failed else counts["failed"],
+            rotation="",
+        )
+
+        def show(p):
+            eta = "-" if p.eta_s is None else f"{int(p.eta_s) // 60}:{int(p.eta_s) % 60:02d}"
+            bar.update(
+                task,
+                completed=p.finished,
+                rate=f"{p.tokens_per_s:.1f}",
+                eta=eta,
+                refused=p.refused,
+                failed=p.failed,
+                rotation=_rotation_note(engine),
+            )
+
+        return generate_all(on_progress=show)
+
+
+def summary(store, run_id: int, final=None) -> None:
+    from gristmill.db import generations as generations_db
+
+    counts = generations_db.status_counts(store, run_id)
+    rate = f", {final.processed} by this process, {final.tokens_per_s:.1f} tok/s" if final and final.processed else ""
+    out.print(
+        f"run {run_id}: {counts['done']} done, {counts['refused']} refused, {counts['failed']} failed, "
+        f"{counts['pending']} pending{rate}"
+    )
+    if counts["refused"]:
+        too_long = generations_db.length_refused_count(store, run_id)
+        out.print("refused items are in the database with the reason (generations.error)")
+        if too_long:
+            out.print(
+                f"{too_long} refused as too long for the context: give a larger --n-ctx with --retry-refused "
+                f"to retry them in this run (run {run_id}; nothing else is regenerated)"
+            )
