@@ -168,11 +168,15 @@ class ReviewScreen(Screen):
             if self.position
             else "item … of …"
         )
+        # one row each, most telling first: at 80 columns the tail is cut with an ellipsis, never wrapped out of sight
         self.query_one("#meta", Static).update(
             Text(
                 f"{where} · queue: {self._describe_queue()}\n"
-                f"#{item.generation_id} · sample {item.sample_index + 1} of {item.samples} · {item.instruction_type} · "
-                f"{item.style} · {item.completion_tokens} tok · {item.finish_reason} · flags: {flags}{decision}"
+                f"#{item.generation_id}{decision} · flags: {flags} · {item.completion_tokens} tok · "
+                f"{item.finish_reason} · sample {item.sample_index + 1} of {item.samples} · {item.instruction_type} · "
+                f"{item.style}",
+                no_wrap=True,
+                overflow="ellipsis",
             )
         )
 
