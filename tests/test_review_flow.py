@@ -89,3 +89,7 @@ async def test_the_position_and_the_active_filter_are_always_in_view(tmp_path):
         assert "item 2 of 2" in await meta()
         await pilot.press("k")  # back to the item just decided: no longer in this queue, and it says so
         assert "not in this queue" in await meta()
+        await pilot.press("u")  # #2 is back in the queue, which has three items again
+        assert "item 2 of 3" in await meta()
+        await pilot.press("s", "u", "j", "j")  # skipped, undone, then on to the last: the count kept up
+        assert "item 3 of 3" in await meta()

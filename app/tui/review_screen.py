@@ -359,6 +359,7 @@ class ReviewScreen(Screen):
             self.notify("Nothing to undo", severity="warning")
             return
         self.notify(f"Undid the decision on #{', #'.join(map(str, touched))}")
+        self.queue_total = None  # the undone items went back to other queues: count this one again
         self.show(min(touched))
         self.app.refresh_counts()
 
