@@ -55,11 +55,25 @@ def read_records(
     raise ValueError(f"unsupported file type {path.suffix!r}: use one of {', '.join(SUFFIXES)}")
 
 
+def _not_utf8_text(number: int, raw: bytes) -> Problem | None:
+    """UTF-16 (or binary) where UTF-8 text belongs. UTF-16 without a byte-order mark decodes as UTF-8 with a NUL
+    after every ASCII letter, so it would import as garbage; one problem for the file, not one a line."""
+    if number == 1 and raw.startswith((b"\xff\xfe", b"\xfe\xff")):
+        return Problem(1, "file starts with a UTF-16 byte-order mark: it is UTF-16; save it as UTF-8")
+    if b"\x00" in raw:
+        return Problem(number, f"byte 0x00 at column {raw.index(0) + 1}: not UTF-8 text (UTF-16?); save it as UTF-8")
+    return None
+
+
 def _decoded_lines(handle: BinaryIO) -> Iterator[tuple[int, str] | Problem]:
+    """Each line decoded, or a Problem; after a UTF-16 or binary line, nothing more (the rest is the same)."""
     for number, raw in enumerate(handle, start=1):
         if number == 1 and raw.startswith(BOM):
             yield Problem(1, "file starts with a UTF-8 byte-order mark (BOM); save it as UTF-8 without BOM")
             raw = raw[len(BOM) :]
+        if wrong := _not_utf8_text(number, raw):
+            yield wrong
+            return
         try:
             yield number, raw.decode("utf-8")
         except UnicodeDecodeError as error:
@@ -72,9 +86,9 @@ def _jsonl(handle: BinaryIO) -> Iterator[Row | Problem | Blank]:
         if number == 1 and raw.startswith(BOM):
             yield Problem(1, "file starts with a UTF-8 byte-order mark (BOM); save it as UTF-8 without BOM")
             raw = raw[len(BOM) :]
-        if b"\x00" in raw[:4]:  # json.loads would guess UTF-16/32 from the NULs; we accept UTF-8 only
-            yield Problem(number, f"not valid UTF-8 (byte 0x00 at column {raw.index(0) + 1})")
-            continue
+        if wrong := _not_utf8_text(number, raw):  # json.loads would guess UTF-16/32 from NULs; UTF-8 only here
+            yield wrong
+            return
         if not raw.strip():
             yield Blank(number)
             continue
@@ -119,6 +133,9 @@ def _csv(handle: BinaryIO, instruction_key: str | None = None) -> Iterator[Row |
     record_start = 1
     try:
         for fields in reader:
+            if header is None and problems:  # the header line itself is unreadable: nothing below can be read
+                yield from problems
+                return
             yield from problems
             problems.clear()
             if header is None:

@@ -100,6 +100,11 @@ def test_key_mapping_options(tmp_path, store):
      "a.json:2: invalid JSON: expected ',' or ']'"),
     ("a.json", '[{"instruction": "ok"},\n', "a.json:2: invalid JSON: the list is never closed"),
     ("a.yaml", 'instruction: x\n', "a.yaml: unsupported file type"),
+    # UTF-16 without a byte-order mark is valid UTF-8 with a NUL after each letter: it imported as garbage
+    ("a.txt", "hello\nworld\n".encode("utf-16-le"), "a.txt:1: byte 0x00 at column 2: not UTF-8 text (UTF-16?)"),
+    ("a.csv", "instruction\nhello\n".encode("utf-16-le"), "a.csv:1: byte 0x00 at column 2: not UTF-8 text"),
+    ("a.csv", "instruction\nhello\n".encode("utf-16"), "a.csv:1: file starts with a UTF-16 byte-order mark"),
+    ("a.jsonl", '{"instruction": "hi"}\n'.encode("utf-16"), "a.jsonl:1: file starts with a UTF-16 byte-order mark"),
 ])
 def test_bad_input_names_file_line_field_and_imports_nothing(tmp_path, store, name, content, expected):
     path = write(tmp_path / name, content)
