@@ -39,6 +39,8 @@ async def test_reason_picker_rejects_with_the_chosen_reason_and_escape_cancels(t
         await pilot.press("R", "2")
         await pilot.pause()
         assert reviews(db) == [(1, "reject", "too-long")] and pilot.app.screen.item.generation_id == 2
+        said = [n.message for n in pilot.app._notifications if "#1" in n.message]
+        assert said == ["Rejected #1 (too-long) · u undoes"]  # once, when saved
         await pilot.press("R", "9")  # no ninth reason: the picker stays open
         await pilot.pause()
         assert type(pilot.app.screen).__name__ == "ReasonScreen"

@@ -342,8 +342,7 @@ class ReviewScreen(Screen):
 
         def chosen(reason: str | None) -> None:
             if reason is not None and self.item is not None and self.item.generation_id == item.generation_id:
-                self._decide("reject", reason=reason)
-                self.notify(f"Rejected #{item.generation_id}: {reason}")
+                self._decide("reject", reason=reason)  # which says so once it is saved
 
         self.app.push_screen(ReasonScreen(self.app.reject_reasons, item.generation_id), chosen)
 
