@@ -72,7 +72,7 @@ class EditScreen(ModalScreen[str | None]):
 
     def compose(self) -> ComposeResult:
         with Vertical(id="dialog"):
-            yield Label("Edit the response · ctrl+s save and accept · ctrl+o model output · escape cancel")
+            yield Label("Edit · ctrl+s save and accept · ctrl+o model output · esc cancel")  # fits 80 columns
             if self.instruction:
                 yield Static(Text("Instruction: " + visible(self.instruction)), id="edit-instruction")
             if self.restored:
