@@ -196,6 +196,8 @@ def _json_array(handle: BinaryIO, chunk_size: int = 1 << 20) -> Iterator[Row | P
         raw = handle.read(chunk_size)
         if first and raw.startswith(BOM):
             raise _Stop(Problem(1, "file starts with a UTF-8 byte-order mark (BOM); save it as UTF-8 without BOM"))
+        if first and (wrong := _not_utf8_text(1, raw[: raw.find(b"\n") + 1 or len(raw)])):
+            raise _Stop(wrong)  # UTF-16: told as such, not as a JSON syntax error
         first = False
         try:
             buffer += reader.decode(raw, final=not raw)

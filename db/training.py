@@ -56,7 +56,8 @@ def pairs(store: Store, where: ExportFilter) -> Iterator[dict]:
       edit made later included). The same pick recorded twice is one pair.
     - edit: `id` is accepted with an edited text; `rejected_response` is the model's own completion.
 
-    Filters apply to the chosen generation and its review.
+    Filters apply to the chosen generation and its review. A side with no text (a NULL completion, written by
+    hand) makes no pair: a pair against nothing would teach nothing.
     """
     clauses, params = filter_clauses(where)
     filters = " AND ".join(clauses)
@@ -69,6 +70,7 @@ def pairs(store: Store, where: ExportFilter) -> Iterator[dict]:
         JOIN reviews rv ON rv.id = g.review_id
         JOIN reviews pr ON pr.action_id = pa.action_id AND pr.decision = 'reject'
         JOIN generations s ON s.id = pr.generation_id AND s.decision = 'reject' AND s.status = 'done'
+                           AND s.completion IS NOT NULL
         JOIN instructions i ON i.id = g.instruction_id
         JOIN runs r ON r.id = g.run_id
         WHERE pa.decision = 'accept' AND pa.action_id IS NOT NULL
@@ -83,7 +85,7 @@ def pairs(store: Store, where: ExportFilter) -> Iterator[dict]:
         JOIN instructions i ON i.id = g.instruction_id
         JOIN runs r ON r.id = g.run_id
         JOIN reviews rv ON rv.id = g.review_id
-        WHERE g.decision = 'accept' AND rv.edited_response IS NOT NULL AND {filters})
+        WHERE g.decision = 'accept' AND rv.edited_response IS NOT NULL AND g.completion IS NOT NULL AND {filters})
         ORDER BY id, kind DESC, rejected_id"""
     for row in store.conn.execute(sql, [*params, *params]):
         yield dict(row)

@@ -105,6 +105,8 @@ def test_key_mapping_options(tmp_path, store):
     ("a.csv", "instruction\nhello\n".encode("utf-16-le"), "a.csv:1: byte 0x00 at column 2: not UTF-8 text"),
     ("a.csv", "instruction\nhello\n".encode("utf-16"), "a.csv:1: file starts with a UTF-16 byte-order mark"),
     ("a.jsonl", '{"instruction": "hi"}\n'.encode("utf-16"), "a.jsonl:1: file starts with a UTF-16 byte-order mark"),
+    ("a.json", '[{"instruction": "hi"}]'.encode("utf-16"), "a.json:1: file starts with a UTF-16 byte-order mark"),
+    ("a.json", '[{"instruction": "hi"}]'.encode("utf-16-le"), "a.json:1: byte 0x00 at column 2: not UTF-8 text"),
 ])
 def test_bad_input_names_file_line_field_and_imports_nothing(tmp_path, store, name, content, expected):
     path = write(tmp_path / name, content)

@@ -119,6 +119,21 @@ def test_dpo_pairs_from_picks_and_edits_with_an_explicit_prompt(tmp_path):
     assert not any(d["kind"] == "pick" and d["id"] == 4 for d in manifest["derivation"])
 
 
+def test_a_side_with_no_text_makes_no_dpo_pair(tmp_path):
+    """A rejected sibling (or an edited answer's original) whose completion was set to NULL by hand: no pair
+    against nothing (it was written as "rejected": " ")."""
+    import sqlite3
+
+    db = training_db(tmp_path)
+    with sqlite3.connect(db) as conn:
+        conn.execute("UPDATE generations SET completion = NULL WHERE id IN (1, 4)")
+    conn.close()
+    records, manifest = export(tmp_path, "dpo")
+    assert [(d["kind"], d["id"], d["rejected_id"]) for d in manifest["derivation"]] == [
+        ("pick", 2, 3), ("pick", 12, 10), ("pick", 12, 11), ("edit", 12, 12)]
+    assert all(r["rejected"].strip() for r in records)
+
+
 def test_an_undone_pick_produces_no_pair(tmp_path):
     db = tmp_path / "test.db"
     with open_store(db) as store:
