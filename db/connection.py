@@ -14,7 +14,7 @@ from urllib.parse import quote
 import sqlite_utils
 
 from gristmill import __version__
-from gristmill.db.migrations import MIGRATIONS, migration_names
+from gristmill.db.migrations import MIGRATIONS, MigrationError, migration_names
 
 # One attempt at the write lock waits this long inside SQLite; `Store.write` then retries with backoff for as
 # long as it takes. Short, because SQLite's wait cannot be interrupted: Ctrl-C lands between attempts.
@@ -234,6 +234,9 @@ def open_store(path: str | Path, *, migrate: bool = True, stop_before: str | Non
     if migrate:
         try:
             _migrate(store, stop_before)
+        except MigrationError as error:
+            store.close()
+            raise StoreError(f"database {path}: {error}") from error
         except sqlite3.DatabaseError as error:
             store.close()
             if is_busy(error):

@@ -6,6 +6,8 @@ Never edit a released migration; append a new one.
 
 from __future__ import annotations
 
+import re
+
 from sqlite_utils import Database, Migrations
 
 MIGRATIONS = Migrations("gristmill")
@@ -347,6 +349,18 @@ def m009_search_index(db: Database) -> None:
                   FROM generations g JOIN instructions i ON i.id = g.instruction_id""")
 
 
+class MigrationError(Exception):
+    """A migration cannot be applied to this database as it is; the message says what and what to do."""
+
+
+# How m001 declared the table and its id, and how tools that rebuild a table (sqlite-utils `transform`, DB Browser)
+# write them back: the name quoted, the column in brackets or quotes.
+_GENERATIONS_TABLE = re.compile(
+    r"^\s*CREATE\s+TABLE\s+(?:\"generations\"|\[generations\]|`generations`|generations)\s*\(", re.I
+)
+_ID_COLUMN = re.compile(r"([\"\[`]?id[\"\]`]?\s+INTEGER\s+PRIMARY\s+KEY)(\s+AUTOINCREMENT)?", re.I)
+
+
 @MIGRATIONS()
 def m010_generation_ids_never_reused(db: Database) -> None:
     """Generation ids are AUTOINCREMENT: a new generation never takes the id of one deleted by hand.
@@ -359,32 +373,46 @@ def m010_generation_ids_never_reused(db: Database) -> None:
     the counter starts above every id any table still refers to.
     """
     (table_sql,) = db.execute("SELECT sql FROM sqlite_master WHERE type = 'table' AND name = 'generations'").fetchone()
-    dependents = [
-        sql
-        for (sql,) in db.execute(
-            "SELECT sql FROM sqlite_master WHERE tbl_name = 'generations' AND type IN ('index', 'trigger') "
-            "AND sql IS NOT NULL"
-        ).fetchall()
-    ]
-    rebuilt = table_sql.replace("CREATE TABLE generations", "CREATE TABLE generations_rebuilt", 1)
-    rebuilt = rebuilt.replace("id INTEGER PRIMARY KEY,", "id INTEGER PRIMARY KEY AUTOINCREMENT,", 1)
-    if "AUTOINCREMENT" not in rebuilt:
-        raise RuntimeError("m010: the generations table's id column is not declared as m001 declared it")
-    db.execute("PRAGMA legacy_alter_table = ON")
-    db.execute(rebuilt)
-    db.execute("INSERT INTO generations_rebuilt SELECT * FROM generations")
-    db.execute("DROP TABLE generations")
-    db.execute("ALTER TABLE generations_rebuilt RENAME TO generations")
-    db.execute("PRAGMA legacy_alter_table = OFF")
-    for sql in dependents:
-        db.execute(sql)
-    db.execute("DELETE FROM sqlite_sequence WHERE name = 'generations'")  # the copy above made one; one row a table
+    id_column = _ID_COLUMN.search(table_sql)
+    if not _GENERATIONS_TABLE.match(table_sql) or id_column is None:
+        raise MigrationError(
+            "its generations table is not declared as gristmill declares it (no `id INTEGER PRIMARY KEY` column "
+            "found), so gristmill cannot make its ids AUTOINCREMENT; restore the table's definition"
+        )
+    if id_column.group(2) is None:  # not AUTOINCREMENT yet (a tool may have rebuilt it that way already)
+        dependents = [
+            sql
+            for (sql,) in db.execute(
+                "SELECT sql FROM sqlite_master WHERE tbl_name = 'generations' AND type IN ('index', 'trigger') "
+                "AND sql IS NOT NULL"
+            ).fetchall()
+        ]
+        rebuilt = _GENERATIONS_TABLE.sub("CREATE TABLE generations_rebuilt (", table_sql, count=1)
+        rebuilt = _ID_COLUMN.sub(lambda m: m.group(1) + " AUTOINCREMENT", rebuilt, count=1)
+        db.execute("PRAGMA legacy_alter_table = ON")
+        try:
+            db.execute(rebuilt)
+            db.execute("INSERT INTO generations_rebuilt SELECT * FROM generations")
+            db.execute("DROP TABLE generations")
+            db.execute("ALTER TABLE generations_rebuilt RENAME TO generations")
+        finally:
+            db.execute("PRAGMA legacy_alter_table = OFF")
+        for sql in dependents:
+            db.execute(sql)
+    db.execute(
+        """UPDATE sqlite_sequence SET seq = max(seq,
+               (SELECT coalesce(max(generation_id), 0) FROM reviews),
+               (SELECT coalesce(max(generation_id), 0) FROM review_cancellations),
+               (SELECT coalesce(max(generation_id), 0) FROM claims))
+           WHERE name = 'generations'"""
+    )
     db.execute(
         """INSERT INTO sqlite_sequence (name, seq) SELECT 'generations', max(
                (SELECT coalesce(max(id), 0) FROM generations),
                (SELECT coalesce(max(generation_id), 0) FROM reviews),
                (SELECT coalesce(max(generation_id), 0) FROM review_cancellations),
-               (SELECT coalesce(max(generation_id), 0) FROM claims))"""
+               (SELECT coalesce(max(generation_id), 0) FROM claims))
+           WHERE NOT EXISTS (SELECT 1 FROM sqlite_sequence WHERE name = 'generations')"""
     )
 
 

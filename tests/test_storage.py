@@ -171,3 +171,40 @@ def test_a_database_from_a_newer_gristmill_is_refused_not_written(tmp_path):
         names = [r[0] for r in conn.execute("SELECT name FROM _sqlite_migrations")]
     conn.close()
     assert "m010_generation_ids_never_reused" not in names
+
+
+def test_the_autoincrement_rebuild_reads_a_table_a_tool_rewrote(tmp_path):
+    """sqlite-utils' transform (and DB Browser) write the table back as CREATE TABLE "generations" ([id] ...):
+    the rebuild must still find the id, keep every row, and count past the ids the log names."""
+    import sqlite_utils
+
+    path = tmp_path / "tool.db"
+    with open_store(path, stop_before="m010_generation_ids_never_reused") as old, old.write() as conn:
+        _seed(conn)
+    sqlite_utils.Database(path)["generations"].transform(types={"error": str})
+    assert '"generations"' in sqlite3.connect(path).execute(
+        "SELECT sql FROM sqlite_master WHERE name = 'generations'").fetchone()[0]
+    _delete_reviewed_newest_generation_by_hand(path)
+    with open_store(path) as store:
+        assert "AUTOINCREMENT" in store.conn.execute(
+            "SELECT sql FROM sqlite_master WHERE name = 'generations'").fetchone()[0]
+        assert [r[0] for r in store.conn.execute("SELECT id FROM generations")] == [1]
+        assert _add_generation(store) == 3
+
+
+def test_a_generations_table_without_an_integer_primary_key_is_one_clear_error(tmp_path):
+    import pytest
+
+    from gristmill.db import StoreError
+
+    path = tmp_path / "odd.db"
+    with open_store(path, stop_before="m010_generation_ids_never_reused") as old, old.write() as conn:
+        _seed(conn)
+    import sqlite_utils
+
+    sqlite_utils.Database(path)["generations"].transform(pk=("run_id", "instruction_id", "sample_index"))
+    with pytest.raises(StoreError, match="generations table is not declared as gristmill declares it"):
+        open_store(path)
+    with sqlite3.connect(path) as conn:
+        assert "m010_generation_ids_never_reused" not in [r[0] for r in conn.execute("SELECT name FROM _sqlite_migrations")]
+    conn.close()
