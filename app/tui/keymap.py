@@ -8,6 +8,7 @@ Both are configuration errors, said in one line before the app starts.
 from __future__ import annotations
 
 from textual.binding import Binding
+from textual.keys import _character_to_key  # how Textual itself spells a one-character key
 
 from gristmill.app.tui.app import GristmillApp
 from gristmill.app.tui.browse_filter import BrowseFilterScreen
@@ -44,13 +45,25 @@ def _bindings(owner: type) -> list[Binding]:
     return [b if isinstance(b, Binding) else Binding(*b) for b in getattr(owner, "BINDINGS", [])]
 
 
-def _keys(binding: Binding, keymap: dict[str, str]) -> list[str]:
+def _keys(binding: Binding, keymap: dict[str, str]) -> set[str]:
+    """The keys `binding` answers to under `keymap`, spelled as Textual spells them ("?" is "question_mark")."""
     given = keymap.get(binding.id, binding.key) if binding.id else binding.key
-    return [key.strip() for key in given.split(",") if key.strip()]
+    return {_character_to_key(key) if len(key) == 1 else key for key in map(str.strip, given.split(",")) if key}
+
+
+def _holders(bindings: list[Binding], keymap: dict[str, str]) -> dict[str, list[Binding]]:
+    holders: dict[str, list[Binding]] = {}
+    for binding in bindings:
+        for key in _keys(binding, keymap):
+            holders.setdefault(key, []).append(binding)
+    return holders
 
 
 def keymap_problem(keymap: dict[str, str]) -> str | None:
-    """The first problem with `keymap` (binding id -> keys), as `keymap.ID: ...`, or None."""
+    """The first problem with `keymap` (binding id -> keys), as `keymap.ID: ...`, or None.
+
+    A key two bindings of one screen already share without the keymap (a dialog's own `q` over the app's
+    quit) is by design; a clash is a pair the keymap makes."""
     app_bindings = _bindings(GristmillApp)
     known = {b.id for b in app_bindings if b.id} | {
         b.id for screen in SCREENS.values() for b in _bindings(screen) if b.id
@@ -61,17 +74,15 @@ def keymap_problem(keymap: dict[str, str]) -> str | None:
         if not [key for key in keys.split(",") if key.strip()]:
             return f"keymap.{binding_id}: no key given"
     for where, screen in SCREENS.items():
-        holders: dict[str, Binding] = {}
-        for binding in _bindings(screen) + app_bindings:
-            for key in _keys(binding, keymap):
-                other = holders.setdefault(key, binding)
-                if other is binding or other.id == binding.id:
-                    continue
-                if binding.id in keymap or other.id in keymap:
-                    remapped = binding if binding.id in keymap else other
-                    clashing = other if remapped is binding else binding
-                    return (
-                        f"keymap.{remapped.id}: key {key!r} is already {clashing.id!r} ({clashing.description}) "
-                        f"in the {where}; give one of them another key"
-                    )
+        bindings = _bindings(screen) + app_bindings
+        by_default = _holders(bindings, {})
+        for key, holders in _holders(bindings, keymap).items():
+            shared_before = {b.id for b in by_default.get(key, [])}
+            for remapped in (b for b in holders if b.id in keymap):
+                for other in holders:
+                    if other.id != remapped.id and not {other.id, remapped.id} <= shared_before:
+                        return (
+                            f"keymap.{remapped.id}: key {key!r} is already {other.id!r} ({other.description}) "
+                            f"in the {where}; give one of them another key"
+                        )
     return None
