@@ -10,6 +10,7 @@ import hashlib
 import json
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
+from pathlib import Path
 
 from gristmill import __version__
 from gristmill.app.prompts import (
@@ -226,9 +227,20 @@ def options_the_run_overrides(run: RunRecord, typed: dict[str, object]) -> list[
         if value is None:
             continue
         given = sorted(set(value)) if isinstance(value, (list, tuple)) else value
-        if given != own[name]:
+        if given != own[name] and not (name == "style" and _same_style(run, str(given))):
             differing.append(f"--{name.replace('_', '-')} {given} (the run's: {own[name]})")
     return differing
+
+
+def _same_style(run: RunRecord, typed: str) -> bool:
+    """`--style ./s.toml` names the run's `s.toml` if it is the same file, or says the same as the run's style."""
+    stored = str(run.settings.get("style", run.style))
+    if Path(typed).is_file() and Path(stored).is_file() and Path(typed).resolve() == Path(stored).resolve():
+        return True
+    try:
+        return style_digest(load_style(typed)) == style_digest(run_style(run))
+    except StyleError:
+        return False
 
 
 def style_file_drift(run: RunRecord) -> str | None:

@@ -205,6 +205,20 @@ def test_run_n_refuses_style_and_sampling_options_that_differ_from_the_runs_own(
     assert same.exit_code == 0, same.output
 
 
+def test_run_n_takes_its_style_file_by_any_path(tmp_path, gemma_path):
+    write(tmp_path / "a.txt", "one\ntwo\n")
+    runner.invoke(app, ["add", str(tmp_path / "a.txt")])
+    write(tmp_path / "s.toml", STYLE)
+    first = runner.invoke(app, ["generate", "--style", "s.toml", "--max-tokens", "2", "--limit", "1", "--quiet"])
+    assert first.exit_code == 0, first.output
+    for spelling in ("./s.toml", str(tmp_path / "s.toml")):
+        again = runner.invoke(app, ["generate", "--run", "1", "--style", spelling, "--max-tokens", "2", "--quiet"])
+        assert again.exit_code == 0, (spelling, again.output)
+    write(tmp_path / "t.toml", STYLE.replace("Answer:", "Reply:"))
+    other = runner.invoke(app, ["generate", "--run", "1", "--style", "t.toml", "--quiet"])
+    assert other.exit_code == 2 and "--style t.toml (the run's: s.toml)" in " ".join(other.output.split())
+
+
 def test_a_run_from_before_m006_keeps_resuming(tmp_path):
     path = tmp_path / "old.db"
     engine = FakeEngine()
