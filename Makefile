@@ -49,7 +49,7 @@ demo: install
 	mkdir -p $(dir $(DEMO_DB))
 	$(BIN)/gristmill --db $(DEMO_DB) add $$($(BIN)/python -c "import gristmill.app, pathlib; print(pathlib.Path(gristmill.app.__file__).parent / 'data' / 'sample_instructions.jsonl')")
 	$(BIN)/gristmill --db $(DEMO_DB) generate --max-tokens 128
-	@if [ -t 0 ] && [ -t 1 ]; then $(BIN)/gristmill --db $(DEMO_DB) review; \
+	@if [ -t 0 ] && [ -t 1 ] && [ -t 2 ]; then $(BIN)/gristmill --db $(DEMO_DB) review; \
 	else echo "not a terminal: skipping the review app; run '$(BIN)/gristmill --db $(DEMO_DB) review'"; fi
 
 # Every test run first keeps the house clean: ruff check, the format check, then the type checker (`make lint`

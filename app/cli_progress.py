@@ -1,5 +1,6 @@
-"""How a generate run shows on the terminal: the model hash bar, the progress bar (or log lines), the waits for
-another process's write lock, and the closing summary. `generate` (options and checks) calls these."""
+"""What long commands show while they work: the model hash bar and the generation progress bar (log lines where
+stderr is no terminal or with --quiet), the closing summary of a run (`generate`), and the waits for another
+process's write lock (`generate`, `add`)."""
 
 from __future__ import annotations
 
@@ -34,7 +35,7 @@ def fingerprint_with_progress(engine, quiet: bool) -> None:
     path = getattr(engine, "path", None)
     if path is None or cached_fingerprint(Path(path)) is not None:
         return
-    if quiet:
+    if quiet or not err.is_terminal:  # a transient bar on a file or pipe shows nothing at all
         out.print(f"hashing {escape(str(path))} once to identify the run (cached afterwards)")
         fingerprint(Path(path))
         return

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import getpass
 import signal
 import sys
@@ -70,7 +71,10 @@ def _interrupt_quits(app_: Any) -> Iterator[list[int]]:
 
     def quit_app(signum: int, _frame: object) -> None:
         received.append(signum)
-        app_.exit()
+        try:  # wake the event loop, as asyncio's own handler does: a bare exit() waited for some timer to fire
+            asyncio.get_running_loop().call_soon_threadsafe(app_.exit)
+        except RuntimeError:  # before the app's loop runs, or after
+            app_.exit()
 
     previous = signal.signal(signal.SIGINT, quit_app)
     try:
