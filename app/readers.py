@@ -141,9 +141,9 @@ def _csv(handle: BinaryIO, instruction_key: str | None = None) -> Iterator[Row |
             if header is None:
                 header = [h.strip() for h in fields]
                 record_start = reader.line_num + 1
-                repeated = sorted({h for h in header if header.count(h) > 1}, key=header.index)
+                repeated = sorted({h for h in header if h and header.count(h) > 1}, key=header.index)
                 if repeated:  # a row would keep only the last column of each name: refuse, never drop silently
-                    names = ", ".join(repr(h) if h else "an unnamed column" for h in repeated)
+                    names = ", ".join(map(repr, repeated))
                     yield Problem(1, f"the header names {names} more than once; give every column its own name")
                     return
                 if instruction_key is not None and instruction_key not in header:
@@ -167,8 +167,12 @@ def _csv(handle: BinaryIO, instruction_key: str | None = None) -> Iterator[Row |
                 continue
             if len(fields) != len(header):
                 yield Problem(record_start, f"has {len(fields)} fields, the header has {len(header)}")
-            else:
-                yield record_start, dict(zip(header, fields, strict=True))
+            elif unnamed := [n for n, (h, f) in enumerate(zip(header, fields, strict=True), 1) if not h and f.strip()]:
+                yield Problem(
+                    record_start, f"column {unnamed[0]} has a value but no name in the header; name the column"
+                )
+            else:  # unnamed columns are empty here (a spreadsheet's trailing commas): nothing to keep
+                yield record_start, {h: f for h, f in zip(header, fields, strict=True) if h}
             record_start = reader.line_num + 1
     except csv.Error as error:
         yield from problems

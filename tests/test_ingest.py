@@ -52,6 +52,13 @@ def test_json_csv_txt_and_type_override(tmp_path, store):
     assert rows[4]["source"] == "c.txt:4"
 
 
+def test_a_spreadsheets_trailing_unnamed_empty_columns_import(tmp_path, store):
+    result = add(str(write(tmp_path / "s.csv", "instruction,input,,\nHello,x,,\nWorld,, ,\n")))
+    assert result.exit_code == 0, result.output
+    assert [(r["instruction"], r["input"], r["metadata"]) for r in stored(store)] == [
+        ("Hello", "x", "{}"), ("World", "", "{}")]
+
+
 def test_blank_lines_are_skipped_and_counted_in_every_line_format(tmp_path, store):
     """No record, so nothing to import; but what a default skips is said: each file's line counts them."""
     files = [write(tmp_path / "a.txt", "Four\n\n  \nFive\n"),
@@ -94,7 +101,7 @@ def test_key_mapping_options(tmp_path, store):
     ("a.csv", 'prompt,input\nhello,x\n', "a.csv:1: the header has no 'instruction' column"),
     ("a.csv", 'instruction,input\nhello,x,extra\n', "a.csv:2: has 3 fields, the header has 2"),
     ("a.csv", 'instruction,instruction\nkept,dropped\n', "a.csv:1: the header names 'instruction' more than once"),
-    ("a.csv", 'instruction,,\nhello,x,y\n', "a.csv:1: the header names an unnamed column more than once"),
+    ("a.csv", 'instruction,,\nhello,,y\n', "a.csv:2: column 3 has a value but no name in the header"),
     ("a.json", '{"instruction": "not a list"}', "a.json:1: expected a JSON list"),
     ("a.json", '[{"instruction": "ok"},\n {"instruction": "x"} {"instruction": "y"}]',
      "a.json:2: invalid JSON: expected ',' or ']'"),
