@@ -286,22 +286,35 @@ def _store_error(path: Path, error: sqlite3.DatabaseError) -> Exception:
 
 
 def _migrate(store: Store, stop_before: str | None) -> None:
-    """Apply pending migrations, waiting (like every writer) while another process holds the write lock."""
+    """Apply pending migrations under the write lock, waiting (like every writer) while another process holds it.
+
+    Under the lock, because which migrations are pending must be read by one process at a time: two processes
+    opening an old database at once would both see m010 pending and the second would rebuild a table the first
+    had already rebuilt. Each migration is a savepoint in that one transaction.
+    """
     delay = RETRY_FIRST_S
     while True:
+        if not MIGRATIONS.pending(store.db):
+            return
         # A migration may rebuild a table (SQLite's procedure for what ALTER TABLE cannot do); with foreign keys
         # on, dropping the old table would fail on the rows that refer to it. The pragma is a no-op in a transaction.
         store.conn.execute("PRAGMA foreign_keys = OFF")
         try:
-            MIGRATIONS.apply(store.db, stop_before=stop_before)
+            store.conn.execute("BEGIN IMMEDIATE")
+            MIGRATIONS.apply(store.db, stop_before=stop_before)  # reads what is pending again, under the lock
+            store.conn.execute("COMMIT")
             return
         except sqlite3.OperationalError as error:
-            if not is_busy(error):
-                raise
             if store.conn.in_transaction:
                 store.conn.execute("ROLLBACK")
+            if not is_busy(error):
+                raise
             time.sleep(delay)
             delay = min(delay * 2, RETRY_MAX_S)
+        except BaseException:
+            if store.conn.in_transaction:
+                store.conn.execute("ROLLBACK")
+            raise
         finally:
             store.conn.execute("PRAGMA foreign_keys = ON")
 

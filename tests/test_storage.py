@@ -208,3 +208,26 @@ def test_a_generations_table_without_an_integer_primary_key_is_one_clear_error(t
     with sqlite3.connect(path) as conn:
         assert "m010_generation_ids_never_reused" not in [r[0] for r in conn.execute("SELECT name FROM _sqlite_migrations")]
     conn.close()
+
+
+def test_processes_opening_an_old_database_at_once_migrate_it_once(tmp_path):
+    """Which migrations are pending is read under the write lock: the second process waits, then finds none
+    (it had read m010 as pending too, rebuilt the rebuilt table and failed on recording it)."""
+    import subprocess
+    import sys
+
+    path = tmp_path / "old.db"
+    with open_store(path, stop_before="m010_generation_ids_never_reused") as old, old.write() as conn:
+        _seed(conn)
+        conn.executemany("INSERT INTO generations (instruction_id, run_id, sample_index, created_at) "
+                         "VALUES (1, 1, ?, 't')", [(k,) for k in range(2, 20_000)])
+    script = "import sys; from gristmill.db import open_store; open_store(sys.argv[1]).close(); print('ok')"
+    processes = [subprocess.Popen([sys.executable, "-c", script, str(path)], stdout=subprocess.PIPE,
+                                  stderr=subprocess.PIPE, text=True) for _ in range(4)]
+    results = [p.communicate(timeout=120) for p in processes]
+    assert [p.returncode for p in processes] == [0] * 4, results
+    with sqlite3.connect(path) as conn:
+        names = [r[0] for r in conn.execute("SELECT name FROM _sqlite_migrations")]
+        assert names.count("m010_generation_ids_never_reused") == 1
+        assert conn.execute("SELECT count(*) FROM generations").fetchone()[0] == 20_000
+    conn.close()
