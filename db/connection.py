@@ -210,27 +210,13 @@ def open_store(path: str | Path, *, migrate: bool = True, stop_before: str | Non
         raise _store_error(path, error) from error
     store = Store(conn, str(path))
     try:
-        foreign = _foreign_tables(store)
+        refused = _why_not_to_open(store)
     except sqlite3.DatabaseError as error:
         store.close()
         raise _store_error(path, error) from error
-    if foreign:
+    if refused:
         store.close()
-        raise StoreError(
-            f"database {path}: a SQLite database, but not gristmill's (it has {foreign}); "
-            "give a new file or a gristmill database"
-        )
-    try:
-        unknown = _unknown_migrations(store)
-    except sqlite3.DatabaseError as error:
-        store.close()
-        raise _store_error(path, error) from error
-    if unknown:
-        store.close()
-        raise StoreError(
-            f"database {path}: made by a newer gristmill (its schema has {', '.join(unknown)}, which this "
-            f"version {__version__} does not know); upgrade gristmill to open it"
-        )
+        raise StoreError(f"database {path}: {refused}")
     if migrate:
         try:
             _migrate(store, stop_before)
@@ -243,6 +229,20 @@ def open_store(path: str | Path, *, migrate: bool = True, stop_before: str | Non
                 raise
             raise _store_error(path, error) from error
     return store
+
+
+def _why_not_to_open(store: Store) -> str | None:
+    """Why this SQLite file is not one this version may open (another application's, a newer gristmill's)."""
+    foreign = _foreign_tables(store)
+    if foreign:
+        return f"a SQLite database, but not gristmill's (it has {foreign}); give a new file or a gristmill database"
+    unknown = _unknown_migrations(store)
+    if unknown:
+        return (
+            f"made by a newer gristmill (its schema has {', '.join(unknown)}, which this version {__version__} "
+            "does not know); upgrade gristmill to open it"
+        )
+    return None
 
 
 def _unknown_migrations(store: Store) -> list[str]:
