@@ -149,12 +149,17 @@ def test_cli_refusal_points_to_retry_refused_not_a_new_run(tmp_path, gemma_path)
     assert "run 1:" in again.output and "2 done, 0 refused" in again.output
 
 
-def test_run_n_keeps_its_stored_style_and_says_the_file_changed(tmp_path, gemma_path):
+def first_run_from_a_style_file(tmp_path) -> None:
+    """Run 1: one of two instructions, generated with the style file s.toml."""
     write(tmp_path / "a.txt", "one\ntwo\n")
     runner.invoke(app, ["add", str(tmp_path / "a.txt")])
     write(tmp_path / "s.toml", STYLE)
     first = runner.invoke(app, ["generate", "--style", "s.toml", "--max-tokens", "2", "--limit", "1", "--quiet"])
     assert first.exit_code == 0, first.output
+
+
+def test_run_n_keeps_its_stored_style_and_says_the_file_changed(tmp_path, gemma_path):
+    first_run_from_a_style_file(tmp_path)
     write(tmp_path / "s.toml", STYLE.replace("Answer:", "Reply:"))
     second = runner.invoke(app, ["generate", "--run", "1", "--quiet"])
     assert second.exit_code == 0, second.output
@@ -206,11 +211,7 @@ def test_run_n_refuses_style_and_sampling_options_that_differ_from_the_runs_own(
 
 
 def test_run_n_takes_its_style_file_by_any_path(tmp_path, gemma_path):
-    write(tmp_path / "a.txt", "one\ntwo\n")
-    runner.invoke(app, ["add", str(tmp_path / "a.txt")])
-    write(tmp_path / "s.toml", STYLE)
-    first = runner.invoke(app, ["generate", "--style", "s.toml", "--max-tokens", "2", "--limit", "1", "--quiet"])
-    assert first.exit_code == 0, first.output
+    first_run_from_a_style_file(tmp_path)
     for spelling in ("./s.toml", str(tmp_path / "s.toml")):
         again = runner.invoke(app, ["generate", "--run", "1", "--style", spelling, "--max-tokens", "2", "--quiet"])
         assert again.exit_code == 0, (spelling, again.output)
