@@ -94,7 +94,9 @@ def generate(
     ] = None,
     tokenizer: Annotated[
         Optional[str],
-        typer.Option(help="With --server: the served model's GGUF (vocab only) or tokenizer.json. Default: --model."),
+        typer.Option(
+            help="With --server: the served model's GGUF (vocab only) or tokenizer.json. Default: --model, if given."
+        ),
     ] = None,
     concurrency: Annotated[
         Optional[int], typer.Option(min=1, help="With --server: requests in flight per server.")

@@ -7,7 +7,7 @@ from pathlib import Path
 
 from gristmill.app.config import GenerateConfig
 from gristmill.app.errors import BadInput
-from gristmill.models import Engine, EngineError, create_engine
+from gristmill.models import Engine, EngineError, EngineSetupError, create_engine
 from gristmill.models.batch import ConcurrentEngine, SerialSequences
 from gristmill.models.default_model import default_model_path
 
@@ -96,16 +96,19 @@ def open_remote_engine(config: GenerateConfig) -> Engine:
     if not Path(tokenizer).expanduser().is_file():
         raise BadInput(f"--tokenizer {tokenizer}: tokenizer file not found")
     policy = RetryPolicy(attempts=max(1, config.retries), timeout_s=config.request_timeout)
-    return create_engine(
-        "remote",
-        servers=config.server,
-        tokenizer=Path(tokenizer).expanduser(),
-        concurrency=config.concurrency,
-        api_key=_key_from_env(config.api_key_env),
-        server_kind=config.server_kind,
-        add_bos=config.add_bos,
-        policy=policy,
-    )
+    try:
+        return create_engine(
+            "remote",
+            servers=config.server,
+            tokenizer=Path(tokenizer).expanduser(),
+            concurrency=config.concurrency,
+            api_key=_key_from_env(config.api_key_env),
+            server_kind=config.server_kind,
+            add_bos=config.add_bos,
+            policy=policy,
+        )
+    except EngineSetupError as error:  # the command asks for something that cannot be: fix it (exit 2)
+        raise BadInput(str(error)) from error
 
 
 def _key_from_env(name: str):

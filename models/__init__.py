@@ -3,6 +3,7 @@
 from gristmill.models.base import (
     Engine,
     EngineError,
+    EngineSetupError,
     GenerationParams,
     GenerationResult,
     ModelInfo,
@@ -14,6 +15,7 @@ from gristmill.models.registry import create_engine, engine_names, register_engi
 __all__ = [
     "Engine",
     "EngineError",
+    "EngineSetupError",
     "GenerationParams",
     "GenerationResult",
     "ModelInfo",

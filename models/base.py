@@ -18,6 +18,11 @@ class EngineError(RuntimeError):
     """The engine could not run (bad model file, server down); the item is marked failed."""
 
 
+class EngineSetupError(EngineError):
+    """The engine cannot be set up as asked (a malformed server URL, a tokenizer of another model than the one
+    served): the user fixes the command, so the command line reports it as bad input."""
+
+
 class PromptRefused(ValueError):
     """This prompt must not be fed (too long, control tokens); the item is marked refused with the reason."""
 

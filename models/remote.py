@@ -24,7 +24,15 @@ from concurrent.futures import Future
 from dataclasses import dataclass
 from pathlib import Path
 
-from gristmill.models.base import Engine, EngineError, GenerationParams, GenerationResult, ModelInfo, TextPiece
+from gristmill.models.base import (
+    Engine,
+    EngineError,
+    EngineSetupError,
+    GenerationParams,
+    GenerationResult,
+    ModelInfo,
+    TextPiece,
+)
 from gristmill.models.batch import ConcurrentEngine, PromptJob, SampleRequest, SequenceEvent
 from gristmill.models.remote_http import (
     ClientPool,
@@ -86,15 +94,15 @@ class RemoteEngine(Engine, ConcurrentEngine):
         **_ignored,
     ):
         if not servers:
-            raise EngineError("no --server given")
+            raise EngineSetupError("no --server given")
         if concurrency < 1:
-            raise EngineError("--concurrency must be at least 1")
+            raise EngineSetupError("--concurrency must be at least 1")
         if server_kind is not None and server_kind not in SERVER_KINDS:
-            raise EngineError(f"--server-kind must be one of {', '.join(SERVER_KINDS)}, not {server_kind!r}")
+            raise EngineSetupError(f"--server-kind must be one of {', '.join(SERVER_KINDS)}, not {server_kind!r}")
         try:
             urls = list(dict.fromkeys(normalize_url(url) for url in servers))
         except ValueError as error:
-            raise EngineError(str(error)) from None
+            raise EngineSetupError(str(error)) from None
         self.policy = policy or RetryPolicy()
         self.concurrency = concurrency
         self._key = api_key if isinstance(api_key, Secret) or api_key is None else Secret(api_key)
@@ -138,6 +146,13 @@ class RemoteEngine(Engine, ConcurrentEngine):
             if endpoint.served is None:
                 raise unreachable(endpoint.url, reason or "no answer")
         served = [(e.url, _served(e)) for e in self.pool.endpoints]
+        for url, model in served:
+            if self.tokenizer.exact_vocab and model.n_vocab is not None and model.n_vocab != self.tokenizer.n_vocab:
+                raise EngineSetupError(
+                    f"server {url} serves {model.model_id!r} with a vocabulary of {model.n_vocab:,} tokens, and the "
+                    f"tokenizer {self.tokenizer.path} has {self.tokenizer.n_vocab:,}: they are different models; "
+                    "give --tokenizer the served model's GGUF or tokenizer.json"
+                )
         if len({s.model_id for _, s in served}) > 1 or len({s.kind for _, s in served}) > 1:
             listing = ", ".join(f"{url}: {s.kind} {s.model_id!r}" for url, s in served)
             raise EngineError(
@@ -356,6 +371,12 @@ class RemoteEngine(Engine, ConcurrentEngine):
         """The sampled ids rendered as the in-process engine renders them; the server's text is only compared."""
         tok = self.tokenizer
         sampled = list(token_ids)
+        foreign = [t for t in sampled if not 0 <= t < tok.n_vocab]
+        if foreign:  # llama.cpp aborts the process on an id outside its vocabulary: never render one
+            raise Mismatch(
+                f"it sampled token id {foreign[0]}, outside the tokenizer's vocabulary of {tok.n_vocab:,} "
+                "(does it serve another model than --tokenizer?)"
+            )
         eos = bool(sampled) and tok.is_eog(sampled[-1])
         if eos:
             sampled.pop()

@@ -59,6 +59,7 @@ class ServedModel:
     kind: str
     n_ctx: int | None
     raw: dict
+    n_vocab: int | None = None  # llama-server says it (meta.n_vocab); vLLM does not
 
 
 @dataclass(frozen=True)
@@ -101,7 +102,8 @@ def detect_models(body: object, forced_kind: str | None = None) -> ServedModel:
         n_ctx = meta["n_ctx"]
     elif isinstance(card.get("max_model_len"), int):
         n_ctx = card["max_model_len"]
-    return ServedModel(model_id=card["id"], kind=kind, n_ctx=n_ctx, raw=body)
+    n_vocab = meta["n_vocab"] if isinstance(meta, dict) and isinstance(meta.get("n_vocab"), int) else None
+    return ServedModel(model_id=card["id"], kind=kind, n_ctx=n_ctx, raw=body, n_vocab=n_vocab)
 
 
 def build_request(kind: str, model_id: str, ids: list[int], params: GenerationParams, seed: int, n: int) -> dict:

@@ -31,6 +31,10 @@ class RemoteTokenizer(ABC):
     bos_id: int | None
     eos_id: int | None
     context_length: int  # what the tokenizer's file says the model was trained on (0: unknown)
+    n_vocab: int  # ids at or past it are not this vocabulary's: a server serving another model sent them
+    # whether n_vocab is the model's own count, as llama-server reports it: a GGUF's is; a tokenizer.json's may
+    # be smaller than the model's padded embedding (Qwen2.5: 151,665 against 151,936)
+    exact_vocab: bool = False
     name: str
     architecture: str
     has_chat_template: bool
@@ -80,6 +84,8 @@ class RemoteTokenizer(ABC):
 class GgufTokenizer(RemoteTokenizer):
     """The GGUF's own vocabulary through llama.cpp: the same ids, BOS rule and control tokens as in-process."""
 
+    exact_vocab = True
+
     def __init__(self, path: Path, add_bos: bool | None = None):
         from gristmill.models.llama_cpp_engine import LlamaCppEngine
 
@@ -89,6 +95,7 @@ class GgufTokenizer(RemoteTokenizer):
         self.add_bos, self.add_bos_source = info.add_bos, info.add_bos_source
         self.bos_id, self.eos_id = info.bos_id, info.eos_id
         self.context_length = info.context_length
+        self.n_vocab = int(self._engine._lib.llama_vocab_n_tokens(self._engine._vocab))
         self.name, self.architecture = info.name, info.architecture
         self.has_chat_template = info.has_chat_template
         self.metadata = info.metadata
@@ -146,7 +153,8 @@ class HfTokenizer(RemoteTokenizer):
         self.name = path.parent.name or path.name
         self.architecture = "unknown"
         self.has_chat_template = bool(config.get("chat_template"))
-        self.metadata = {"tokenizer.json": str(path), "vocab_size": self._tok.get_vocab_size(with_added_tokens=True)}
+        self.n_vocab = self._tok.get_vocab_size(with_added_tokens=True)
+        self.metadata = {"tokenizer.json": str(path), "vocab_size": self.n_vocab}
 
     def tokenize(self, text: str) -> list[int]:
         ids = self._tok.encode(text, add_special_tokens=False).ids if text else []

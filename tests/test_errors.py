@@ -127,6 +127,10 @@ CASES = [
     C("option-empty-stop", ["generate", "--stop", ""], 2, "stop"),
     C("option-unknown", "stats --jsn", 2, "--jsn"),
     C("command-unknown", "stat", 2, "stat"),
+    C("server-no-scheme", "generate --server 127.0.0.1:8731 --tokenizer {model}", 2, "expected http://HOST:PORT"),
+    C("server-ftp", "generate --server ftp://x --tokenizer {model}", 2, "expected http://HOST:PORT"),
+    C("server-credentials", "generate --server http://u:p@127.0.0.1:8731 --tokenizer {model}", 2,
+      "credentials in the URL are not accepted"),
     C("preview-nothing", "preview", 2, "give an instruction"),
     C("preview-no-such-item", "preview --item 99", 2, "no instruction with id 99"),
     # the review app without a terminal
@@ -146,6 +150,7 @@ def _workspace(tmp_path: Path, gemma_path: Path) -> dict[str, str]:
     (ws / "adir").mkdir()
     paths["dir"] = ws / "adir"
     paths["empty_gguf"] = write(ws / "empty.gguf", b"")
+    paths["model"] = gemma_path
     with gemma_path.open("rb") as model:
         paths["truncated"] = write(ws / "truncated.gguf", model.read(2_000_000))
     paths["surrogate"] = write(ws / "surrogate.jsonl", '{"instruction": "bad \\ud800 text"}\n')

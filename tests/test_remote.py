@@ -392,3 +392,24 @@ def test_answer_optional_objects_absent_null_or_wrong_read_as_empty():
     answer = parse_answer(LLAMA_SERVER, json.dumps(body).encode(), 1)
     assert answer.timings == {"server_prompt_ms": 1.5, "cached_tokens": 2}
     assert answer.choices[0].token_ids == (7, 8) and answer.choices[0].stop_detail == "word"
+
+
+def test_a_server_serving_another_vocabulary_is_refused_before_any_request(smollm_tokenizers, monkeypatch):
+    """llama-server says its vocabulary size; a GGUF tokenizer of another model has another: refused up front.
+    (Rendering the other model's ids had aborted the process inside llama.cpp.)"""
+    _, gguf = smollm_tokenizers
+    monkeypatch.setattr(gguf, "close", lambda: None)  # the failed engine closes its tokenizer; the module's stays
+    with StubServer("llama-server") as stub:  # says n_vocab 262,144 (Gemma's); SmolLM2's GGUF has 49,152
+        with pytest.raises(EngineError, match="vocabulary of 262,144 tokens, and the tokenizer .* has 49,152"):
+            RemoteEngine([stub.url], gguf, policy=FAST)
+    assert stub.requests == []
+
+
+def test_an_id_outside_the_tokenizers_vocabulary_fails_the_item_never_the_process(tok):
+    with StubServer("vllm", reply_ids=[300_000, 17]) as stub:  # vLLM does not say its vocabulary size
+        engine = engine_for([stub.url], tok)
+        try:
+            with pytest.raises(EngineError, match="token id 300000, outside the tokenizer's vocabulary of 262,144"):
+                engine.generate(engine.tokenize("Q: x\nA:"), GenerationParams(max_tokens=8))
+        finally:
+            engine.close()

@@ -182,3 +182,26 @@ def test_generate_cli_stores_remote_outputs_like_local_ones(llama_server, gemma_
     for path in (db, db.with_name(db.name + "-wal"), log_file(), out, out.with_name(out.name + ".manifest.json")):
         if path.exists():
             assert KEY.encode() not in path.read_bytes(), path
+
+
+def test_a_tokenizer_of_another_model_than_the_served_one_is_exit_2_before_any_item(llama_server, smollm_path,
+                                                                                      tmp_path, monkeypatch):
+    """The real server serves Gemma (262,144 tokens); SmolLM2's GGUF has 49,152. Rendering Gemma's ids with it
+    aborted the process inside llama.cpp (exit 134, a native backtrace) after storing junk as done."""
+    from typer.testing import CliRunner
+
+    from gristmill.app.cli import app
+
+    source = tmp_path / "items.jsonl"
+    source.write_text(json.dumps({"instruction": "Name a colour."}) + "\n")
+    db = tmp_path / "remote.db"
+    runner = CliRunner()
+    assert runner.invoke(app, ["--db", str(db), "add", str(source)]).exit_code == 0
+    monkeypatch.setenv("GRISTMILL_API_KEY", KEY)
+    result = runner.invoke(app, ["--db", str(db), "generate", "--server", llama_server, "--tokenizer",
+                                 str(smollm_path), "--max-tokens", "8", "--quiet"])
+    assert result.exit_code == 2, result.output
+    assert "they are different models" in " ".join(result.output.split())
+    conn = sqlite3.connect(db)
+    assert conn.execute("SELECT count(*) FROM generations WHERE status != 'pending'").fetchone()[0] == 0
+    conn.close()
