@@ -19,12 +19,12 @@ from pathlib import Path
 from typing import Annotated, Any, Optional
 
 import typer
-from rich.console import Console
 from rich.markup import escape
 from typer.core import TyperGroup
 
 from gristmill import __version__, locations
 from gristmill.app.config import Config, load_config
+from gristmill.app.consoles import err, out
 from gristmill.app.errors import EXIT_BAD_INPUT, EXIT_INTERRUPTED, EXIT_RUNTIME, BadInput, Interrupted, as_expected
 from gristmill.app.textsafe import visible
 
@@ -134,8 +134,6 @@ app = typer.Typer(
     pretty_exceptions_enable=False,
     help="Turn a base model's completions into reviewed SFT data.",
 )
-out = Console(highlight=False, soft_wrap=True)  # never wrap: lines are read by scripts
-err = Console(stderr=True, highlight=False, soft_wrap=True)
 
 
 class State:

@@ -9,7 +9,8 @@ from typing import Annotated, Optional
 import typer
 from rich.markup import escape
 
-from gristmill.app.cli import State, app, one_line, open_db, out
+from gristmill.app.cli import State, app, one_line, open_db
+from gristmill.app.consoles import out
 from gristmill.app.errors import BadInput, RuntimeFailure
 
 

@@ -8,7 +8,8 @@ from typing import Annotated, Any, Optional
 import typer
 from rich.markup import escape
 
-from gristmill.app.cli import State, app, err, open_db, out
+from gristmill.app.cli import State, app, open_db
+from gristmill.app.consoles import err, out
 from gristmill.app.cli_progress import drive, fingerprint_with_progress, say_waiting, summary
 from gristmill.app.config import BOUNDS, GenerateConfig, check_generate
 from gristmill.app.errors import BadInput, Interrupted, RuntimeFailure

@@ -9,7 +9,7 @@ import time
 from rich.markup import escape
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
-from gristmill.app.cli import err, out
+from gristmill.app.consoles import err, out
 
 
 _waiting_since: list[float] = []
@@ -51,11 +51,18 @@ def fingerprint_with_progress(engine, quiet: bool) -> None:
         fingerprint(Path(path), on_progress=lambda done, total: bar.update(task, completed=done, total=total))
 
 
-def _rotation_note(engine) -> str:
-    """Endpoints out of the rotation, for the progress line (empty when all serve)."""
+STALLED_S = 30  # no item finished for this long, with items in flight: the progress line says so
+LOG_EVERY_S = 5  # without a bar, a progress line at most this often (and at the end)
+
+
+def _notes(engine, p) -> str:
+    """Endpoints out of the rotation, and a stall, for the progress line (empty when all is well)."""
     pool = getattr(engine, "pool", None)
     out_of_rotation = pool.out_of_rotation() if pool is not None else []
-    return f", out of rotation: {' '.join(out_of_rotation)}" if out_of_rotation else ""
+    notes = f", out of rotation: {' '.join(out_of_rotation)}" if out_of_rotation else ""
+    if p.in_flight and p.idle_s >= STALLED_S:
+        notes += f", {p.in_flight} in flight, none finished for {p.idle_s:.0f}s"
+    return notes
 
 
 def drive(store, engine, concurrent, run_record, style_obj, settings, limit, retry_failed, retry_refused, quiet):
@@ -84,12 +91,12 @@ def drive(store, engine, concurrent, run_record, style_obj, settings, limit, ret
         last_log = [0.0]
 
         def log_progress(p):
-            if time.monotonic() - last_log[0] >= 5 or p.finished == p.total:
+            if time.monotonic() - last_log[0] >= LOG_EVERY_S or p.finished == p.total:
                 last_log[0] = time.monotonic()
                 eta = f"{p.eta_s:.0f}s" if p.eta_s is not None else "?"
                 out.print(
-                    f"{p.finished}/{p.total} done, {p.refused} refused, {p.failed} failed, "
-                    f"{p.tokens_per_s:.1f} tok/s, ETA {eta}{escape(_rotation_note(engine))}"
+                    f"{p.finished}/{p.total} ({p.done} done, {p.refused} refused, {p.failed} failed), "
+                    f"{p.tokens_per_s:.1f} tok/s, ETA {eta}{escape(_notes(engine, p))}"
                 )
 
         return generate_all(on_progress=log_progress)
@@ -124,7 +131,7 @@ def drive(store, engine, concurrent, run_record, style_obj, settings, limit, ret
                 eta=eta,
                 refused=p.refused,
                 failed=p.failed,
-                rotation=_rotation_note(engine),
+                rotation=escape(_notes(engine, p)),
             )
 
         return generate_all(on_progress=show)

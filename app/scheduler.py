@@ -35,11 +35,12 @@ MAX_CONSECUTIVE_FAILURES = 5
 LOOKAHEAD_PER_SLOT = 4  # window of rendered items to choose from: enough to find prompts sharing a prefix
 MIN_LOOKAHEAD = 16
 POLL_TIMEOUT_S = 0.25  # a remote engine waits at most this long per poll, so a stop request is seen quickly
+HEARTBEAT_S = 5.0  # progress is posted at least this often while items are in flight, finished or not
 
 
 @dataclass(frozen=True)
 class Progress:
-    """Posted after every item; a UI may drop all but the latest."""
+    """Posted after every item, and every HEARTBEAT_S while none finishes; a UI may drop all but the latest."""
 
     run_id: int
     total: int
@@ -51,6 +52,8 @@ class Progress:
     last_generation_id: int | None = None
     last_status: str | None = None
     processed: int = 0  # items finished by this call: the denominator of the rate and the ETA
+    in_flight: int = 0  # items submitted to the engine and not finished
+    idle_s: float = 0.0  # seconds since an item last finished (or the run started): a stalled server shows here
 
     @property
     def finished(self) -> int:
@@ -218,7 +221,7 @@ class Scheduler:
     # --- the loop --------------------------------------------------------------------------------
     def run(self) -> Progress:
         counts = generations_db.status_counts(self.store, self.run_record.id)
-        self.started = time.perf_counter()
+        self.started = self.reported = self.last_finished = time.perf_counter()
         self.state = Progress(
             self.run_record.id,
             sum(counts.values()),
@@ -255,6 +258,8 @@ class Scheduler:
                         self.relay.piece(event.key, event.event.text)
                     else:
                         self._finish(event.key, event.event)
+                if time.perf_counter() - self.reported >= HEARTBEAT_S:  # nothing finished for a while: say so
+                    self._report()
         finally:
             if self.in_flight:
                 self.concurrent.cancel()
@@ -346,6 +351,15 @@ class Scheduler:
             outcome = prepared.record.outcome("failed", error=str(event) or type(event).__name__)  # it was fed
         self._commit(key, outcome)
 
+    def _report(self) -> None:
+        now = time.perf_counter()
+        self.reported = now
+        self.state = replace(
+            self.state, elapsed_s=now - self.started, in_flight=len(self.in_flight), idle_s=now - self.last_finished
+        )
+        if self.on_progress:
+            self.on_progress(self.state)
+
     def _commit(self, generation_id: int, outcome: Outcome) -> None:
         generations_db.finish(self.store, generation_id, outcome)
         state = self.state
@@ -355,13 +369,12 @@ class Scheduler:
             refused=state.refused + (outcome.status == "refused"),
             failed=state.failed + (outcome.status == "failed"),
             completion_tokens=state.completion_tokens + (outcome.completion_tokens or 0),
-            elapsed_s=time.perf_counter() - self.started,
             processed=state.processed + 1,
             last_generation_id=generation_id,
             last_status=outcome.status,
         )
-        if self.on_progress:
-            self.on_progress(self.state)
+        self.last_finished = time.perf_counter()
+        self._report()
         if outcome.status == "failed":
             self.consecutive_failures += 1
             if self.consecutive_failures >= MAX_CONSECUTIVE_FAILURES:

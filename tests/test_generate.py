@@ -93,7 +93,7 @@ def test_without_a_terminal_progress_is_log_lines_not_a_bar_shown_only_at_the_en
     add_instructions(tmp_path, 2)
     result = runner.invoke(app, ["generate", "--max-tokens", "2"])  # no --quiet; the runner's streams are no tty
     assert result.exit_code == 0, result.output
-    assert "2/2 done, 0 refused, 0 failed" in result.output and "━" not in result.output
+    assert "2/2 (2 done, 0 refused, 0 failed)" in result.output and "━" not in result.output
 
 
 def test_a_type_no_instruction_has_is_refused_before_a_run_is_made(tmp_path, gemma_path):

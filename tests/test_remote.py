@@ -413,3 +413,26 @@ def test_an_id_outside_the_tokenizers_vocabulary_fails_the_item_never_the_proces
                 engine.generate(engine.tokenize("Q: x\nA:"), GenerationParams(max_tokens=8))
         finally:
             engine.close()
+
+
+def test_a_logged_run_says_when_the_server_has_answered_nothing_for_a_while(tmp_path, monkeypatch, gemma_path,
+                                                                            reply):
+    """A server holding its connections without answering left `generate > log` silent for minutes."""
+    from typer.testing import CliRunner
+
+    import gristmill.app.cli_progress as cli_progress
+    import gristmill.app.scheduler as scheduler
+    from gristmill.app.cli import app
+
+    monkeypatch.setattr(scheduler, "HEARTBEAT_S", 0.2)
+    monkeypatch.setattr(cli_progress, "STALLED_S", 0.5)
+    monkeypatch.setattr(cli_progress, "LOG_EVERY_S", 0.2)
+    (tmp_path / "items.jsonl").write_text(json.dumps({"instruction": "Name a colour."}) + "\n")
+    runner = CliRunner()
+    assert runner.invoke(app, ["add", str(tmp_path / "items.jsonl")]).exit_code == 0
+    with StubServer("vllm", reply_ids=reply, faults=["timeout"], hang_s=1.5) as stub:  # answers after 1.5 s
+        result = runner.invoke(app, ["generate", "--server", stub.url, "--tokenizer", str(gemma_path),
+                                     "--max-tokens", "16"])
+    assert result.exit_code == 0, result.output
+    assert "0/1 (0 done, 0 refused, 0 failed)" in result.output
+    assert ", 1 in flight, none finished for " in result.output

@@ -195,3 +195,33 @@ def test_an_engine_error_fails_that_item_only_and_keeps_what_it_was_fed(tmp_path
     prompt, tokens, digest = store.query(
         "SELECT prompt, prompt_tokens, prompt_token_ids_sha256 FROM generations WHERE status = 'failed'")[0]
     assert "BOOM" in prompt and tokens == len(fake.tokenize(prompt)) and digest
+
+
+def test_progress_is_posted_while_nothing_finishes_saying_how_long(tmp_path, store, monkeypatch):
+    """A server that holds its connections without answering left a logged run silent; now the progress keeps
+    coming, with the items in flight and the seconds since one last finished."""
+    import time
+
+    import gristmill.app.scheduler as scheduler
+
+    class Stalled(FakeBatch):
+        """Answers nothing for the first 0.6 s, as a server that hangs, then goes on."""
+
+        def poll(self, timeout=None):
+            if time.perf_counter() < self.until:
+                time.sleep(0.02)
+                return []
+            return super().poll(timeout)
+
+    monkeypatch.setattr(scheduler, "HEARTBEAT_S", 0.1)
+    add(tmp_path, ["one", "two"])
+    fake = FakeEngine(replies=["fine"])
+    batch = Stalled(fake, 2)
+    batch.until = time.perf_counter() + 0.6
+    posted: list = []
+    run_generation(store, fake, *open_run(store, fake, RunSettings(params=GenerationParams(max_tokens=9))),
+                   concurrent=batch, on_progress=posted.append)
+    waiting = [p for p in posted if p.finished == 0]
+    assert len(waiting) >= 3 and all(p.in_flight == 2 for p in waiting)
+    assert waiting[-1].idle_s > waiting[0].idle_s >= 0.1
+    assert posted[-1].finished == 2 and posted[-1].in_flight == 0
