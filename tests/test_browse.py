@@ -106,3 +106,21 @@ async def test_sort_and_pages(tmp_path):
         by_chars = browse.page(store, BrowseFilter(), browse.Sort("chars", True), limit=2).rows
         assert [r.output for r in by_chars] == ["an answer mentioning aardvark"] * 2
         assert [r.generation_id for r in browse.page(store, BrowseFilter(), offset=5, limit=10).rows] == [6, 7]
+
+
+async def test_pgdn_and_pgup_turn_the_page_as_the_help_says(tmp_path):
+    """The table had taken PgDn/PgUp to move its cursor, so only ] and [ paged."""
+    db = seed_db(tmp_path, ["an answer"], n=130)
+    async with make_app(db, reviewer="ann").run_test(size=(80, 24)) as pilot:
+        await pilot.press("b")
+        await settle(pilot)
+        assert table_ids(pilot.app)[0] == 1
+        await pilot.press("pagedown")
+        await settle(pilot)
+        assert table_ids(pilot.app)[0] == 101 and len(table_ids(pilot.app)) == 30
+        await pilot.press("pageup")
+        await settle(pilot)
+        assert table_ids(pilot.app)[0] == 1
+        await pilot.press("right_square_bracket")
+        await settle(pilot)
+        assert table_ids(pilot.app)[0] == 101

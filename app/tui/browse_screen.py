@@ -35,13 +35,12 @@ HINTS = (
     ("search", "search"),
     ("browse_filter", "filter"),
     ("browse_sort", "sort"),
-    ("browse_reverse", "reverse"),
-    ("bulk_accept", "accept all"),
-    ("bulk_reject", "reject all"),
+    ("bulk_accept", "acc all"),
+    ("bulk_reject", "rej all"),
     ("browse_undo", "undo"),
-    ("next_page", "page"),
-    ("previous_page", "page"),
-)
+    ("next_page", "next"),
+    ("previous_page", "prev"),
+)  # one line at 80 columns: the ? screen has every key (O reverses the sort)
 COLUMNS = (
     ("id", "id"),
     ("status", "status"),
@@ -79,6 +78,15 @@ class CountLoaded(Message):
     total: int
 
 
+class ResultsTable(DataTable):
+    """The page of results: PgDn and PgUp turn the page, as the help says (a DataTable would move its cursor)."""
+
+    BINDINGS = [
+        Binding("pagedown", "screen.page(1)", "Next page", show=False),
+        Binding("pageup", "screen.page(-1)", "Prev page", show=False),
+    ]
+
+
 class BrowseScreen(Screen):
     if TYPE_CHECKING:  # the app's own attributes (store, db_path, ...) for the type checker; at run time, Textual's
         app = getters.app(GristmillApp)
@@ -110,7 +118,7 @@ class BrowseScreen(Screen):
         yield Header()
         yield Input(placeholder="search instruction, input and output (Enter; escape clears)", id="search")
         yield Static(id="browse-meta")
-        yield DataTable(id="table", cursor_type="row", zebra_stripes=True)
+        yield ResultsTable(id="table", cursor_type="row", zebra_stripes=True)
         yield KeyHints(HINTS)
         yield Footer()
 

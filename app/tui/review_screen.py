@@ -39,6 +39,7 @@ def plain(text: str, style: str = "") -> Text:
 HINTS = (
     ("accept", "acc"),
     ("reject", "rej"),
+    ("reject_reason", "why"),
     ("edit", "edit"),
     ("skip", "skip"),
     ("undo", "undo"),
@@ -47,8 +48,7 @@ HINTS = (
     ("1-9", "pick"),
     ("toggle_compare", "cmp"),
     ("filter", "filter"),
-    ("jump", "id"),
-)
+)  # one line at 80 columns: the ? screen has every key (# jumps to an id)
 
 
 class ReviewScreen(Screen):
