@@ -56,7 +56,7 @@ def export_command(
 ) -> None:
     """Write accepted records as JSONL (dpo and kto use rejects too), with OUT.manifest.json beside it."""
     from gristmill.app.dedup import MODES
-    from gristmill.app.export import FORMATS, ExportError, export, refuse_database_files
+    from gristmill.app.export import FORMATS, ExportError, dedup_problem, export, refuse_database_files
     from gristmill.app.export_formats import FormatOptions, TokenizerMissing
     from gristmill.models import EngineError
     from gristmill.db import runs as runs_db
@@ -68,6 +68,8 @@ def export_command(
         dedup = "off"
     if dedup not in MODES:
         raise BadInput(f"export: --dedup must be one of {', '.join(MODES)}, not {dedup!r}")
+    if problem := dedup_problem(format_, dedup):
+        raise BadInput(f"export: {problem}")
     check_output_path(out_path)
     try:
         refuse_database_files(State.db_path, out_path)
@@ -114,6 +116,8 @@ def export_command(
         out.print(f"{key.replace('_', ' ')}: {escape(shown)}")
     if dedup == "off":
         out.print("dedup: off (nothing dropped)")
+    elif report.dedup == "record":
+        out.print(f"dedup: dropped {len(report.dropped)} exact repeat(s) of a whole record; the manifest lists each")
     else:
         by = report.dropped_by
         out.print(

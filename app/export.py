@@ -33,6 +33,7 @@ from gristmill.db import runs as runs_db
 from gristmill.db.exports import ExportFilter
 
 FORMATS = ("native", "messages", "text", *export_formats.FORMATS)
+RECORD_DEDUP_FORMATS = ("dpo", "kto")  # their dedup: exact repeats of a whole record (the rule "record")
 
 
 class ExportError(RuntimeError):
@@ -59,6 +60,17 @@ class ExportReport:
         reasons = "; ".join(f"{n:,} {why}" for why, n in self.not_exportable.items())
         total = sum(self.not_exportable.values())
         return f"not exportable: the database holds {total:,} accepted record(s) no export can include: {reasons}"
+
+
+def dedup_problem(fmt: str, dedup: str) -> str | None:
+    """Why `dedup` cannot apply to `fmt`: dpo and kto records are pairs and labels, whose only repeat is a whole
+    record repeated (they drop those), so a rule about instructions or responses would be ignored."""
+    if fmt in RECORD_DEDUP_FORMATS and dedup not in ("pair", "off"):
+        return (
+            f"--format {fmt} drops only exact repeats of a whole record; --dedup {dedup} does not apply "
+            "(leave it out, or give off)"
+        )
+    return None
 
 
 def manifest_path_for(out: Path) -> Path:
@@ -214,12 +226,16 @@ def export(
     options = options or export_formats.FormatOptions()
     if isinstance(dedup, bool):
         dedup = "pair" if dedup else "off"
+    if problem := dedup_problem(fmt, dedup):
+        raise ExportError(problem)
+    if fmt in RECORD_DEDUP_FORMATS and dedup == "pair":  # the default, which for pairs and labels means this
+        dedup = "record"
     if fmt not in FORMATS:
         raise ValueError(f"unknown format {fmt!r}: use one of {', '.join(FORMATS)}")
     refuse_database_files(store.path, out)
     report = ExportReport(str(out), dedup=dedup)
     deduplicator = Deduplicator(
-        dedup,
+        "pair" if dedup == "record" else dedup,  # for dpo and kto it only collects what the shaper drops
         dedup_threshold,
         fetch=lambda ids: {
             r["id"]: Record(r["id"], r["instruction"], r["input"], r["response"])
@@ -293,7 +309,7 @@ def export(
         "dedup": {
             "rule": dedup,
             "enabled": dedup != "off",
-            "threshold": dedup_threshold if dedup != "off" else None,
+            "threshold": dedup_threshold if dedup not in ("off", "record") else None,
             "accepted": report.accepted,
             "removed": len(report.dropped),
             "removed_by": report.dropped_by,

@@ -298,6 +298,12 @@ def test_dpo_and_kto_drop_exact_duplicate_records_and_identical_pairs(tmp_path):
         (" Yes.", True), (" No.", False), (" Sure.", True), (" Sure.", False), (" Nope.", False)]
     assert [(p["dropped_id"], p["kept_id"]) for p in manifest["dedup"]["pairs"]] == [(3, 2)]
     assert len(export(tmp_path, "dpo", "--no-dedup")[0]) == 3 and len(export(tmp_path, "kto", "--no-dedup")[0]) == 6
+    assert manifest["dedup"]["rule"] == "record" and manifest["dedup"]["threshold"] is None
+    said = " ".join(runner.invoke(app, ["export", str(tmp_path / "k.jsonl"), "--format", "kto"]).output.split())
+    assert "dedup: dropped 1 exact repeat(s) of a whole record" in said and "Jaccard" not in said
+    for rule in ("instruction", "response"):  # a rule these formats do not apply is refused, not reported as applied
+        refused = runner.invoke(app, ["export", str(tmp_path / "k.jsonl"), "--format", "kto", "--dedup", rule])
+        assert refused.exit_code == 2 and f"--dedup {rule} does not apply" in " ".join(refused.output.split())
 
 
 def test_training_split_moves_the_separator_into_the_completion():
