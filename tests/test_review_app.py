@@ -112,9 +112,15 @@ async def test_best_of_n_accepts_one_and_rejects_its_siblings_as_one_undoable_ac
     async with make_app(db, reviewer="ann").run_test() as pilot:
         await pilot.pause()
         assert "sample 1 of 3" in str(pilot.app.screen.query_one("#meta").render())
+        await pilot.app.workers.wait_for_complete()
+        await pilot.pause()
+        assert "item 1 of 6" in str(pilot.app.screen.query_one("#meta").render())
         await pilot.press("2")
         assert current(db) == {1: "reject", 2: "accept", 3: "reject", 4: None, 5: None, 6: None}
         assert pilot.app.screen.item.generation_id == 4
+        await pilot.app.workers.wait_for_complete()
+        await pilot.pause()
+        assert "item 1 of 3" in str(pilot.app.screen.query_one("#meta").render())  # the three decided left it
         await pilot.press("u")
         assert current(db) == {i: None for i in range(1, 7)}
         await pilot.press("9")  # no ninth sample: nothing recorded

@@ -379,6 +379,7 @@ class ReviewScreen(Screen):
                 self.notify(pick.message, severity="warning")
                 return
             self.notify(pick.message)
+            self.queue_total = None  # every sample of the instruction left the queue: count it again
             self._advance()
             self.app.refresh_counts()
 
