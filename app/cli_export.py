@@ -28,8 +28,12 @@ def export_command(
     style: Annotated[Optional[str], typer.Option(help="Only records generated with this style.")] = None,
     run: Annotated[Optional[int], typer.Option(help="Only this run.")] = None,
     reviewer: Annotated[Optional[str], typer.Option(help="Only decisions by this reviewer.")] = None,
-    min_chars: Annotated[Optional[int], typer.Option(min=0, help="Minimum response length.")] = None,
-    max_chars: Annotated[Optional[int], typer.Option(min=0, help="Maximum response length.")] = None,
+    min_chars: Annotated[
+        Optional[int], typer.Option(min=0, help="Minimum length of the response exported (the edit, if any).")
+    ] = None,
+    max_chars: Annotated[
+        Optional[int], typer.Option(min=0, help="Maximum length of the response exported (the edit, if any).")
+    ] = None,
     exclude_flag: Annotated[
         Optional[list[str]], typer.Option(help="Leave out records with this flag (repeatable).")
     ] = None,
