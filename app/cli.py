@@ -207,10 +207,14 @@ def _source(ctx: typer.Context, name: str) -> str:
 @app.callback(invoke_without_command=True)
 def main_callback(
     ctx: typer.Context,
-    db: Annotated[Optional[Path], typer.Option("--db", envvar="GRISTMILL_DB", help="SQLite database file.")] = None,
+    db: Annotated[
+        Optional[Path], typer.Option("--db", metavar="PATH", envvar="GRISTMILL_DB", help="SQLite database file.")
+    ] = None,
     config: Annotated[
         Optional[Path],
-        typer.Option("--config", envvar="GRISTMILL_CONFIG", help="Project config (default ./gristmill.toml)."),
+        typer.Option(
+            "--config", metavar="PATH", envvar="GRISTMILL_CONFIG", help="Project config (default ./gristmill.toml)."
+        ),
     ] = None,
     version: Annotated[bool, typer.Option("--version", help="Print the version.")] = False,
 ) -> None:
@@ -237,14 +241,19 @@ def main_callback(
 
 @app.command()
 def add(
-    files: Annotated[list[Path], typer.Argument(help=".jsonl, .json (a list), .csv (header row) or .txt files.")],
-    type_: Annotated[Optional[str], typer.Option("--type", help="Instruction type for every record.")] = None,
-    instruction_key: Annotated[str, typer.Option(help="Key holding the instruction.")] = "instruction",
-    input_key: Annotated[str, typer.Option(help="Key holding the optional input.")] = "input",
-    type_key: Annotated[
-        Optional[str], typer.Option(help="Key holding the type (default: instruction_type, category, type).")
+    files: Annotated[
+        list[Path], typer.Argument(metavar="FILE", help=".jsonl, .json (a list), .csv (header row) or .txt files.")
+    ],
+    type_: Annotated[
+        Optional[str], typer.Option("--type", metavar="TYPE", help="Instruction type for every record.")
     ] = None,
-    id_key: Annotated[str, typer.Option(help="Key holding an external id.")] = "id",
+    instruction_key: Annotated[str, typer.Option(metavar="KEY", help="Key holding the instruction.")] = "instruction",
+    input_key: Annotated[str, typer.Option(metavar="KEY", help="Key holding the optional input.")] = "input",
+    type_key: Annotated[
+        Optional[str],
+        typer.Option(metavar="KEY", help="Key holding the type (default: instruction_type, category, type)."),
+    ] = None,
+    id_key: Annotated[str, typer.Option(metavar="KEY", help="Key holding an external id.")] = "id",
 ) -> None:
     """Import instructions. A file with any bad line imports nothing and lists FILE:LINE: problems."""
     from gristmill.app.ingest import KeyMap, import_file
@@ -311,7 +320,9 @@ def stats(as_json: Annotated[bool, typer.Option("--json", help="Machine-readable
 
 @app.command()
 def doctor(
-    model: Annotated[Optional[str], typer.Option(help="Inspect this GGUF (default: the embedded model).")] = None,
+    model: Annotated[
+        Optional[str], typer.Option(metavar="GGUF", help="Inspect this GGUF (default: the embedded model).")
+    ] = None,
 ) -> None:
     """Inspect the database, a model (vocab only: instant on a 20 GB file) and the setup.
 
@@ -348,13 +359,17 @@ def styles() -> None:
 
 @app.command()
 def preview(
-    instruction: Annotated[Optional[str], typer.Argument(help="Instruction text to render.")] = None,
-    item: Annotated[Optional[int], typer.Option(help="Render the stored instruction with this id instead.")] = None,
-    style: Annotated[Optional[str], typer.Option(help="Prompt style name or TOML file.")] = None,
-    input_text: Annotated[str, typer.Option("--input", help="Optional input/context.")] = "",
-    type_: Annotated[str, typer.Option("--type", help="Instruction type (picks the frame).")] = "general",
-    seed: Annotated[int, typer.Option(min=0, max=2**63 - 1, help="Item seed for the few-shot draw.")] = 0,
-    model: Annotated[Optional[str], typer.Option(help="Count tokens with this GGUF.")] = None,
+    instruction: Annotated[Optional[str], typer.Argument(metavar="TEXT", help="Instruction text to render.")] = None,
+    item: Annotated[
+        Optional[int], typer.Option(metavar="ID", help="Render the stored instruction with this id instead.")
+    ] = None,
+    style: Annotated[Optional[str], typer.Option(metavar="STYLE", help="Prompt style name or TOML file.")] = None,
+    input_text: Annotated[str, typer.Option("--input", metavar="TEXT", help="Optional input/context.")] = "",
+    type_: Annotated[
+        str, typer.Option("--type", metavar="TYPE", help="Instruction type (picks the frame).")
+    ] = "general",
+    seed: Annotated[int, typer.Option(metavar="N", min=0, max=2**63 - 1, help="Item seed for the few-shot draw.")] = 0,
+    model: Annotated[Optional[str], typer.Option(metavar="GGUF", help="Count tokens with this GGUF.")] = None,
     ids: Annotated[bool, typer.Option("--ids", help="Also print the token ids.")] = False,
 ) -> None:
     """Print exactly what the model will be fed: prompt text, token count, stop sequences."""

@@ -21,41 +21,55 @@ def export_command(
         str,
         typer.Option(
             "--format",
+            metavar="FORMAT",
             help="native, messages or text; for TRL trainers: prompt-completion (SFT), dpo, kto, tokens (pre-tokenized SFT).",
         ),
     ] = "native",
-    type_: Annotated[Optional[str], typer.Option("--type", help="Only this instruction type.")] = None,
-    style: Annotated[Optional[str], typer.Option(help="Only records generated with this style.")] = None,
-    run: Annotated[Optional[int], typer.Option(help="Only this run.")] = None,
-    reviewer: Annotated[Optional[str], typer.Option(help="Only decisions by this reviewer.")] = None,
+    type_: Annotated[Optional[str], typer.Option("--type", metavar="TYPE", help="Only this instruction type.")] = None,
+    style: Annotated[
+        Optional[str], typer.Option(metavar="STYLE", help="Only records generated with this style.")
+    ] = None,
+    run: Annotated[Optional[int], typer.Option(metavar="ID", help="Only this run.")] = None,
+    reviewer: Annotated[Optional[str], typer.Option(metavar="NAME", help="Only decisions by this reviewer.")] = None,
     min_chars: Annotated[
-        Optional[int], typer.Option(min=0, help="Minimum length of the response exported (the edit, if any).")
+        Optional[int],
+        typer.Option(min=0, metavar="N", help="Minimum length of the response exported (the edit, if any)."),
     ] = None,
     max_chars: Annotated[
-        Optional[int], typer.Option(min=0, help="Maximum length of the response exported (the edit, if any).")
+        Optional[int],
+        typer.Option(min=0, metavar="N", help="Maximum length of the response exported (the edit, if any)."),
     ] = None,
     exclude_flag: Annotated[
-        Optional[list[str]], typer.Option(help="Leave out records with this flag (repeatable).")
+        Optional[list[str]], typer.Option(metavar="FLAG", help="Leave out records with this flag (repeatable).")
     ] = None,
     dedup: Annotated[
         str,
         typer.Option(
             "--dedup",
+            metavar="RULE",
             help="Which repeats to drop: pair (instruction+input AND response repeat an earlier record, "
             "exact or near), instruction (one record per instruction+input), response, or off.",
         ),
     ] = "pair",
     no_dedup: Annotated[bool, typer.Option("--no-dedup", hidden=True, help="Same as --dedup off.")] = False,
     dedup_threshold: Annotated[
-        float, typer.Option(min=0.01, max=1.0, help="Jaccard similarity (per field) that counts as near-duplicate.")
+        float,
+        typer.Option(
+            min=0.01, max=1.0, metavar="J", help="Jaccard similarity (per field) that counts as near-duplicate."
+        ),
     ] = 0.8,
     tokenizer: Annotated[
         Optional[Path],
-        typer.Option(help="tokens: this GGUF's tokenizer for every run (default: the model path each run recorded)."),
+        typer.Option(
+            metavar="GGUF",
+            help="tokens: this GGUF's tokenizer for every run (default: the model path each run recorded).",
+        ),
     ] = None,
     reason: Annotated[
         Optional[list[str]],
-        typer.Option(help="kto: keep only rejects with this reason (repeatable; 'none': rejects without one)."),
+        typer.Option(
+            metavar="REASON", help="kto: keep only rejects with this reason (repeatable; 'none': rejects without one)."
+        ),
     ] = None,
 ) -> None:
     """Write accepted records as JSONL (dpo and kto use rejects too), with OUT.manifest.json beside it."""

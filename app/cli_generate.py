@@ -27,41 +27,94 @@ def _high(key: str) -> Any:
     return BOUNDS[key][1]
 
 
+def _default(key: str) -> str:
+    """What the option is when neither the command line nor gristmill.toml gives it, for --help."""
+    return f"default {getattr(GenerateConfig(), key)}"
+
+
 @app.command()
 def generate(
     model: Annotated[
-        Optional[str], typer.Option(help="GGUF file (first part of a split model). Default: the embedded base model.")
+        Optional[str],
+        typer.Option(metavar="GGUF", help="GGUF file (first part of a split model). Default: the embedded base model."),
     ] = None,
-    style: Annotated[Optional[str], typer.Option(help="completion, few-shot, urial, or a style TOML file.")] = None,
+    style: Annotated[
+        Optional[str],
+        typer.Option(metavar="STYLE", help="completion (default), few-shot, urial, or a style TOML file."),
+    ] = None,
     samples: Annotated[
-        Optional[int], typer.Option(min=_low("samples"), max=_high("samples"), help="Completions per instruction.")
+        Optional[int],
+        typer.Option(
+            min=_low("samples"),
+            max=_high("samples"),
+            metavar="N",
+            help=f"Completions per instruction ({_default('samples')}).",
+        ),
     ] = None,
-    max_tokens: Annotated[Optional[int], typer.Option(min=_low("max_tokens"), max=_high("max_tokens"))] = None,
-    temperature: Annotated[Optional[float], typer.Option(min=_low("temperature"))] = None,
-    top_p: Annotated[Optional[float], typer.Option(min=_low("top_p"), max=_high("top_p"))] = None,
+    max_tokens: Annotated[
+        Optional[int],
+        typer.Option(
+            min=_low("max_tokens"),
+            max=_high("max_tokens"),
+            metavar="N",
+            help=f"Tokens an answer may have at most ({_default('max_tokens')}).",
+        ),
+    ] = None,
+    temperature: Annotated[
+        Optional[float],
+        typer.Option(min=_low("temperature"), metavar="T", help=f"Sampling temperature ({_default('temperature')})."),
+    ] = None,
+    top_p: Annotated[
+        Optional[float],
+        typer.Option(
+            min=_low("top_p"), max=_high("top_p"), metavar="P", help=f"Nucleus sampling ({_default('top_p')})."
+        ),
+    ] = None,
     seed: Annotated[
         Optional[int],
-        typer.Option(min=_low("seed"), max=_high("seed"), help="Run seed; each item's seed derives from it."),
+        typer.Option(
+            min=_low("seed"),
+            max=_high("seed"),
+            metavar="N",
+            help=f"Run seed; each item's seed derives from it ({_default('seed')}).",
+        ),
     ] = None,
-    stop: Annotated[Optional[list[str]], typer.Option(help="Extra stop string (repeatable).")] = None,
+    stop: Annotated[Optional[list[str]], typer.Option(metavar="TEXT", help="Extra stop string (repeatable).")] = None,
     limit: Annotated[
-        Optional[int], typer.Option(min=1, max=_high("seed"), help="Generate at most this many items now.")
+        Optional[int], typer.Option(min=1, max=_high("seed"), metavar="N", help="Generate at most this many items now.")
     ] = None,
-    types: Annotated[Optional[str], typer.Option(help="Only these instruction types (comma-separated).")] = None,
-    threads: Annotated[Optional[int], typer.Option(min=_low("threads"), max=_high("threads"))] = None,
+    types: Annotated[
+        Optional[str], typer.Option(metavar="TYPES", help="Only these instruction types (comma-separated).")
+    ] = None,
+    threads: Annotated[
+        Optional[int],
+        typer.Option(
+            min=_low("threads"), max=_high("threads"), metavar="N", help="CPU threads (default: llama.cpp's choice)."
+        ),
+    ] = None,
     batch: Annotated[
         Optional[int],
         typer.Option(
-            min=_low("batch"), max=_high("batch"), help="Sequences decoded together in-process (1: one at a time)."
+            min=_low("batch"),
+            max=_high("batch"),
+            metavar="N",
+            help=f"Sequences decoded together in-process, 1: one at a time ({_default('batch')}).",
         ),
     ] = None,
     gpu_layers: Annotated[
         Optional[int],
-        typer.Option(min=_low("gpu_layers"), max=_high("gpu_layers"), help="Layers to offload to the GPU (-1: all)."),
+        typer.Option(
+            min=_low("gpu_layers"),
+            max=_high("gpu_layers"),
+            metavar="N",
+            help=f"Layers to offload to the GPU, -1: all ({_default('gpu_layers')}).",
+        ),
     ] = None,
     n_ctx: Annotated[
         Optional[int],
-        typer.Option(min=_low("n_ctx"), max=_high("n_ctx"), help="Context size (default: the model's, capped)."),
+        typer.Option(
+            min=_low("n_ctx"), max=_high("n_ctx"), metavar="N", help="Context size (default: the model's, capped)."
+        ),
     ] = None,
     flash_attn: Annotated[
         Optional[bool],
@@ -71,10 +124,12 @@ def generate(
         Optional[bool], typer.Option("--add-bos/--no-add-bos", help="Override the GGUF's BOS rule.")
     ] = None,
     pool: Annotated[
-        Optional[str], typer.Option(help="Few-shot pool: builtin, or accepted (adds accepted records).")
+        Optional[str],
+        typer.Option(metavar="POOL", help="Few-shot pool: builtin (default), or accepted (adds accepted records)."),
     ] = None,
     run: Annotated[
-        Optional[int], typer.Option("--run", min=1, max=_high("seed"), help="Continue this run with its own settings.")
+        Optional[int],
+        typer.Option("--run", min=1, max=_high("seed"), metavar="ID", help="Continue this run with its own settings."),
     ] = None,
     new_run: Annotated[
         bool, typer.Option("--new-run", help="Start a new run even if one with these settings exists.")
@@ -90,25 +145,33 @@ def generate(
     server: Annotated[
         Optional[list[str]],
         typer.Option(
-            "--server", help="llama-server or vLLM base URL (repeatable): generate there through raw /v1/completions."
+            "--server",
+            metavar="URL",
+            help="llama-server or vLLM base URL (repeatable): generate there through raw /v1/completions.",
         ),
     ] = None,
     tokenizer: Annotated[
         Optional[str],
         typer.Option(
-            help="With --server: the served model's GGUF (vocab only) or tokenizer.json. Default: --model, if given."
+            metavar="PATH",
+            help="With --server: the served model's GGUF (vocab only) or tokenizer.json. Default: --model, if given.",
         ),
     ] = None,
     concurrency: Annotated[
-        Optional[int], typer.Option(min=1, help="With --server: requests in flight per server.")
+        Optional[int],
+        typer.Option(
+            min=1, metavar="N", help=f"With --server: requests in flight per server ({_default('concurrency')})."
+        ),
     ] = None,
     server_kind: Annotated[
-        Optional[str], typer.Option(help="llama-server or vllm (default: detected from GET /v1/models).")
+        Optional[str],
+        typer.Option(metavar="KIND", help="llama-server or vllm (default: detected from GET /v1/models)."),
     ] = None,
     api_key_env: Annotated[
         Optional[str],
         typer.Option(
-            help="Name of the environment variable holding the API key (default GRISTMILL_API_KEY); sent as Authorization: Bearer."
+            metavar="NAME",
+            help="Name of the environment variable holding the API key (default GRISTMILL_API_KEY); sent as Authorization: Bearer.",
         ),
     ] = None,
     quiet: Annotated[bool, typer.Option("--quiet", help="Log lines instead of a progress bar.")] = False,
