@@ -378,6 +378,6 @@ class Scheduler:
         if outcome.status == "failed":
             self.consecutive_failures += 1
             if self.consecutive_failures >= MAX_CONSECUTIVE_FAILURES:
-                raise RuntimeError(f"{self.consecutive_failures} items failed in a row; last error: {outcome.error}")
+                raise RuntimeError(f"{self.consecutive_failures} items failed in a row; the last: {outcome.error}")
         else:
             self.consecutive_failures = 0

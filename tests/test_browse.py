@@ -124,3 +124,18 @@ async def test_pgdn_and_pgup_turn_the_page_as_the_help_says(tmp_path):
         await pilot.press("right_square_bracket")
         await settle(pilot)
         assert table_ids(pilot.app)[0] == 101
+
+
+async def test_a_bulk_confirmation_shows_a_search_with_brackets_as_typed(tmp_path):
+    """The question names the view, search text included: it was read as markup (a `[/]` crashed the app)."""
+    db = planted_db(tmp_path)
+    async with make_app(db, reviewer="ann").run_test(size=(80, 24)) as pilot:
+        await pilot.press("b")
+        await settle(pilot)
+        await pilot.press("slash", *"answer [/]", "enter")  # FTS reads the word; [/] is markup to Rich
+        await settle(pilot)
+        await pilot.press("R")
+        await pilot.pause()
+        assert isinstance(pilot.app.screen, ConfirmScreen)
+        assert "in this view (search 'answer [/]')?" in str(pilot.app.screen.query_one("#question").render())
+        await pilot.press("escape")

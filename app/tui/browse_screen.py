@@ -204,7 +204,7 @@ class BrowseScreen(Screen):
         elif self.page.rows:
             where = f"item {v.offset + table.cursor_row + 1:,} of {total}"
         else:
-            where = f"nothing matches (of {total})" if self.total is not None else "nothing matches"
+            where = "nothing matches"  # the count is of this view: nothing to add
         arrow = "↓" if v.sort.descending else "↑"
         self.query_one("#browse-meta", Static).update(
             Text(f"{where} · sort {v.sort.column} {arrow} · {v.where.describe()}")
