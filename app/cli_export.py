@@ -78,6 +78,7 @@ def export_command(
     from gristmill.app.export_formats import FormatOptions, TokenizerMissing
     from gristmill.models import EngineError
     from gristmill.db import runs as runs_db
+    from gristmill.db import training as training_db
     from gristmill.db.exports import ExportFilter
 
     if format_ not in FORMATS:
@@ -114,6 +115,12 @@ def export_command(
     with open_db() as store:
         if run is not None and runs_db.get(store, run) is None:
             raise BadInput(f"export: no run {run} in {State.db_path}")
+        known = training_db.reject_reasons(store) | set(State.config.review.reject_reasons) | {"none"}
+        if unknown := [r for r in reason or () if r not in known]:
+            raise BadInput(
+                f"export: --reason {unknown[0]!r} is no reject's reason (known: {', '.join(sorted(known))}); "
+                "a typo would keep no reject at all"
+            )
         try:
             report = export(
                 store, out_path, fmt=format_, where=where, dedup=dedup, dedup_threshold=dedup_threshold, options=options

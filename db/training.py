@@ -91,6 +91,11 @@ def pairs(store: Store, where: ExportFilter) -> Iterator[dict]:
         yield dict(row)
 
 
+def reject_reasons(store: Store) -> set[str]:
+    """Every reason any review row carries (in force or not): what `--reason` can name, beside "none"."""
+    return {r for (r,) in store.conn.execute("SELECT DISTINCT reason FROM reviews WHERE reason IS NOT NULL")}
+
+
 def accepted_extras(store: Store, generation_id: int) -> tuple[bool, bytes | None]:
     """For an accepted generation: whether a best-of-N pick accepted it, and its stored sampled ids."""
     row = store.conn.execute(
