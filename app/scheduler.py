@@ -342,14 +342,18 @@ class Scheduler:
     # --- results ---------------------------------------------------------------------------------
     def _finish(self, key: int, event: GenerationResult | EngineError) -> None:
         prepared = self.in_flight.pop(key, None)
-        self.relay.end(key)
-        if prepared is None:
-            return
-        if isinstance(event, GenerationResult):
-            outcome = outcome_of(prepared, event, self.batch)
-        else:
-            outcome = prepared.record.outcome("failed", error=str(event) or type(event).__name__)  # it was fed
-        self._commit(key, outcome)
+        try:
+            if prepared is None:
+                return
+            if isinstance(event, GenerationResult):
+                outcome = outcome_of(prepared, event, self.batch)
+            else:
+                outcome = prepared.record.outcome("failed", error=str(event) or type(event).__name__)  # it was fed
+            self._commit(key, outcome)
+        finally:
+            # after the commit's progress, which a UI takes as "the item shown ended": the next item's text,
+            # replayed here, is then the start of what it shows, not wiped with the last one
+            self.relay.end(key)
 
     def _report(self) -> None:
         now = time.perf_counter()

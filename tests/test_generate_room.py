@@ -75,3 +75,43 @@ async def test_start_watch_stop_and_resume_on_the_real_model(tmp_path, gemma_pat
     with open_store(db) as store:
         assert store.query("SELECT count(*) FROM runs")[0][0] == 1
         assert max(r[0] for r in store.query("SELECT completion_tokens FROM generations")) <= 12
+
+
+def test_the_live_text_survives_heartbeats_and_starts_again_when_an_item_finishes(tmp_path, monkeypatch):
+    """The scheduler reports progress every few seconds while an item is still being written; the room had
+    cleared its live text on every report, so a slow item's text vanished every 5 seconds."""
+    import time
+
+    import gristmill.app.scheduler as scheduler
+    from gristmill.app.generate import RunSettings, open_run, run_generation
+    from gristmill.app.ingest import import_file
+    from gristmill.app.tui.generate_screen import LiveTail
+    from gristmill.db import open_store
+    from gristmill.models import GenerationParams
+    from gristmill.models.fake import FakeEngine
+    from tests.conftest import write
+
+    class Slow(FakeEngine):
+        def stream(self, ids, params):
+            for event in super().stream(ids, params):
+                time.sleep(0.01)  # ten times the heartbeat's period below, over a whole reply
+                yield event
+
+    monkeypatch.setattr(scheduler, "HEARTBEAT_S", 0.001)
+    replies = [" one two three four five six", " seven eight nine ten"]
+    tail, shown_when_finished, beats = LiveTail(), [], []
+
+    def progressed(progress):
+        beats.append(progress.processed)
+        if progress.processed != tail.finished:
+            shown_when_finished.append("".join(tail.parts))
+        tail.progressed(progress)
+
+    with open_store(tmp_path / "live.db") as store:
+        import_file(store, write(tmp_path / "i.txt", "first\nsecond\n"))
+        engine = Slow(replies=replies)
+        run, style, settings = open_run(store, engine, RunSettings(params=GenerationParams(max_tokens=60)))
+        run_generation(store, engine, run, style, settings, on_piece=tail.piece, on_progress=progressed)
+        stored = [r[0] for r in store.query("SELECT completion FROM generations ORDER BY id")]
+    assert beats.count(0) >= 2  # heartbeats came while the first item was still being written
+    assert shown_when_finished == stored  # each item's whole text was in view when it finished

@@ -78,6 +78,25 @@ def clock(seconds: float | None) -> str:
     )
 
 
+class LiveTail:
+    """The end of the text being generated, as the room shows it: pieces add to it, and it starts again when an
+    item finishes. Not on every progress report: the scheduler also reports while nothing finishes (a
+    heartbeat), and clearing then wiped the item's text every 5 seconds."""
+
+    def __init__(self) -> None:
+        self.parts: list[str] = []
+        self.finished = 0
+
+    def piece(self, text: str) -> str:
+        self.parts.append(text)
+        return "".join(self.parts)[-LIVE_TAIL:]
+
+    def progressed(self, progress: Progress) -> None:
+        if progress.processed != self.finished:
+            self.finished = progress.processed
+            self.parts.clear()
+
+
 class GenerateScreen(Screen):
     if TYPE_CHECKING:  # the app's own attributes (store, db_path, ...) for the type checker; at run time, Textual's
         app = getters.app(GristmillApp)
@@ -197,17 +216,16 @@ class GenerateScreen(Screen):
     @work(thread=True, exclusive=True, exit_on_error=False, group="generate", description="generate")
     def generate(self, request: JobRequest) -> Progress | None:
         worker = get_current_worker()
-        live: list[str] = []
+        live = LiveTail()
 
         def piece(text: str) -> None:
-            live.append(text)
-            self.post_message(LiveText("".join(live)[-LIVE_TAIL:]))
+            self.post_message(LiveText(live.piece(text)))
 
         def started(started: Started) -> None:
             self.post_message(RunStarted(started))
 
         def progressed(progress: Progress) -> None:
-            live.clear()
+            live.progressed(progress)
             self.post_message(Progressed(progress))
 
         return run_job(
