@@ -115,11 +115,11 @@ def export_command(
     with open_db() as store:
         if run is not None and runs_db.get(store, run) is None:
             raise BadInput(f"export: no run {run} in {State.db_path}")
-        known = training_db.reject_reasons(store) | set(State.config.review.reject_reasons) | {"none"}
+        known = training_db.reject_reasons(store) | {"none"}
         if unknown := [r for r in reason or () if r not in known]:
             raise BadInput(
-                f"export: --reason {unknown[0]!r} is no reject's reason (known: {', '.join(sorted(known))}); "
-                "a typo would keep no reject at all"
+                f"export: --reason {unknown[0]!r}: no reject carries it (the reasons in the database: "
+                f"{', '.join(sorted(known))}); it would keep no reject at all"
             )
         try:
             report = export(

@@ -358,7 +358,12 @@ class MigrationError(Exception):
 _GENERATIONS_TABLE = re.compile(
     r"^\s*CREATE\s+TABLE\s+(?:\"generations\"|\[generations\]|`generations`|generations)\s*\(", re.I
 )
-_ID_COLUMN = re.compile(r"([\"\[`]?id[\"\]`]?\s+INTEGER\s+PRIMARY\s+KEY)(\s+AUTOINCREMENT)?", re.I)
+_ID_COLUMN = re.compile(
+    r"((?<!\w)[\"\[`]?id[\"\]`]?\s+INTEGER(?:\s+NOT\s+NULL)?\s+PRIMARY\s+KEY(?:\s+(?:ASC|DESC))?)(\s+AUTOINCREMENT)?",
+    re.I,
+)
+# the table-level form DB Browser writes: "id" INTEGER NOT NULL, ..., PRIMARY KEY("id" AUTOINCREMENT)
+_ID_KEY_AUTOINCREMENT = re.compile(r"PRIMARY\s+KEY\s*\(\s*(?<!\w)[\"\[`]?id[\"\]`]?\s+AUTOINCREMENT\s*\)", re.I)
 
 
 @MIGRATIONS()
@@ -374,12 +379,13 @@ def m010_generation_ids_never_reused(db: Database) -> None:
     """
     (table_sql,) = db.execute("SELECT sql FROM sqlite_master WHERE type = 'table' AND name = 'generations'").fetchone()
     id_column = _ID_COLUMN.search(table_sql)
-    if not _GENERATIONS_TABLE.match(table_sql) or id_column is None:
+    already = _ID_KEY_AUTOINCREMENT.search(table_sql) is not None or (id_column is not None and id_column.group(2))
+    if not _GENERATIONS_TABLE.match(table_sql) or (id_column is None and not already):
         raise MigrationError(
             "its generations table is not declared as gristmill declares it (no `id INTEGER PRIMARY KEY` column "
             "found), so gristmill cannot make its ids AUTOINCREMENT; restore the table's definition"
         )
-    if id_column.group(2) is None:  # not AUTOINCREMENT yet (a tool may have rebuilt it that way already)
+    if not already and id_column is not None:  # not AUTOINCREMENT yet (a tool may have rebuilt it so already)
         dependents = [
             sql
             for (sql,) in db.execute(

@@ -231,3 +231,27 @@ def test_processes_opening_an_old_database_at_once_migrate_it_once(tmp_path):
         assert names.count("m010_generation_ids_never_reused") == 1
         assert conn.execute("SELECT count(*) FROM generations").fetchone()[0] == 20_000
     conn.close()
+
+
+def test_the_rebuild_reads_the_forms_db_browser_writes(tmp_path):
+    """`"id" INTEGER NOT NULL PRIMARY KEY` is rebuilt; `PRIMARY KEY("id" AUTOINCREMENT)` is already what m010 makes."""
+    for i, (column, key) in enumerate([('"id" INTEGER NOT NULL PRIMARY KEY', ""),
+                                       ('"id" INTEGER NOT NULL', ', PRIMARY KEY("id" AUTOINCREMENT)')]):
+        path = tmp_path / f"browser{i}.db"
+        with open_store(path, stop_before="m010_generation_ids_never_reused") as old, old.write() as conn:
+            _seed(conn)
+            (table_sql,) = conn.execute("SELECT sql FROM sqlite_master WHERE name = 'generations'").fetchone()
+            columns = ", ".join(r[1] for r in conn.execute("PRAGMA table_info(generations)"))
+            rewritten = table_sql.replace("CREATE TABLE generations", 'CREATE TABLE "generations_new"', 1).replace(
+                "id INTEGER PRIMARY KEY,", column + ",", 1)
+            rewritten = rewritten[: rewritten.rindex(")")] + key + ")"
+            conn.execute("PRAGMA legacy_alter_table = ON")
+            conn.execute(rewritten)
+            conn.execute(f"INSERT INTO generations_new ({columns}) SELECT {columns} FROM generations")
+            conn.execute("DROP TABLE generations")
+            conn.execute('ALTER TABLE "generations_new" RENAME TO "generations"')
+            conn.execute("PRAGMA legacy_alter_table = OFF")
+        _delete_reviewed_newest_generation_by_hand(path)
+        with open_store(path) as store:
+            assert [r[0] for r in store.conn.execute("SELECT id FROM generations")] == [1]
+            assert _add_generation(store) == 3, column

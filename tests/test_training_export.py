@@ -233,7 +233,10 @@ def test_options_that_do_not_fit_the_format_are_exit_2(tmp_path):
     out = str(tmp_path / "x.jsonl")
     assert runner.invoke(app, ["export", out, "--format", "dpo", "--reason", "wrong"]).exit_code == 2
     typo = runner.invoke(app, ["export", out, "--format", "kto", "--reason", "wrnog"])  # would keep no reject
-    assert typo.exit_code == 2 and "--reason 'wrnog' is no reject's reason" in " ".join(typo.output.split())
+    assert typo.exit_code == 2 and "--reason 'wrnog': no reject carries it" in " ".join(typo.output.split())
+    unused = runner.invoke(app, ["export", out, "--format", "kto", "--reason", "unsafe"])  # configured, never given
+    assert unused.exit_code == 2 and "(the reasons in the database: incomplete, none, wrong)" in " ".join(
+        unused.output.split())
     assert runner.invoke(app, ["export", out, "--format", "kto", "--tokenizer", out]).exit_code == 2
     assert runner.invoke(app, ["export", out, "--format", "tokens", "--tokenizer", str(tmp_path / "no.gguf")]).exit_code == 2
 

@@ -31,9 +31,7 @@ DEFAULT_FILE = "export.jsonl"
 def describe(report: ExportReport) -> Text:
     text = Text()
     text.append(f"{report.records:,} record(s) written\n", style="bold")
-    text.append(
-        f"dedup dropped {len(report.dropped):,}" + (" (the manifest lists each pair)\n" if report.dropped else "\n")
-    )
+    text.append(f"dedup dropped {len(report.dropped):,}" + (" (the manifest lists each)\n" if report.dropped else "\n"))
     if line := report.not_exportable_line():
         text.append(line + "\n", style="bold")
     text.append(f"file: {Path(report.path).resolve()}\nmanifest: {Path(report.manifest_path).resolve()}\n")
