@@ -47,6 +47,7 @@ def run_doctor(db_path: Path, config: GenerateConfig, *, db_named: bool = False)
                     f"{len(pending)} pending)"
                 )
                 lines += [f"  {key}: {value}" for key, value in health(store).items()]
+                _hand_edits(store, warnings)
                 if pending:
                     warnings.append(
                         f"database is at an older schema; the next command upgrades it ({', '.join(pending)})"
@@ -129,3 +130,16 @@ def _version(package: str) -> str:
         return version(package)
     except PackageNotFoundError:
         return "not installed"
+
+
+def _hand_edits(store, warnings: list[str]) -> None:
+    """What rows written by hand left behind: accepted records no export can include, reviews of deleted
+    generations. Warnings, not problems: the database works; the user should know."""
+    from gristmill.db.exports import not_exportable
+    from gristmill.db.stats import orphaned_reviews
+
+    for why, count in not_exportable(store).items():
+        warnings.append(f"{count:,} accepted record(s) {why}: no export can include them")
+    orphans = orphaned_reviews(store)
+    if orphans:
+        warnings.append(f"{orphans:,} review row(s) name a generation that is gone (deleted by hand); kept as logged")

@@ -39,3 +39,11 @@ def health(store: Store) -> dict[str, str]:
         "foreign_keys": "on" if store.conn.execute("PRAGMA foreign_keys").fetchone()[0] else "off",
         "busy_timeout_ms": str(store.conn.execute("PRAGMA busy_timeout").fetchone()[0]),
     }
+
+
+def orphaned_reviews(store: Store) -> int:
+    """Review rows whose generation is gone (deleted by hand; the log keeps them). Harmless since generation ids
+    are never reused (m010), but a sign of hand edits that `doctor` reports."""
+    return store.conn.execute(
+        "SELECT count(*) FROM reviews r WHERE NOT EXISTS (SELECT 1 FROM generations g WHERE g.id = r.generation_id)"
+    ).fetchone()[0]

@@ -38,6 +38,25 @@ def test_doctor_reports_the_database(tmp_path, gemma_path):
     assert f"schema: {migration_names()[-1]}" in result.output and "0 pending" in result.output
 
 
+
+def test_doctor_warns_of_what_hand_edits_left_behind(tmp_path, gemma_path):
+    import sqlite3
+
+    runner.invoke(app, ["add", str(write(tmp_path / "a.txt", "one\ntwo\n"))])
+    assert runner.invoke(app, ["generate", "--max-tokens", "2"]).exit_code == 0
+    with sqlite3.connect(tmp_path / "test.db") as conn:  # as a user would, in the sqlite3 shell
+        conn.execute("INSERT INTO reviews (generation_id, decision, reviewer, created_at) VALUES "
+                     "(1, 'accept', 'ann', 't'), (2, 'accept', 'ann', 't')")
+        conn.execute("UPDATE generations SET completion = NULL WHERE id = 1")
+        conn.execute("DELETE FROM generations WHERE id = 2")
+    conn.close()
+    result = runner.invoke(app, ["doctor"])
+    assert result.exit_code == 0, result.output  # warnings: the database works
+    said = " ".join(result.output.split())
+    assert "1 accepted record(s) with no text (no completion and no edit): no export can include them" in said
+    assert "1 review row(s) name a generation that is gone" in said
+
+
 def test_stats_json_and_db_option(tmp_path):
     other = tmp_path / "other.db"
     runner.invoke(app, ["--db", str(other), "add", str(write(tmp_path / "a.jsonl",
