@@ -43,14 +43,15 @@ def export_command(
         Optional[list[str]], typer.Option(metavar="FLAG", help="Leave out records with this flag (repeatable).")
     ] = None,
     dedup: Annotated[
-        str,
+        Optional[str],
         typer.Option(
             "--dedup",
             metavar="RULE",
-            help="Which repeats to drop: pair (instruction+input AND response repeat an earlier record, "
-            "exact or near), instruction (one record per instruction+input), response, or off.",
+            help="Which repeats to drop: pair (the default: instruction+input AND response repeat an earlier "
+            "record, exact or near), instruction (one record per instruction+input), response, or off. "
+            "dpo and kto drop exact repeats of a whole record (or off).",
         ),
-    ] = "pair",
+    ] = None,
     no_dedup: Annotated[bool, typer.Option("--no-dedup", hidden=True, help="Same as --dedup off.")] = False,
     dedup_threshold: Annotated[
         float,
@@ -85,10 +86,11 @@ def export_command(
         raise BadInput(f"export: --format must be one of {', '.join(FORMATS)}, not {format_!r}")
     if no_dedup:
         dedup = "off"
-    if dedup not in MODES:
+    if dedup is not None and dedup not in MODES:
         raise BadInput(f"export: --dedup must be one of {', '.join(MODES)}, not {dedup!r}")
-    if problem := dedup_problem(format_, dedup):
+    if problem := dedup_problem(format_, dedup):  # a rule typed for dpo or kto, which apply only their own
         raise BadInput(f"export: {problem}")
+    dedup = dedup or "pair"
     check_output_path(out_path)
     try:
         refuse_database_files(State.db_path, out_path)
@@ -118,8 +120,8 @@ def export_command(
         known = training_db.reject_reasons(store) | {"none"}
         if unknown := [r for r in reason or () if r not in known]:
             raise BadInput(
-                f"export: --reason {unknown[0]!r}: no reject carries it (the reasons in the database: "
-                f"{', '.join(sorted(known))}); it would keep no reject at all"
+                f"export: --reason {unknown[0]!r}: no reject in force carries it (the reasons rejects carry: "
+                f"{', '.join(sorted(known))})"
             )
         try:
             report = export(

@@ -62,10 +62,10 @@ class ExportReport:
         return f"not exportable: the database holds {total:,} accepted record(s) no export can include: {reasons}"
 
 
-def dedup_problem(fmt: str, dedup: str) -> str | None:
-    """Why `dedup` cannot apply to `fmt`: dpo and kto records are pairs and labels, whose only repeat is a whole
-    record repeated (they drop those), so a rule about instructions or responses would be ignored."""
-    if fmt in RECORD_DEDUP_FORMATS and dedup not in ("pair", "off"):
+def dedup_problem(fmt: str, dedup: str | None) -> str | None:
+    """Why the rule `dedup` (None: none asked for) cannot apply to `fmt`: dpo and kto records are pairs and labels,
+    whose only repeat is a whole record repeated (they drop those), so any other rule would be ignored."""
+    if fmt in RECORD_DEDUP_FORMATS and dedup not in (None, "off"):
         return (
             f"--format {fmt} drops only exact repeats of a whole record; --dedup {dedup} does not apply "
             "(leave it out, or give off)"
@@ -226,7 +226,7 @@ def export(
     options = options or export_formats.FormatOptions()
     if isinstance(dedup, bool):
         dedup = "pair" if dedup else "off"
-    if problem := dedup_problem(fmt, dedup):
+    if problem := dedup_problem(fmt, None if dedup == "pair" else dedup):  # "pair" is also the default here
         raise ExportError(problem)
     if fmt in RECORD_DEDUP_FORMATS and dedup == "pair":  # the default, which for pairs and labels means this
         dedup = "record"

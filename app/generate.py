@@ -228,8 +228,15 @@ def options_the_run_overrides(run: RunRecord, typed: dict[str, object]) -> list[
             continue
         given = sorted(set(value)) if isinstance(value, (list, tuple)) else value
         if given != own[name] and not (name == "style" and _same_style(run, str(given))):
-            differing.append(f"--{name.replace('_', '-')} {given} (the run's: {own[name]})")
+            differing.append(f"--{name.replace('_', '-')} {_shown(given)} (the run's: {_shown(own[name])})")
     return differing
+
+
+def _shown(value: object) -> str:
+    """A setting as a user writes it: a list as its quoted items (`'a', 'b'`), an empty one as `none`."""
+    if isinstance(value, list):
+        return ", ".join(repr(v) for v in value) or "none"
+    return str(value)
 
 
 def _same_style(run: RunRecord, typed: str) -> bool:

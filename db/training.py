@@ -92,8 +92,15 @@ def pairs(store: Store, where: ExportFilter) -> Iterator[dict]:
 
 
 def reject_reasons(store: Store) -> set[str]:
-    """Every reason any review row carries (in force or not): what `--reason` can name, beside "none"."""
-    return {r for (r,) in store.conn.execute("SELECT DISTINCT reason FROM reviews WHERE reason IS NOT NULL")}
+    """The reasons the rejects in force carry: what `--reason` can name, beside "none" (a reason only on an undone
+    or overridden reject would keep no reject)."""
+    return {
+        r
+        for (r,) in store.conn.execute(
+            """SELECT DISTINCT rv.reason FROM generations g JOIN reviews rv ON rv.id = g.review_id
+               WHERE g.decision = 'reject' AND rv.reason IS NOT NULL"""
+        )
+    }
 
 
 def accepted_extras(store: Store, generation_id: int) -> tuple[bool, bytes | None]:

@@ -101,8 +101,8 @@ def test_a_keymap_that_clashes_or_names_no_binding_is_exit_2_before_the_app_star
     for good in ('accept = "y"\nreject = "n"', 'quit = "q"', 'help = "?"', 'close_help = "escape,q,question_mark"'):
         write(tmp_path / "gristmill.toml", f"[keymap]\n{good}\n")
         assert "needs a terminal" in runner.invoke(app, ["review"]).output, good
-    write(tmp_path / "gristmill.toml", '[keymap]\naccept = "?"\n')  # "?" is question_mark, as Textual spells it
-    assert "key 'question_mark' is already 'help'" in " ".join(runner.invoke(app, ["review"]).output.split())
+    write(tmp_path / "gristmill.toml", '[keymap]\naccept = "?"\n')  # Textual spells it question_mark
+    assert "key '?' is already 'help'" in " ".join(runner.invoke(app, ["review"]).output.split())
 
 
 def test_review_with_stderr_redirected_is_refused_it_would_draw_there_unseen(tmp_path):

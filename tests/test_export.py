@@ -228,9 +228,10 @@ def test_accepts_on_unfinished_or_empty_generations_are_counted_never_crash_or_v
         conn.execute("UPDATE generations SET status = 'failed' WHERE id = 3")  # accepted after a reject
     conn.close()
     for fmt in ("native", "messages", "text", "prompt-completion", "kto"):
-        for dedup in ("pair", "off"):
+        for dedup in ("default", "off"):
             out = tmp_path / f"{fmt}-{dedup}.jsonl"
-            result = runner.invoke(app, ["export", str(out), "--format", fmt, "--dedup", dedup])
+            rule = [] if dedup == "default" else ["--dedup", dedup]
+            result = runner.invoke(app, ["export", str(out), "--format", fmt, *rule])
             assert result.exit_code == 0, result.output
             said = " ".join(result.output.split())
             assert ("no export can include: 1 not finished (pending, refused or failed); 1 with no text (no "

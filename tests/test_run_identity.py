@@ -201,7 +201,7 @@ def test_run_n_refuses_style_and_sampling_options_that_differ_from_the_runs_own(
     assert clash.exit_code == 2, clash.output
     message = " ".join(clash.output.split())
     for part in ("--style few-shot (the run's: completion)", "--samples 1 (the run's: 2)",
-                 "--temperature 0.0 (the run's: 0.7)", "--stop ['x'] (the run's: [])"):
+                 "--temperature 0.0 (the run's: 0.7)", "--stop 'x' (the run's: none)"):
         assert part in message
     with open_store(tmp_path / "test.db") as store:
         assert store.query("SELECT count(*) FROM generations WHERE status = 'done'")[0][0] == 1  # nothing generated

@@ -233,9 +233,9 @@ def test_options_that_do_not_fit_the_format_are_exit_2(tmp_path):
     out = str(tmp_path / "x.jsonl")
     assert runner.invoke(app, ["export", out, "--format", "dpo", "--reason", "wrong"]).exit_code == 2
     typo = runner.invoke(app, ["export", out, "--format", "kto", "--reason", "wrnog"])  # would keep no reject
-    assert typo.exit_code == 2 and "--reason 'wrnog': no reject carries it" in " ".join(typo.output.split())
+    assert typo.exit_code == 2 and "--reason 'wrnog': no reject in force carries it" in " ".join(typo.output.split())
     unused = runner.invoke(app, ["export", out, "--format", "kto", "--reason", "unsafe"])  # configured, never given
-    assert unused.exit_code == 2 and "(the reasons in the database: incomplete, none, wrong)" in " ".join(
+    assert unused.exit_code == 2 and "(the reasons rejects carry: incomplete, none, wrong)" in " ".join(
         unused.output.split())
     assert runner.invoke(app, ["export", out, "--format", "kto", "--tokenizer", out]).exit_code == 2
     assert runner.invoke(app, ["export", out, "--format", "tokens", "--tokenizer", str(tmp_path / "no.gguf")]).exit_code == 2
@@ -306,7 +306,7 @@ def test_dpo_and_kto_drop_exact_duplicate_records_and_identical_pairs(tmp_path):
     assert manifest["dedup"]["rule"] == "record" and manifest["dedup"]["threshold"] is None
     said = " ".join(runner.invoke(app, ["export", str(tmp_path / "k.jsonl"), "--format", "kto"]).output.split())
     assert "dedup: dropped 1 exact repeat(s) of a whole record" in said and "Jaccard" not in said
-    for rule in ("instruction", "response"):  # a rule these formats do not apply is refused, not reported as applied
+    for rule in ("pair", "instruction", "response"):  # a rule typed is refused, not reported as applied
         refused = runner.invoke(app, ["export", str(tmp_path / "k.jsonl"), "--format", "kto", "--dedup", rule])
         assert refused.exit_code == 2 and f"--dedup {rule} does not apply" in " ".join(refused.output.split())
 

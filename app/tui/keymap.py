@@ -17,6 +17,7 @@ from gristmill.app.tui.confirm import ConfirmScreen
 from gristmill.app.tui.export_screen import ExportScreen
 from gristmill.app.tui.generate_screen import GenerateScreen
 from gristmill.app.tui.jump import JumpScreen
+from gristmill.app.tui.keyhints import typed
 from gristmill.app.tui.modals import EditScreen, FilterScreen, HelpScreen, TextScreen
 from gristmill.app.tui.reasons import ReasonScreen
 from gristmill.app.tui.review_screen import ReviewScreen
@@ -82,7 +83,7 @@ def keymap_problem(keymap: dict[str, str]) -> str | None:
                 for other in holders:
                     if other.id != remapped.id and not {other.id, remapped.id} <= shared_before:
                         return (
-                            f"keymap.{remapped.id}: key {key!r} is already {other.id!r} ({other.description}) "
-                            f"in the {where}; give one of them another key"
+                            f"keymap.{remapped.id}: key {typed(key)!r} is already {other.id!r} "
+                            f"({other.description}) in the {where}; give one of them another key"
                         )
     return None
