@@ -264,7 +264,7 @@ def generate(
                 raise BadInput(f"generate: {error.args[0] if error.args else error}") from error
             except StyleError as error:
                 raise BadInput(f"generate: run {run}: its style no longer loads: {error}") from error
-            drift = style_file_drift(run_record) if run is not None else None
+            drift = style_file_drift(run_record, style) if run is not None else None
             if drift:
                 err.print(f"[yellow]note:[/] {escape(drift)}")
             out.print(

@@ -250,18 +250,21 @@ def _same_style(run: RunRecord, typed: str) -> bool:
         return False
 
 
-def style_file_drift(run: RunRecord) -> str | None:
+def style_file_drift(run: RunRecord, given: str | None = None) -> str | None:
     """A warning when the run's style came from a file that now says something else (or is gone).
 
-    The run keeps generating with its stored style: one run never mixes two styles.
+    `given`: the `--style` typed with `--run` (it names the same style, or it was refused), looked at instead of
+    the path the run recorded, which is relative to where the run began. The run keeps generating with its
+    stored style: one run never mixes two styles.
     """
-    name = run.settings.get("style", run.style)
+    name = given or run.settings.get("style", run.style)
     if not run.style_definition or name in BUILTIN_STYLES:
         return None
     try:
         on_disk = load_style(name)
     except (StyleError, OSError):
-        return f"style file {name} no longer loads; run {run.id} continues with the style stored on it"
+        where = "" if Path(name).is_absolute() else f" from {Path.cwd()}"
+        return f"style file {name} does not load{where}; run {run.id} continues with the style stored on it"
     if style_digest(on_disk) != style_digest(run_style(run)):
         return (
             f"style file {name} has changed since run {run.id} started; the run continues with the style "

@@ -220,6 +220,24 @@ def test_run_n_takes_its_style_file_by_any_path(tmp_path, gemma_path):
     assert other.exit_code == 2 and "--style t.toml (the run's: s.toml)" in " ".join(other.output.split())
 
 
+def test_run_n_from_another_directory_takes_its_style_file_as_given_there(tmp_path, gemma_path, monkeypatch):
+    """The run recorded `styles/s.toml`, relative to where it began. From inside `styles/` the same file is
+    `s.toml`: that is the run's style, and nothing is said of it (it had been told the file "no longer loads")."""
+    write(tmp_path / "a.txt", "one\ntwo\n")
+    runner.invoke(app, ["add", str(tmp_path / "a.txt")])
+    (tmp_path / "styles").mkdir()
+    write(tmp_path / "styles" / "s.toml", STYLE)
+    first = runner.invoke(app, ["generate", "--style", "styles/s.toml", "--max-tokens", "2", "--limit", "1",
+                                "--quiet"])
+    assert first.exit_code == 0, first.output
+    monkeypatch.chdir(tmp_path / "styles")
+    again = runner.invoke(app, ["generate", "--run", "1", "--style", "s.toml", "--max-tokens", "2", "--quiet"])
+    assert again.exit_code == 0, again.output
+    assert "note:" not in again.output and "does not load" not in again.output
+    bare = runner.invoke(app, ["generate", "--run", "1", "--max-tokens", "2", "--quiet"])  # the recorded path
+    assert "style file styles/s.toml does not load from " in " ".join(bare.output.split())
+
+
 def test_a_run_from_before_m006_keeps_resuming(tmp_path):
     path = tmp_path / "old.db"
     engine = FakeEngine()
