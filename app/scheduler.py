@@ -53,6 +53,7 @@ class Progress:
     last_status: str | None = None
     processed: int = 0  # items finished by this call: the denominator of the rate and the ETA
     in_flight: int = 0  # items submitted to the engine and not finished
+    shown_id: int | None = None  # the item whose text `on_piece` is relaying now (None: no on_piece, or none)
     idle_s: float = 0.0  # seconds since an item last finished (or the run started): a stalled server shows here
 
     @property
@@ -359,7 +360,11 @@ class Scheduler:
         now = time.perf_counter()
         self.reported = now
         self.state = replace(
-            self.state, elapsed_s=now - self.started, in_flight=len(self.in_flight), idle_s=now - self.last_finished
+            self.state,
+            elapsed_s=now - self.started,
+            in_flight=len(self.in_flight),
+            idle_s=now - self.last_finished,
+            shown_id=self.relay.order[0] if self.relay.order else None,
         )
         if self.on_progress:
             self.on_progress(self.state)

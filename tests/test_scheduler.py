@@ -225,3 +225,27 @@ def test_progress_is_posted_while_nothing_finishes_saying_how_long(tmp_path, sto
     assert len(waiting) >= 3 and all(p.in_flight == 2 for p in waiting)
     assert waiting[-1].idle_s > waiting[0].idle_s >= 0.1
     assert posted[-1].finished == 2 and posted[-1].in_flight == 0
+
+
+def test_the_live_text_holds_the_shown_item_whole_when_others_finish_first(tmp_path, store):
+    """Several sequences finish out of order; only the shown one's end starts the room's live text again (another
+    item finishing had wiped the shown item's text mid-way)."""
+    from gristmill.app.tui.generate_screen import LiveTail
+
+    add(tmp_path, [f"item {i}" for i in range(6)])
+    fake = FakeEngine(replies=[" a long reply that keeps going for a while", " short", " mid length reply"])
+    tail, shown_at_finish, others_finished = LiveTail(), {}, []
+
+    def progressed(progress):
+        if progress.processed != tail.finished:
+            if progress.last_generation_id == progress.shown_id:
+                shown_at_finish[progress.last_generation_id] = "".join(tail.parts)
+            else:
+                others_finished.append(progress.last_generation_id)
+        tail.progressed(progress)
+
+    run_generation(store, fake, *open_run(store, fake, RunSettings(params=GenerationParams(max_tokens=60))),
+                   concurrent=FakeBatch(fake, 3), on_piece=tail.piece, on_progress=progressed)
+    stored = {r[0]: r[1] for r in store.query("SELECT id, completion FROM generations")}
+    assert others_finished and len(shown_at_finish) >= 2  # both cases happened
+    assert all(text == stored[gid] for gid, text in shown_at_finish.items())

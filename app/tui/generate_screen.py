@@ -79,9 +79,9 @@ def clock(seconds: float | None) -> str:
 
 
 class LiveTail:
-    """The end of the text being generated, as the room shows it: pieces add to it, and it starts again when an
-    item finishes. Not on every progress report: the scheduler also reports while nothing finishes (a
-    heartbeat), and clearing then wiped the item's text every 5 seconds."""
+    """The end of the text being generated, as the room shows it: pieces add to it, and it starts again when the
+    item shown finishes. Not on every progress report: the scheduler also reports while nothing finishes (a
+    heartbeat), and when another item in flight finishes; clearing then wiped the shown item's text."""
 
     def __init__(self) -> None:
         self.parts: list[str] = []
@@ -92,8 +92,10 @@ class LiveTail:
         return "".join(self.parts)[-LIVE_TAIL:]
 
     def progressed(self, progress: Progress) -> None:
-        if progress.processed != self.finished:
-            self.finished = progress.processed
+        if progress.processed == self.finished:
+            return  # a heartbeat: nothing finished
+        self.finished = progress.processed
+        if progress.shown_id is None or progress.last_generation_id == progress.shown_id:
             self.parts.clear()
 
 
