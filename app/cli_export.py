@@ -79,7 +79,7 @@ def export_command(
     from gristmill.app.export_formats import FormatOptions, TokenizerMissing
     from gristmill.models import EngineError
     from gristmill.db import runs as runs_db
-    from gristmill.db import training as training_db
+    from gristmill.db import stats as stats_db
     from gristmill.db.exports import ExportFilter
 
     if format_ not in FORMATS:
@@ -117,7 +117,7 @@ def export_command(
     with open_db() as store:
         if run is not None and runs_db.get(store, run) is None:
             raise BadInput(f"export: no run {run} in {State.db_path}")
-        known = training_db.reject_reasons(store) | {"none"}
+        known = set(stats_db.reject_reasons(store)) | {"none"}  # the reasons of the rejects in force
         if unknown := [r for r in reason or () if r not in known]:
             raise BadInput(
                 f"export: --reason {unknown[0]!r}: no reject in force carries it (the reasons rejects carry: "

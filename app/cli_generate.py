@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import replace
-from typing import Annotated, Any, Optional
+from typing import TYPE_CHECKING, Annotated, Any, Optional
 
 import typer
 from rich.markup import escape
@@ -13,6 +13,9 @@ from gristmill.app.consoles import err, out
 from gristmill.app.cli_progress import drive, fingerprint_with_progress, say_waiting, summary
 from gristmill.app.config import BOUNDS, GenerateConfig, check_generate
 from gristmill.app.errors import BadInput, Interrupted, RuntimeFailure
+
+if TYPE_CHECKING:
+    from gristmill.db import Store
 
 
 def _merged_config(**overrides: Any) -> GenerateConfig:
@@ -291,7 +294,7 @@ def generate(
         store.close()
 
 
-def _check_types(store: Any, type_list: list[str]) -> None:
+def _check_types(store: Store, type_list: list[str]) -> None:
     """A `--types` value no instruction has is a typo or the wrong database: it would make an empty run."""
     from gristmill.db import instructions as instructions_db
 

@@ -26,6 +26,12 @@ def say_waiting(seconds: float | None) -> None:
         err.print("database busy: another process holds the write lock; waiting (Ctrl-C stops, nothing is lost)")
 
 
+def _lines_not_a_bar(quiet: bool) -> bool:
+    """Progress as log lines: asked for, or stderr is a file or pipe, where Rich draws a bar only once it ends (a
+    transient one, never)."""
+    return quiet or not err.is_terminal
+
+
 def fingerprint_with_progress(engine, quiet: bool) -> None:
     """A run is identified by the model's SHA-256: hash it once (cached), with a progress bar on a big file."""
     from pathlib import Path
@@ -35,7 +41,7 @@ def fingerprint_with_progress(engine, quiet: bool) -> None:
     path = getattr(engine, "path", None)
     if path is None or cached_fingerprint(Path(path)) is not None:
         return
-    if quiet or not err.is_terminal:  # a transient bar on a file or pipe shows nothing at all
+    if _lines_not_a_bar(quiet):
         out.print(f"hashing {escape(str(path))} once to identify the run (cached afterwards)")
         fingerprint(Path(path))
         return
@@ -87,7 +93,7 @@ def drive(store, engine, concurrent, run_record, style_obj, settings, limit, ret
     total = sum(counts.values())
     retried_refused = generations_db.length_refused_count(store, run_record.id) if retry_refused else 0
     already = total - counts["pending"] - (counts["failed"] if retry_failed else 0) - retried_refused
-    if quiet or not err.is_terminal:  # a bar on a file or pipe would show only at the end: log lines instead
+    if _lines_not_a_bar(quiet):
         last_log = [0.0]
 
         def log_progress(p):

@@ -169,6 +169,11 @@ class _PieceRelay:
         else:
             self.buffers[key].append(text)
 
+    @property
+    def shown(self) -> int | None:
+        """The key whose pieces reach `on_piece` now (None: no `on_piece`, or nothing in flight)."""
+        return self.order[0] if self.order else None
+
     def end(self, key: int) -> None:
         if not self.on_piece or key not in self.buffers:
             return
@@ -364,7 +369,7 @@ class Scheduler:
             elapsed_s=now - self.started,
             in_flight=len(self.in_flight),
             idle_s=now - self.last_finished,
-            shown_id=self.relay.order[0] if self.relay.order else None,
+            shown_id=self.relay.shown,
         )
         if self.on_progress:
             self.on_progress(self.state)

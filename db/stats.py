@@ -14,18 +14,22 @@ def collect(store: Store) -> dict[str, dict[str, int]]:
         "types": grouped("SELECT instruction_type, count(*) FROM instructions GROUP BY 1 ORDER BY 1"),
         "generations": grouped("SELECT status, count(*) FROM generations GROUP BY 1 ORDER BY 1"),
         "decisions": grouped("SELECT decision, count(*) FROM generations WHERE status = 'done' GROUP BY 1 ORDER BY 1"),
-        # the reasons given with the rejects in force ("none": rejected without one)
-        "reject_reasons": {
-            str(k or "none"): n
-            for k, n in store.conn.execute(
-                """SELECT rv.reason, count(*) FROM generations g JOIN reviews rv ON rv.id = g.review_id
-               WHERE g.decision = 'reject' GROUP BY 1 ORDER BY 1"""
-            )
-        },
+        "reject_reasons": reject_reasons(store),
         "runs": {
             "total": store.conn.execute("SELECT count(*) FROM runs").fetchone()[0],
             "finished": store.conn.execute("SELECT count(*) FROM runs WHERE finished_at IS NOT NULL").fetchone()[0],
         },
+    }
+
+
+def reject_reasons(store: Store) -> dict[str, int]:
+    """The reasons given with the rejects in force, counted ("none": rejected without one)."""
+    return {
+        str(k or "none"): n
+        for k, n in store.conn.execute(
+            """SELECT rv.reason, count(*) FROM generations g JOIN reviews rv ON rv.id = g.review_id
+               WHERE g.decision = 'reject' GROUP BY 1 ORDER BY 1"""
+        )
     }
 
 

@@ -91,18 +91,6 @@ def pairs(store: Store, where: ExportFilter) -> Iterator[dict]:
         yield dict(row)
 
 
-def reject_reasons(store: Store) -> set[str]:
-    """The reasons the rejects in force carry: what `--reason` can name, beside "none" (a reason only on an undone
-    or overridden reject would keep no reject)."""
-    return {
-        r
-        for (r,) in store.conn.execute(
-            """SELECT DISTINCT rv.reason FROM generations g JOIN reviews rv ON rv.id = g.review_id
-               WHERE g.decision = 'reject' AND rv.reason IS NOT NULL"""
-        )
-    }
-
-
 def accepted_extras(store: Store, generation_id: int) -> tuple[bool, bytes | None]:
     """For an accepted generation: whether a best-of-N pick accepted it, and its stored sampled ids."""
     row = store.conn.execute(

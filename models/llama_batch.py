@@ -97,7 +97,7 @@ class LlamaBatchEngine(ConcurrentEngine):
         self.min_shared_gain = min_shared_gain(self.n_ctx_seq)
         self._mem = lib.llama_get_memory(self._ctx)
         self._batch = lib.llama_batch_init(self.n_batch, 0, 1)
-        self._n_vocab = lib.llama_vocab_n_tokens(engine._vocab)
+        self._n_vocab = engine.n_vocab
         self.slots = [_Slot(seq) for seq in range(n_seq)]
         self._sampling = ParallelSampler(lib, self._n_vocab, min(engine.n_threads, n_seq))
         self.prompt_tokens_evaluated = 0  # for the benchmark: what prefix sharing saved

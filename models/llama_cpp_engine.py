@@ -104,6 +104,11 @@ class LlamaCppEngine(Engine):
             )
         return self._info
 
+    @property
+    def n_vocab(self) -> int:
+        """How many token ids the vocabulary has: ids are 0 to n_vocab - 1."""
+        return int(self._lib.llama_vocab_n_tokens(self._vocab))
+
     def is_control(self, token_id: int) -> bool:
         return bool(self._lib.llama_vocab_get_attr(self._vocab, token_id) & CONTROL_ATTR)
 

@@ -95,7 +95,7 @@ class GgufTokenizer(RemoteTokenizer):
         self.add_bos, self.add_bos_source = info.add_bos, info.add_bos_source
         self.bos_id, self.eos_id = info.bos_id, info.eos_id
         self.context_length = info.context_length
-        self.n_vocab = int(self._engine._lib.llama_vocab_n_tokens(self._engine._vocab))
+        self.n_vocab = self._engine.n_vocab
         self.name, self.architecture = info.name, info.architecture
         self.has_chat_template = info.has_chat_template
         self.metadata = info.metadata
