@@ -6,6 +6,8 @@ from __future__ import annotations
 
 import time
 
+from rich.console import RenderableType
+from rich.constrain import Constrain
 from rich.markup import escape
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
@@ -32,6 +34,16 @@ def _lines_not_a_bar(quiet: bool) -> bool:
     return quiet or not err.is_terminal
 
 
+class _Bar(Progress):
+    """A progress bar two columns short of the terminal's width: the terminal echoes Ctrl-C as `^C` after the
+    bar, and on a full-width line that wraps, so the bar's last draw landed on a new line under a stale copy."""
+
+    def get_renderable(self) -> RenderableType:
+        renderable = super().get_renderable()
+        live = getattr(self, "live", None)  # None while Progress.__init__ builds its Live
+        return renderable if live is None else Constrain(renderable, width=max(live.console.width - 2, 1))
+
+
 def fingerprint_with_progress(engine, quiet: bool) -> None:
     """A run is identified by the model's SHA-256: hash it once (cached), with a progress bar on a big file."""
     from pathlib import Path
@@ -45,7 +57,7 @@ def fingerprint_with_progress(engine, quiet: bool) -> None:
         out.print(f"hashing {escape(str(path))} once to identify the run (cached afterwards)")
         fingerprint(Path(path))
         return
-    with Progress(
+    with _Bar(
         TextColumn("[bold]hashing model"),
         BarColumn(),
         TextColumn("{task.percentage:>3.0f}%"),
@@ -116,7 +128,7 @@ def drive(store, engine, concurrent, run_record, style_obj, settings, limit, ret
         TextColumn("refused {task.fields[refused]} failed {task.fields[failed]}{task.fields[rotation]}"),
         TimeElapsedColumn(),
     )
-    with Progress(*columns, console=err, transient=False) as bar:
+    with _Bar(*columns, console=err, transient=False) as bar:
         task = bar.add_task(
             "generate",
             total=total,

@@ -246,3 +246,20 @@ def test_leak_past_the_answer_is_trimmed_and_flagged():
     for text in mid_line:
         assert trim_leak(text, ["\nInstruction:", "\nSentence:", "\nQ:", "\n\n\n"]) == (text, False)
     assert trim_leak("One.\nTwo Sentence: ok.\nSentence: next", ["\nSentence:"]) == ("One.\nTwo Sentence: ok.", True)
+
+
+def test_the_progress_bar_leaves_room_for_the_terminals_echo_of_ctrl_c():
+    """A terminal echoes Ctrl-C as `^C` after the bar: on a full-width line that wrapped, and the bar's last draw
+    landed on a new line under a stale copy of itself."""
+    import io
+
+    from rich.console import Console
+    from rich.progress import BarColumn, TextColumn
+
+    from gristmill.app.cli_progress import _Bar
+
+    console = Console(file=io.StringIO(), width=60, force_terminal=True, color_system=None)
+    with _Bar(TextColumn("generating"), BarColumn(bar_width=None), TextColumn("x" * 20), console=console) as bar:
+        bar.add_task("t", total=10)
+        lines = console.render_lines(bar.get_renderable(), console.options, pad=False)
+    assert [sum(len(segment.text) for segment in line) for line in lines] == [58]
