@@ -107,6 +107,36 @@ async def test_edit_saves_and_accepts_keeping_the_original_and_diff_shows_it(tmp
         assert store.query("SELECT completion FROM generations")[0][0] == "original text"
 
 
+async def test_the_editor_shows_control_characters_as_pictures_and_saves_them_byte_for_byte(tmp_path):
+    """Textual's text area wrote an output's ESC sequences to the terminal: `\x1b[2J` wiped the dialog, an OSC
+    renamed the tmux pane. They show as ␛ and come back as ESC; only the edited word changes."""
+    hostile = "\x1b[31mred\x1b[0m \x1b]0;title\x07 cr\rover\x08 \x1b[2J"
+    db = seed_db(tmp_path, [hostile], n=1)
+    async with make_app(db, reviewer="ann").run_test(size=(80, 24)) as pilot:
+        await pilot.pause()
+        await pilot.press("e")
+        await pilot.pause()
+        editor = pilot.app.screen.query_one("TextArea")
+        assert editor.text == "␛[31mred␛[0m ␛]0;title␇ cr␍over␈ ␛[2J" and editor.document.line_count == 1
+        editor.text = editor.text.replace("red", "blue")
+        await pilot.press("ctrl+s")
+        await pilot.pause()
+    assert decisions(db) == [(1, "accept", hostile.replace("red", "blue"), "ann")]
+
+
+async def test_an_output_the_editor_cannot_give_back_exactly_is_not_opened(tmp_path):
+    """A C1 control has no picture, and a ␛ already there beside an ESC could not be told apart on save."""
+    db = seed_db(tmp_path, ["csi \x9b31m", "both \x1b and ␛"], n=2)
+    async with make_app(db, reviewer="ann").run_test(size=(80, 24)) as pilot:
+        await pilot.pause()
+        for _ in range(2):
+            await pilot.press("e")
+            await pilot.pause()
+            assert not pilot.app.screen.query("TextArea")
+            await pilot.press("s")
+    assert [d[1] for d in decisions(db)] == ["skip", "skip"]
+
+
 async def test_best_of_n_accepts_one_and_rejects_its_siblings_as_one_undoable_action(tmp_path):
     db = seed_db(tmp_path, ["a", "b", "c"], samples=3, n=2)
     async with make_app(db, reviewer="ann").run_test() as pilot:
@@ -239,3 +269,18 @@ async def test_notifications_show_paths_and_errors_as_written(tmp_path):
         await pilot.pause(0.2)
         shown = [str(toast.render()) for toast in app.screen.query(Toast)]
         assert shown == ["Exported to /tmp/out[/x].jsonl [bold]b[/bold] [Errno 2]"]
+
+
+async def test_ctrl_c_names_the_keys_that_quit_in_plain_text(tmp_path):
+    """Textual's own hint is markup: under plain-text notifications it read `Press [b]ctrl+q[/b] to quit`."""
+    from textual.widgets._toast import Toast
+
+    db = seed_db(tmp_path, ["one"], n=1)
+    app = make_app(db, reviewer="ann")
+    async with app.run_test(size=(80, 24), notifications=True) as pilot:
+        await pilot.pause()
+        await pilot.press("ctrl+c")
+        await pilot.pause(0.2)
+        shown = " ".join(str(toast.render()) for toast in app.screen.query(Toast))
+        assert "Ctrl+C does not quit here" in shown and "Press " in shown and "[b]" not in shown
+        assert " q" in shown.split("Press", 1)[1]

@@ -62,3 +62,30 @@ async def test_export_from_the_app_writes_the_same_bytes_as_the_cli(tmp_path):
     app_bytes = (tmp_path / "app.jsonl").read_bytes()
     assert app_bytes == (tmp_path / "cli.jsonl").read_bytes() and app_bytes.count(b"\n") == report.records > 0
     assert (tmp_path / "app.jsonl.manifest.json").exists()
+
+
+async def test_enter_exports_from_a_closed_list_as_the_dialog_says(tmp_path):
+    """Enter on a chosen format had opened the list again; only ctrl+s exported from there. Space opens a list,
+    and an open list still takes Enter as its choice (as in the review filter)."""
+    from textual.widgets import Select
+
+    db = decided_db(tmp_path)
+    async with make_app(db, reviewer="ann").run_test(size=(80, 24)) as pilot:
+        await pilot.pause()
+        await pilot.press("x")
+        await pilot.pause()
+        screen = pilot.app.screen
+        screen.query_one("#path", Input).value = str(tmp_path / "app.jsonl")
+        screen.query_one("#format", Select).focus()
+        await pilot.press("space")  # opens the list
+        await pilot.pause()
+        assert screen.report is None and screen.query_one("#format", Select).expanded
+        await pilot.press("down", "enter")  # the list takes Enter as its choice
+        await pilot.pause()
+        chosen = screen.query_one("#format", Select).value
+        assert screen.report is None and not screen.query_one("#format", Select).expanded
+        await pilot.press("enter")  # from the closed list: export
+        await settle(pilot)
+        assert screen.report is not None and chosen != "native"
+        manifest = json.loads((tmp_path / "app.jsonl.manifest.json").read_text())
+        assert manifest["format"] == chosen

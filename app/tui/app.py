@@ -119,6 +119,15 @@ class GristmillApp(App):
         texts and reject reasons as they are, and a `[/x]` in one would crash the app, a `[Errno 2]` vanish."""
         super().notify(message, title=title, severity=severity, timeout=timeout, markup=False)
 
+    def action_help_quit(self) -> None:
+        """Ctrl+C is a key here (a text field copies with it): say which keys quit. Textual's own hint is markup,
+        which the plain-text notifications above would show as `[b]ctrl+q[/b]`."""
+        from gristmill.app.tui.keyhints import typed
+
+        keys = [key for key, active in self.active_bindings.items() if active.binding.action in ("quit", "app.quit")]
+        if keys:
+            self.notify(f"Press {' or '.join(typed(key) for key in keys)} to quit", title="Ctrl+C does not quit here")
+
     def on_mount(self) -> None:
         if self.keymap_overrides:
             self.set_keymap(self.keymap_overrides)

@@ -47,6 +47,7 @@ class ExportScreen(ModalScreen[ExportReport | None]):
     BINDINGS = [
         Binding("escape", "close", "Close", id="close_export"),
         Binding("ctrl+s", "export", "Export", id="run_export"),
+        Binding("enter", "export_on_enter", "Export", id="enter_export", priority=True, show=False),
     ]
 
     def __init__(self) -> None:
@@ -96,6 +97,15 @@ class ExportScreen(ModalScreen[ExportReport | None]):
             min_chars=number("min"),
             max_chars=number("max"),
         )
+
+    def check_action(self, action: str, parameters: tuple) -> bool | None:
+        """Enter exports from a closed list or the checkbox too; a text field submits it, a button presses."""
+        from gristmill.app.tui.modals import takes_enter_itself
+
+        return not (action == "export_on_enter" and takes_enter_itself(self.focused))
+
+    def action_export_on_enter(self) -> None:
+        self.action_export()
 
     @on(Input.Submitted)
     @on(Button.Pressed, "#go")

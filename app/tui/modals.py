@@ -7,12 +7,19 @@ from textual.app import ComposeResult
 from textual.binding import Binding
 from textual.containers import Horizontal, Vertical, VerticalScroll
 from textual.screen import ModalScreen, Screen
+from textual.widget import Widget
 from textual.widgets import Button, Input, Label, Select, Static, TextArea
 
 from gristmill.app.flags import ALL_FLAGS
-from gristmill.app.textsafe import visible
+from gristmill.app.textsafe import editable, from_editable, visible
 from gristmill.app.tui.keyhints import typed
 from gristmill.app.review import REVIEW_STATES, QueueFilter
+
+
+def takes_enter_itself(focused: Widget | None) -> bool:
+    """A dialog's Enter goes to a button (it presses), a text field (it submits) or an open list (its choice);
+    anywhere else, a closed list or a checkbox included, Enter is the dialog's own (apply, export)."""
+    return focused is not None and (isinstance(focused, (Button, Input)) or type(focused).__name__ == "SelectOverlay")
 
 
 class HelpScreen(ModalScreen[None]):
@@ -54,7 +61,8 @@ class EditScreen(ModalScreen[str | None]):
     """Edit the response; ctrl+s saves (and accepts the edited text), escape cancels. The original is kept.
 
     The instruction it answers stays in view; escape asks before throwing typed text away; ctrl+o puts
-    the model's output back (useful when the editor opens with an earlier, undone edit).
+    the model's output back (useful when the editor opens with an earlier, undone edit). Control characters
+    show as their pictures (␛) and are given back on save; a text that cannot be shown so raises NotEditable.
     """
 
     CSS_PATH = "modals.tcss"
@@ -66,9 +74,8 @@ class EditScreen(ModalScreen[str | None]):
 
     def __init__(self, text: str, *, instruction: str = "", original: str | None = None, restored: bool = False):
         super().__init__()
-        self.text, self.instruction = text, instruction
-        self.original = text if original is None else original
-        self.restored = restored
+        self.instruction, self.restored = instruction, restored
+        self.pictured, (self.text, self.original) = editable(text, text if original is None else original)
 
     def compose(self) -> ComposeResult:
         with Vertical(id="dialog"):
@@ -83,7 +90,8 @@ class EditScreen(ModalScreen[str | None]):
         self.query_one(TextArea).focus()
 
     def action_save(self) -> None:
-        self.dismiss(self.query_one(TextArea).text)
+        text = self.query_one(TextArea).text
+        self.dismiss(from_editable(text) if self.pictured else text)
 
     def action_original(self) -> None:
         self.query_one(TextArea).text = self.original
@@ -134,12 +142,8 @@ class FilterScreen(ModalScreen[QueueFilter | None]):
         self.choices = choices or {}
 
     def check_action(self, action: str, parameters: tuple) -> bool | None:
-        if action == "apply":  # let an open Select list, a button or a text field take Enter themselves
-            focused = self.focused
-            return not (
-                focused is not None
-                and (isinstance(focused, (Button, Input)) or type(focused).__name__ == "SelectOverlay")
-            )
+        if action == "apply":
+            return not takes_enter_itself(self.focused)
         return True
 
     def action_apply(self) -> None:

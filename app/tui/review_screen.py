@@ -391,6 +391,7 @@ class ReviewScreen(Screen):
     def action_edit(self) -> None:
         if self.item is None:
             return
+        from gristmill.app.textsafe import NotEditable
         from gristmill.app.tui.modals import EditScreen
 
         item = self.item
@@ -401,15 +402,17 @@ class ReviewScreen(Screen):
             if text is not None and self.item is not None and self.item.generation_id == item.generation_id:
                 self._decide("accept", None if text == item.completion else text)
 
-        self.app.push_screen(
-            EditScreen(
+        try:
+            editor = EditScreen(
                 last if last is not None else item.response,
                 instruction=item.instruction,
                 original=item.completion,
                 restored=last is not None,
-            ),
-            saved,
-        )
+            )
+        except NotEditable as why:
+            self.notify(f"#{item.generation_id} cannot be edited here: {why}", severity="warning")
+            return
+        self.app.push_screen(editor, saved)
 
     def action_diff(self) -> None:
         if self.item is None:
