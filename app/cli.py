@@ -352,9 +352,14 @@ def styles() -> None:
     """List the built-in prompt styles and the style files in the current directory."""
     from gristmill.app.prompts import list_styles
 
-    for style in list_styles([Path.cwd()]):
+    found, broken = list_styles([Path.cwd()])
+    for style in found:
         out.print(f"{escape(style.name):<14} {escape(style.source):<10} {escape(style.description)}")
         out.print(f"{'':<14} stop: {escape(json.dumps(list(style.stop)))}")
+    for problem in broken:
+        err.print(f"[yellow]not loaded:[/] {escape(problem)}")
+    if broken:
+        err.print(f"{len(broken)} style file(s) in {escape(str(Path.cwd()))} did not load (see above)")
 
 
 @app.command()

@@ -58,7 +58,8 @@ def merged(config: GenerateConfig, request: JobRequest) -> GenerateConfig:
 
 def style_names(directory: Path | None = None) -> list[str]:
     """Built-in styles, then style files in the working directory."""
-    return [s.name if s.source == "built-in" else str(s.source) for s in list_styles([directory or Path.cwd()])]
+    styles, _broken = list_styles([directory or Path.cwd()])
+    return [s.name if s.source == "built-in" else str(s.source) for s in styles]
 
 
 @dataclass(frozen=True)

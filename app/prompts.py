@@ -212,16 +212,18 @@ def load_style(name_or_path: str) -> Style:
     raise StyleError(f"unknown style {name_or_path!r}: use one of {', '.join(BUILTIN_STYLES)} or a .toml file")
 
 
-def list_styles(extra_dirs: Sequence[Path] = ()) -> list[Style]:
-    styles = [load_style(name) for name in BUILTIN_STYLES]
+def list_styles(extra_dirs: Sequence[Path] = ()) -> tuple[list[Style], list[str]]:
+    """The built-in styles and the style files in `extra_dirs`, and why each file that does not load fails (a
+    typo in a style file must not just make it vanish from the list)."""
+    styles, broken = [load_style(name) for name in BUILTIN_STYLES], []
     for directory in extra_dirs:
         for path in sorted(Path(directory).glob("*.toml")):
             if path.name != "gristmill.toml":
                 try:
                     styles.append(load_style(str(path)))
-                except StyleError:
-                    continue
-    return styles
+                except StyleError as error:
+                    broken.append(str(error))
+    return styles, broken
 
 
 def _load_file(path: Path, source: str) -> Style:
@@ -247,6 +249,8 @@ def _load_file(path: Path, source: str) -> Style:
         if not isinstance(frame, str):
             raise StyleError(f"{where}: key 'frames.{frame_type}': expected text")
         _check_placeholders(where, f"frames.{frame_type}", frame, {"instruction", "input", "input_block", "type"})
+        if "{instruction}" not in frame:
+            raise StyleError(f"{where}: key 'frames.{frame_type}': must contain {{instruction}}")
     if template is not None:
         _check_placeholders(where, "template", template, {"instruction", "input", "input_block", "examples", "type"})
         if "{instruction}" not in template:
@@ -264,22 +268,43 @@ def _load_file(path: Path, source: str) -> Style:
     shots = expect("shots", list, [3, 4])
     if len(shots) != 2 or not all(isinstance(n, int) and n >= 0 for n in shots) or shots[0] > shots[1]:
         raise StyleError(f"{where}: key 'shots': expected [low, high] with 0 <= low <= high")
-    examples = [_example(where, f"examples[{n}]", e) for n, e in enumerate(expect("examples", list, []))]
+    examples = [
+        _example(where, f"examples[{n}]", e, f"{path.stem}-examples[{n}]")
+        for n, e in enumerate(expect("examples", list, []))
+    ]
     pool_file = expect("pool_file", str)
     if pool_file:
-        examples += load_pool(path.parent / pool_file)
-    if template and "{examples}" in template and not examples:
-        raise StyleError(f"{where}: key 'examples': the template uses {{examples}} but no examples or pool_file")
+        try:
+            examples += load_pool(path.parent / pool_file)
+        except StyleError as error:
+            raise StyleError(f"{where}: key 'pool_file': {error}") from None
+    if template and "{examples}" in template:
+        if not examples:
+            raise StyleError(f"{where}: key 'examples': the template uses {{examples}} but no examples or pool_file")
+        if len(examples) < shots[0]:
+            raise StyleError(
+                f"{where}: key 'shots': at least {shots[0]} examples a prompt, but the style has {len(examples)}"
+            )
     fields_ = {
         k: expect(k, str)
         for k in ("description", "input_format", "example_format", "training_format", "training_input_format")
     }
+    for key in ("input_format", "training_input_format"):
+        if fields_[key] is not None:
+            _check_placeholders(where, key, fields_[key], {"input"})
     for key in ("example_format", "training_format"):
         if fields_[key] is not None:
-            allowed = {"instruction", "input", "input_block", "response", "type"}
-            _check_placeholders(where, key, fields_[key], allowed)
+            _check_placeholders(where, key, fields_[key], {"instruction", "input", "input_block", "response", "type"})
+            for needed in ("instruction", "response"):  # without them, examples or training records lose that text
+                if f"{{{needed}}}" not in fields_[key]:
+                    raise StyleError(f"{where}: key '{key}': must contain {{{needed}}}")
+    name = expect("name", str) or path.stem
+    if name in BUILTIN_STYLES and source != "built-in":
+        raise StyleError(
+            f"{where}: key 'name': {name!r} is a built-in style's name (set another name, or rename the file)"
+        )
     return Style(
-        name=expect("name", str) or path.stem,
+        name=name,
         template=template,
         frames=dict(frames),
         examples=tuple(examples),
@@ -292,15 +317,16 @@ def _load_file(path: Path, source: str) -> Style:
 
 
 def _check_placeholders(where: str, key: str, text: str, allowed: set[str]) -> None:
+    use = f"use {', '.join('{' + a + '}' for a in sorted(allowed))}; write {{{{ or }}}} for a literal brace"
     unknown = sorted(placeholders(text) - allowed)
     if unknown:
-        raise StyleError(
-            f"{where}: key '{key}': unknown placeholder {{{unknown[0]}}} "
-            f"(use {', '.join('{' + a + '}' for a in sorted(allowed))}; write {{{{ for a literal brace)"
-        )
+        raise StyleError(f"{where}: key '{key}': unknown placeholder {{{unknown[0]}}} ({use})")
+    lone = re.search(r"[{}]", PLACEHOLDER.sub(lambda m: " " * len(m.group(0)), text))
+    if lone:  # `{instruction` or a JSON brace would be fed as written, never filled
+        raise StyleError(f"{where}: key '{key}': a lone {lone.group(0)!r} at character {lone.start() + 1} ({use})")
 
 
-def _example(where: str, key: str, value: object) -> Example:
+def _example(where: str, key: str, value: object, default_id: str) -> Example:
     if not isinstance(value, dict):
         raise StyleError(f"{where}: key '{key}': expected a table")
     unknown = sorted(set(value) - EXAMPLE_KEYS)
@@ -309,12 +335,15 @@ def _example(where: str, key: str, value: object) -> Example:
     for required in ("instruction", "response"):
         if not isinstance(value.get(required), str) or not value[required].strip():
             raise StyleError(f"{where}: key '{key}.{required}': missing or not text")
+    for optional in ("id", "input", "type"):
+        if optional in value and not isinstance(value[optional], str):
+            raise StyleError(f"{where}: key '{key}.{optional}': expected text, got {type(value[optional]).__name__}")
     return Example(
-        id=str(value.get("id") or f"{Path(where).stem}-{key}"),
+        id=value.get("id") or default_id,
         instruction=value["instruction"],
         response=value["response"],
-        input=str(value.get("input") or ""),
-        type=str(value.get("type") or "general"),
+        input=value.get("input") or "",
+        type=value.get("type") or "general",
     )
 
 
@@ -323,8 +352,10 @@ def load_pool(path: Path) -> list[Example]:
     examples = []
     try:
         lines = path.read_text(encoding="utf-8").splitlines()
-    except (OSError, UnicodeDecodeError) as error:
-        raise StyleError(f"{path}: cannot read pool: {error}") from None
+    except OSError as error:
+        raise StyleError(f"{path}: cannot read pool: {error.strerror or error}") from None
+    except UnicodeDecodeError as error:
+        raise StyleError(f"{path}: cannot read pool: not UTF-8 text (byte {error.start})") from None
     for number, line in enumerate(lines, 1):
         if not line.strip():
             continue
@@ -332,7 +363,7 @@ def load_pool(path: Path) -> list[Example]:
             value = json.loads(line)
         except json.JSONDecodeError as error:
             raise StyleError(f"{path}:{number}: invalid JSON: {error.msg}") from None
-        examples.append(_example(f"{path}:{number}", "example", value))
+        examples.append(_example(f"{path}:{number}", "example", value, f"{path.stem}-{number}"))
     return examples
 
 

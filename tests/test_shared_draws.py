@@ -39,6 +39,7 @@ def few_shot_with_draws(directory: Path, draws: int | None) -> Path:
     pool = (_builtin_dir() / "few-shot-pool.jsonl").as_posix()
     text = text.replace('pool_file = "few-shot-pool.jsonl"', f"pool_file = {json.dumps(pool)}")
     assert pool in text
+    text = text.replace('name = "few-shot"', 'name = "few-shot-shared"')  # a copy needs its own name
     if draws is not None:
         text += f"draws = {draws}\n"
     return write(directory / f"draws-{draws}.toml", text)

@@ -98,6 +98,20 @@ training_format = "### {instruction}\\n{input_block}{response}"
     ('template = "{examples}{instruction}"\n', "key 'examples'"),
     ('template = "{instruction}"\nshots = [4, 2]\n', "key 'shots'"),
     ('template = = "x"\n', "invalid TOML"),
+    # each of these had loaded, and the examples or exported records silently lacked the text
+    ('template = "{instruction}"\ntraining_format = "Instruction: {instruction}\\nResponse:"\n',
+     "key 'training_format': must contain {response}"),
+    ('template = "{instruction}"\nexample_format = "Q: {response}"\n', "key 'example_format': must contain {instruction}"),
+    ('[frames]\ngeneral = "Answer:"\n', "key 'frames.general': must contain {instruction}"),
+    ('template = "{instruction"\n', "key 'template': a lone '{' at character 1"),
+    ('template = "{instruction} {\\"a\\": 1}"\n', "key 'template': a lone '{' at character 15"),
+    ('template = "{instruction}"\ninput_format = "{input} {instruction}"\n', "key 'input_format': unknown placeholder"),
+    ('template = "{examples}{instruction}"\nshots = [3, 4]\n[[examples]]\ninstruction = "a"\nresponse = "b"\n',
+     "key 'shots': at least 3 examples a prompt, but the style has 1"),
+    ('template = "{examples}{instruction}"\nshots = [1, 1]\n[[examples]]\ninstruction = "a"\nresponse = "b"\ntype = 5\n',
+     "key 'examples[0].type': expected text, got int"),
+    ('name = "completion"\ntemplate = "{instruction}"\n', "key 'name': 'completion' is a built-in style's name"),
+    ('template = "{examples}{instruction}"\npool_file = "nowhere.jsonl"\n', "key 'pool_file': "),
 ])
 def test_style_file_errors_name_file_and_key(tmp_path, body, message):
     path = write(tmp_path / "bad.toml", body)
@@ -120,6 +134,24 @@ def test_styles_lists_builtins_and_local_files(tmp_path):
     assert result.exit_code == 0
     for name in ("completion", "few-shot", "urial", "local"):
         assert name in result.output
+
+
+def test_styles_names_the_files_that_do_not_load_and_why(tmp_path):
+    """A typo in a style file had made it vanish from the list, with exit 0 and no word."""
+    write(tmp_path / "good.toml", 'name = "good"\ntemplate = "{instruction}"\n')
+    write(tmp_path / "typo.toml", 'name = "typo"\ntemplat = "{instruction}"\n')
+    result = runner.invoke(app, ["styles"])
+    assert result.exit_code == 0, result.output
+    text = " ".join(result.output.split())
+    assert "good" in text and "not loaded: " in text and "typo.toml: key 'templat': unknown" in text
+    assert "1 style file(s) in" in text
+
+
+def test_pool_examples_without_an_id_get_their_line_number(tmp_path):
+    """They had all got the same id (`pool-example`), so the drawn examples recorded could not be told apart."""
+    write(tmp_path / "pool.jsonl", '{"instruction": "a", "response": "b"}\n\n{"instruction": "c", "response": "d"}\n')
+    path = write(tmp_path / "s.toml", 'template = "{examples}{instruction}"\nshots = [2, 2]\npool_file = "pool.jsonl"\n')
+    assert [e.id for e in load_style(str(path)).examples] == ["pool-1", "pool-3"]
 
 
 def test_styles_shows_a_name_with_markup_as_written(tmp_path):
