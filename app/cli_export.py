@@ -160,12 +160,14 @@ def check_output_path(out_path: Path) -> None:
     """OUT and OUT.manifest.json must be files we can replace atomically: say why not before reading anything."""
     from gristmill.app.export import manifest_path_for
 
-    manifest = manifest_path_for(out_path)
     if str(out_path) == "-":
         raise BadInput(
             "export: OUT '-' (standard output) is not supported: an export is written atomically, with "
             "OUT.manifest.json beside it; give a file name"
         )
+    if not out_path.name or out_path.is_dir():  # `.`, `/` and '' have no file name to put the manifest beside
+        raise BadInput(f"export: {out_path} is a directory; give a file name, e.g. {out_path / 'data.jsonl'}")
+    manifest = manifest_path_for(out_path)
     for path in (out_path, manifest):
         if path.is_dir():
             raise BadInput(f"export: {path} is a directory; give a file name, e.g. {out_path / 'data.jsonl'}")

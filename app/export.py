@@ -74,6 +74,8 @@ def dedup_problem(fmt: str, dedup: str | None) -> str | None:
 
 
 def manifest_path_for(out: Path) -> Path:
+    if not out.name:  # `.` or `/`: a directory, where the export would have no file to rename over
+        raise ExportError(f"{out} is a directory; give a file name")
     return out.with_name(out.name + ".manifest.json")
 
 

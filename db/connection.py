@@ -168,6 +168,9 @@ def connect(path: str | Path, *, create: bool = True) -> sqlite3.Connection:
     return conn
 
 
+SQLITE_HEADER_BYTES = 100
+
+
 def check_database_file(path: Path, *, create: bool) -> None:
     """Say what is wrong with `path` as a database, in words, before SQLite says it in its own.
 
@@ -188,6 +191,13 @@ def check_database_file(path: Path, *, create: bool) -> None:
             f"database {path}: not writable (permission denied); gristmill writes to its database "
             "(WAL journal, migrations, decisions)"
         )
+    size = path.stat().st_size
+    if 0 < size < SQLITE_HEADER_BYTES:  # SQLite took a file this short for an empty database and wrote over it
+        raise StoreError(
+            f"database {path}: not a SQLite database ({size} byte{'' if size == 1 else 's'}; a database starts with a 100-byte header)"
+        )
+    if size == 0 and not create and not Path(f"{path}-wal").exists():  # a new database's pages may be in its WAL yet
+        raise StoreError(f"database {path}: an empty file, not a database (`gristmill add FILE` makes one)")
     # Whether it is SQLite at all is left to SQLite (its "file is not a database" becomes the same clear line in
     # `_store_error`): opening the file here and closing it would drop every POSIX lock this process holds on it
     # through its other connections (the review app's, a worker's), and another process would then delete the

@@ -58,6 +58,10 @@ CASES = [
     C("db-not-sqlite-review", "--db {notdb} review", 2, "notdb.db", "not a SQLite database"),
     C("db-not-sqlite-preview", "--db {notdb} preview --item 1", 2, "notdb.db", "not a SQLite database"),
     C("db-not-sqlite-doctor", "--db {notdb} doctor", 2, "notdb.db", "not a SQLite database"),
+    # SQLite took a file shorter than its header for an empty database: `stats` wrote a database over it
+    C("db-one-byte-stats", "--db {onebyte} stats", 2, "onebyte.db", "not a SQLite database (1 byte"),
+    C("db-one-byte-add", "--db {onebyte} add {good}", 2, "onebyte.db", "not a SQLite database (1 byte"),
+    C("db-empty-file-stats", "--db {emptydb} stats", 2, "emptydb.db", "an empty file, not a database"),
     C("db-foreign-sqlite-stats", "--db {foreign} stats", 2, "foreign.db", "not gristmill's"),
     C("db-directory-stats", "--db {dir} stats", 2, "adir", "is a directory"),
     C("db-directory-add", "--db {dir} add {good}", 2, "adir", "is a directory"),
@@ -90,6 +94,8 @@ CASES = [
     C("model-truncated-generate", "generate --model {truncated}", 2, "truncated.gguf", "cannot load"),
     # export OUT
     C("export-out-directory", "export {dir}", 2, "adir", "is a directory"),
+    C("export-out-dot", "export .", 2, "export: . is a directory"),  # had crashed: a path with no file name
+    C("export-out-root", "export /", 2, "export: / is a directory"),
     C("export-out-no-directory", "export {ws}/nodir/x.jsonl", 2, "nodir", "does not exist"),
     C("export-read-only-directory", "export {rodir}/x.jsonl", 2, "rodir", "cannot write",
       setup="read_only_dir"),
@@ -147,6 +153,8 @@ def _workspace(tmp_path: Path, gemma_path: Path) -> dict[str, str]:
              "nodir_db": ws / "nodir" / "x.db", "out": ws / "out.jsonl", "rodir": ws / "rodir"}
     paths["good"] = write(ws / "good.jsonl", '{"instruction": "Name a colour."}\n')
     paths["notdb"] = write(ws / "notdb.db", "this is not a database\n")
+    paths["onebyte"] = write(ws / "onebyte.db", "x")
+    paths["emptydb"] = write(ws / "emptydb.db", "")
     (ws / "adir").mkdir()
     paths["dir"] = ws / "adir"
     paths["empty_gguf"] = write(ws / "empty.gguf", b"")
