@@ -37,6 +37,8 @@ BOUNDS: dict[str, tuple[float | None, float | None]] = {
     "gpu_layers": (-1, 100_000),
     "n_ctx": (16, 2**31 - 1),
     "n_ctx_cap": (16, 2**31 - 1),
+    "request_timeout": (1.0, None),  # seconds; below 1 every request times out, and the server gets the blame
+    "retries": (1, 1000),  # tries per request, the first included
 }
 POOLS = ("builtin", "accepted")
 

@@ -95,7 +95,7 @@ def open_remote_engine(config: GenerateConfig) -> Engine:
         )
     if not Path(tokenizer).expanduser().is_file():
         raise BadInput(f"--tokenizer {tokenizer}: tokenizer file not found")
-    policy = RetryPolicy(attempts=max(1, config.retries), timeout_s=config.request_timeout)
+    policy = RetryPolicy(attempts=config.retries, timeout_s=config.request_timeout)
     try:
         return create_engine(
             "remote",

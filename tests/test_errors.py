@@ -125,6 +125,9 @@ CASES = [
     C("config-directory", "--config {dir} stats", 2, "adir", "cannot read"),
     C("config-bad-toml", "stats", 2, "gristmill.toml", "invalid TOML", setup="config_bad_toml"),
     C("config-samples-zero", "stats", 2, "generate.samples", "got 0", setup="config_samples_zero"),
+    # unbounded, these had blamed the server for a timeout, or quietly meant one try
+    C("config-negative-timeout", "stats", 2, "generate.request_timeout", "got -1", setup="config_negative_timeout"),
+    C("config-zero-retries", "stats", 2, "generate.retries", "got 0", setup="config_zero_retries"),
     C("config-n-ctx-cap-zero", "stats", 2, "generate.n_ctx_cap", "got 0", setup="config_n_ctx_cap_zero"),
     C("config-negative-max-tokens", "generate", 2, "generate.max_tokens", "-5", setup="config_negative_max"),
     C("option-negative-max-tokens", "generate --max-tokens -1", 2, "--max-tokens"),
@@ -217,6 +220,14 @@ def config_bad_toml(paths: dict[str, str]) -> None:
 
 def config_samples_zero(paths: dict[str, str]) -> None:
     write(Path(paths["ws"]) / "gristmill.toml", "[generate]\nsamples = 0\n")
+
+
+def config_negative_timeout(paths: dict[str, str]) -> None:
+    write(Path(paths["ws"]) / "gristmill.toml", "[generate]\nrequest_timeout = -1\n")
+
+
+def config_zero_retries(paths: dict[str, str]) -> None:
+    write(Path(paths["ws"]) / "gristmill.toml", "[generate]\nretries = 0\n")
 
 
 def config_n_ctx_cap_zero(paths: dict[str, str]) -> None:
