@@ -80,8 +80,31 @@ def _decoded_lines(handle: BinaryIO) -> Iterator[tuple[int, str] | Problem]:
             yield Problem(number, f"not valid UTF-8 (byte 0x{raw[error.start]:02x} at column {error.start + 1})")
 
 
+class _NotStrictJson(ValueError):
+    """Python's json reads these, but JSON has no such thing: NaN and Infinity (the metadata column would hold
+    text no JSON reader takes, so json_extract fails in sqlite3), or a key given twice (one value silently lost)."""
+
+
+def _no_constant(name: str) -> float:
+    raise _NotStrictJson(f"{name} is not a JSON value (write null or a string)")
+
+
+def _unique_keys(pairs: list[tuple[str, object]]) -> dict:
+    value = dict(pairs)
+    if len(value) != len(pairs):
+        seen: set[str] = set()
+        for key, _ in pairs:
+            if key in seen:
+                raise _NotStrictJson(f"key {key!r} appears twice in one object")
+            seen.add(key)
+    return value
+
+
+_DECODER = json.JSONDecoder(parse_constant=_no_constant, object_pairs_hook=_unique_keys)
+
+
 def _jsonl(handle: BinaryIO) -> Iterator[Row | Problem | Blank]:
-    """One pass per line: json.loads reads the bytes itself (a third faster than decoding first)."""
+    """One pass per line, each decoded strictly (no NaN, no key given twice) by one shared decoder."""
     for number, raw in enumerate(handle, start=1):
         if number == 1 and raw.startswith(BOM):
             yield Problem(1, "file starts with a UTF-8 byte-order mark (BOM); save it as UTF-8 without BOM")
@@ -96,7 +119,7 @@ def _jsonl(handle: BinaryIO) -> Iterator[Row | Problem | Blank]:
             yield Problem(1, "a JSON list, not one JSON object per line: a list belongs in a .json file")
             return
         try:
-            yield number, json.loads(raw)
+            yield number, _DECODER.decode(raw.decode("utf-8"))
         except UnicodeDecodeError as error:
             yield Problem(number, f"not valid UTF-8 (byte 0x{raw[error.start]:02x} at column {error.start + 1})")
         except json.JSONDecodeError as error:
@@ -190,7 +213,7 @@ def _csv(handle: BinaryIO, instruction_key: str | None = None) -> Iterator[Row |
 
 def _json_array(handle: BinaryIO, chunk_size: int = 1 << 20) -> Iterator[Row | Problem]:
     """Stream the objects of a top-level JSON list without loading the whole file."""
-    decoder = json.JSONDecoder()
+    decoder = _DECODER
     reader = codecs.getincrementaldecoder("utf-8")("strict")
     buffer, line, eof, state = "", 1, False, "start"
     first = True

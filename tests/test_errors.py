@@ -104,6 +104,11 @@ CASES = [
     C("add-lone-surrogate", "add {surrogate}", 2, "surrogate.jsonl:1:", "not valid Unicode"),
     C("add-5000-digits-jsonl", "add {digits}", 2, "digits.jsonl:1:", "too many digits"),
     C("add-5000-digits-json", "add {digits_json}", 2, "digits.json:1:", "too many digits"),
+    # Python's json reads these; the metadata column then held text json_extract rejects, or a value was lost
+    C("add-nan-jsonl", "add {nan}", 2, "nan.jsonl:2:", "NaN is not a JSON value"),
+    C("add-infinity-json", "add {inf_json}", 2, "inf.json:1:", "Infinity is not a JSON value"),
+    C("add-duplicate-key-jsonl", "add {twice}", 2, "twice.jsonl:1:", "key 'instruction' appears twice"),
+    C("add-duplicate-key-json", "add {twice_json}", 2, "twice.json:1:", "key 'instruction' appears twice"),
     C("add-deep-jsonl", "add {deep}", 2, "deep.jsonl:1:", "nested too deeply"),
     C("add-deep-json", "add {deep_json}", 2, "deep.json:1:", "nested too deeply"),
     C("add-deep-metadata", "add {deep_meta}", 2, "deepmeta.jsonl:1:", "nested too deeply"),
@@ -166,6 +171,10 @@ def _workspace(tmp_path: Path, gemma_path: Path) -> dict[str, str]:
         paths["truncated"] = write(ws / "truncated.gguf", model.read(2_000_000))
     paths["surrogate"] = write(ws / "surrogate.jsonl", '{"instruction": "bad \\ud800 text"}\n')
     paths["digits"] = write(ws / "digits.jsonl", '{"instruction": "x", "n": ' + "7" * 5000 + "}\n")
+    paths["nan"] = write(ws / "nan.jsonl", '{"instruction": "a"}\n{"instruction": "b", "x": NaN}\n')
+    paths["inf_json"] = write(ws / "inf.json", '[{"instruction": "a", "x": -Infinity}]')
+    paths["twice"] = write(ws / "twice.jsonl", '{"instruction": "first", "instruction": "second"}\n')
+    paths["twice_json"] = write(ws / "twice.json", '[{"instruction": "first", "instruction": "second"}]')
     paths["digits_json"] = write(ws / "digits.json", '[{"instruction": "x", "n": ' + "7" * 5000 + "}]")
     paths["deep"] = write(ws / "deep.jsonl", "[" * 100_000 + "]" * 100_000 + "\n")
     paths["deep_json"] = write(ws / "deep.json", "[" + "[" * 100_000 + "]" * 100_000 + "]")
