@@ -85,6 +85,8 @@ def export_command(
     if format_ not in FORMATS:
         raise BadInput(f"export: --format must be one of {', '.join(FORMATS)}, not {format_!r}")
     if no_dedup:
+        if dedup not in (None, "off"):
+            raise BadInput(f"export: --no-dedup and --dedup {dedup} contradict each other: give one of them")
         dedup = "off"
     if dedup is not None and dedup not in MODES:
         raise BadInput(f"export: --dedup must be one of {', '.join(MODES)}, not {dedup!r}")
@@ -117,6 +119,7 @@ def export_command(
     with open_db() as store:
         if run is not None and runs_db.get(store, run) is None:
             raise BadInput(f"export: no run {run} in {State.db_path}")
+        _refuse_names_nothing_has(store, type_, style, reviewer, exclude_flag or [])
         known = set(stats_db.reject_reasons(store)) | {"none"}  # the reasons of the rejects in force
         if unknown := [r for r in reason or () if r not in known]:
             raise BadInput(
@@ -154,6 +157,26 @@ def export_command(
     if line := report.not_exportable_line():
         out.print(escape(line))
     out.print(escape(one_line(f"manifest: {report.manifest_path}")))
+
+
+def _refuse_names_nothing_has(
+    store, instruction_type: str | None, style: str | None, reviewer: str | None, exclude_flags: list[str]
+) -> None:
+    """A filter value the database has nowhere is a typo or the wrong database: it would write an empty file over
+    OUT with exit 0 (a value that only selects no accepted record is fine)."""
+    from gristmill.app import browse
+    from gristmill.app.flags import ALL_FLAGS
+
+    known = browse.choices(store)
+    for option, value, values in (
+        ("--type", instruction_type, known["types"]),
+        ("--style", style, known["styles"]),
+        ("--reviewer", reviewer, known["reviewers"]),
+        *(("--exclude-flag", flag, list(ALL_FLAGS)) for flag in exclude_flags),
+    ):
+        if value is not None and value not in values:
+            shown = ", ".join(map(str, values[:12])) + (f" and {len(values) - 12} more" if len(values) > 12 else "")
+            raise BadInput(f"export: {option} {value!r}: the database has none (it has: {shown or 'none at all'})")
 
 
 def check_output_path(out_path: Path) -> None:

@@ -184,10 +184,14 @@ def generate(
     from gristmill.app.engines import open_concurrent, open_engine
     from gristmill.app.generate import open_run, style_file_drift
     from gristmill.app.generate_session import settings_for
-    from gristmill.app.prompts import StyleError, load_style
+    from gristmill.app.prompts import StyleError, load_style_for_pool
     from gristmill.models import EngineError
 
     type_list = sorted({t.strip().lower() for t in types.split(",") if t.strip()}) if types else []
+    if types is not None and not type_list:  # `--types ''` had meant every type
+        raise BadInput(f"generate: --types {types!r} names no type; give comma-separated types, or leave it out")
+    if run is not None and new_run:
+        raise BadInput("generate: --run N continues run N and --new-run starts another: give one of them")
     if run is not None:  # the run's own BOS rule and model, unless the user names them; its own settings, always
         typed: dict[str, object] = {
             "style": style, "samples": samples, "pool": pool, "types": type_list if types is not None else None,
@@ -226,12 +230,20 @@ def generate(
             "--server the server's own settings apply (--concurrency sets requests in flight): "
             f"leave {'it' if len(given) == 1 else 'them'} out"
         )
+    server_only = {"--tokenizer": tokenizer, "--concurrency": concurrency, "--server-kind": server_kind,
+                   "--api-key-env": api_key_env}  # fmt: skip
+    given = [name for name, value in server_only.items() if value is not None]
+    if not config.server and given:
+        raise BadInput(
+            f"generate: {', '.join(given)} {'is' if len(given) == 1 else 'are'} for --server, which was not given: "
+            f"without it the model runs in this process; leave {'it' if len(given) == 1 else 'them'} out"
+        )
     try:
         settings = settings_for(config)  # the same RunSettings the app's generate room builds
     except ValueError as error:
         raise BadInput(f"generate: {error}") from error
     if run is None:
-        load_style(config.style)  # a bad style file is bad input: say so before loading a model
+        load_style_for_pool(config.style, config.pool)  # a bad style file is bad input: before loading a model
     settings = replace(settings, types=tuple(type_list))
     store = open_db()  # an existing database only: `add` makes one; a typo in --db creates nothing
     store.on_busy = say_waiting

@@ -11,7 +11,7 @@ from pathlib import Path
 from gristmill.app.config import GenerateConfig
 from gristmill.app.engines import open_engine
 from gristmill.app.generate import Progress, RunSettings, open_run, run_generation
-from gristmill.app.prompts import list_styles, load_style
+from gristmill.app.prompts import list_styles, load_style_for_pool
 from gristmill.db import generations as generations_db
 from gristmill.db import runs as runs_db
 from gristmill.db import open_store
@@ -88,7 +88,7 @@ def run_job(
     """
     settings = settings_for(config)
     if run_id is None:
-        load_style(config.style)  # a bad style file fails before a model is loaded
+        load_style_for_pool(config.style, config.pool)  # a bad style file fails before a model is loaded
     elif config.model is None:
         with open_store(db_path) as store:
             run = runs_db.get(store, run_id)

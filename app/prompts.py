@@ -212,6 +212,19 @@ def load_style(name_or_path: str) -> Style:
     raise StyleError(f"unknown style {name_or_path!r}: use one of {', '.join(BUILTIN_STYLES)} or a .toml file")
 
 
+def load_style_for_pool(name_or_path: str, pool: str) -> Style:
+    """`load_style`, and a style that could never draw the examples its `shots` asks for is an error: with the
+    built-in pool only, a draw would quietly take fewer (with `accepted`, accepted records fill the pool)."""
+    style = load_style(name_or_path)
+    low = style.shots[0]
+    if pool == "builtin" and style.draws_examples and len(style.examples) < low:
+        raise StyleError(
+            f"{style.source}: key 'shots': at least {low} examples a prompt, but the style has "
+            f"{len(style.examples)} (add examples, lower shots, or draw accepted records too: --pool accepted)"
+        )
+    return style
+
+
 def list_styles(extra_dirs: Sequence[Path] = ()) -> tuple[list[Style], list[str]]:
     """The built-in styles and the style files in `extra_dirs`, and why each file that does not load fails (a
     typo in a style file must not just make it vanish from the list)."""
@@ -281,10 +294,6 @@ def _load_file(path: Path, source: str) -> Style:
     if template and "{examples}" in template:
         if not examples:
             raise StyleError(f"{where}: key 'examples': the template uses {{examples}} but no examples or pool_file")
-        if len(examples) < shots[0]:
-            raise StyleError(
-                f"{where}: key 'shots': at least {shots[0]} examples a prompt, but the style has {len(examples)}"
-            )
     fields_ = {
         k: expect(k, str)
         for k in ("description", "input_format", "example_format", "training_format", "training_input_format")

@@ -124,6 +124,11 @@ CASES = [
     # runs, configs and option values
     C("run-style-gone", "generate --run {run}", 2, "run", "gone-style.toml"),
     C("run-unknown", "generate --run 999", 2, "no run 999"),
+    # each of these had been ignored: a local run with the server's options, run 1 continued, every type generated
+    C("run-and-new-run", "generate --run 1 --new-run", 2, "--run N continues run N and --new-run"),
+    C("server-options-without-server", "generate --tokenizer {model} --concurrency 2", 2,
+      "--tokenizer, --concurrency are for --server"),
+    C("types-empty", ["generate", "--types", ",,"], 2, "--types ',,' names no type"),
     C("config-missing", "--config {ws}/nope.toml stats", 2, "nope.toml", "--config", "does not exist"),
     C("env-config-nowhere", "stats", 2, "GRISTMILL_CONFIG", "does not exist",
       env={"GRISTMILL_CONFIG": "{ws}/elsewhere/gristmill.toml"}),

@@ -88,9 +88,23 @@ def test_filters(tmp_path):
     fake_db(tmp_path)
     out = tmp_path / "o.jsonl"
     for args, ids in ((["--type", "math"], [2]), (["--min-chars", "8"], [2, 3]), (["--max-chars", "7"], [1]),
-                      (["--reviewer", "bob"], []), (["--run", "1", "--style", "completion"], [1, 2, 3])):
+                      (["--run", "1", "--style", "completion"], [1, 2, 3])):
         assert runner.invoke(app, ["export", str(out), *args]).exit_code == 0
         assert [r["id"] for r in read_jsonl(out)] == ids, args
+
+
+def test_a_filter_value_the_database_has_nowhere_is_refused_and_out_is_left_alone(tmp_path):
+    """A typo had written an empty file over OUT with exit 0 (as `--run 99` never did)."""
+    fake_db(tmp_path)
+    out = write(tmp_path / "o.jsonl", "the last export\n")
+    for args, said in ((["--reviewer", "bob"], "--reviewer 'bob': the database has none (it has: "),
+                       (["--type", "Math"], "--type 'Math': the database has none (it has: creative, fact, general, math)"),
+                       (["--style", "few-shot"], "--style 'few-shot': the database has none (it has: completion)"),
+                       (["--exclude-flag", "truncted"], "--exclude-flag 'truncted'"),
+                       (["--no-dedup", "--dedup", "pair"], "--no-dedup and --dedup pair contradict")):
+        result = runner.invoke(app, ["export", str(out), *args])
+        assert result.exit_code == 2 and said in " ".join(result.output.split()), (args, result.output)
+    assert out.read_text() == "the last export\n"
 
 
 def test_exported_prompt_is_the_fed_prompt_on_the_real_model(tmp_path, gemma):

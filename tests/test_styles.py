@@ -9,7 +9,7 @@ import pytest
 from typer.testing import CliRunner
 
 from gristmill.app.cli import app
-from gristmill.app.prompts import StyleError, item_seed, load_style, style_digest, style_from_json, style_to_json
+from gristmill.app.prompts import load_style_for_pool, StyleError, item_seed, load_style, style_digest, style_from_json, style_to_json
 from tests.conftest import write
 
 GOLDEN = Path(__file__).parent / "golden" / "styles"
@@ -106,8 +106,6 @@ training_format = "### {instruction}\\n{input_block}{response}"
     ('template = "{instruction"\n', "key 'template': a lone '{' at character 1"),
     ('template = "{instruction} {\\"a\\": 1}"\n', "key 'template': a lone '{' at character 15"),
     ('template = "{instruction}"\ninput_format = "{input} {instruction}"\n', "key 'input_format': unknown placeholder"),
-    ('template = "{examples}{instruction}"\nshots = [3, 4]\n[[examples]]\ninstruction = "a"\nresponse = "b"\n',
-     "key 'shots': at least 3 examples a prompt, but the style has 1"),
     ('template = "{examples}{instruction}"\nshots = [1, 1]\n[[examples]]\ninstruction = "a"\nresponse = "b"\ntype = 5\n',
      "key 'examples[0].type': expected text, got int"),
     ('name = "completion"\ntemplate = "{instruction}"\n', "key 'name': 'completion' is a built-in style's name"),
@@ -145,6 +143,16 @@ def test_styles_names_the_files_that_do_not_load_and_why(tmp_path):
     text = " ".join(result.output.split())
     assert "good" in text and "not loaded: " in text and "typo.toml: key 'templat': unknown" in text
     assert "1 style file(s) in" in text
+
+
+def test_a_style_with_fewer_examples_than_shots_is_refused_unless_accepted_records_fill_the_pool(tmp_path):
+    """A draw had quietly taken fewer examples than `shots` asks for."""
+    body = 'template = "{examples}{instruction}"\nshots = [3, 4]\n[[examples]]\ninstruction = "a"\nresponse = "b"\n'
+    path = write(tmp_path / "few.toml", body)
+    result = runner.invoke(app, ["generate", "--style", str(path)])
+    assert result.exit_code == 2
+    assert "few.toml: key 'shots': at least 3 examples a prompt, but the style has 1" in " ".join(result.output.split())
+    assert load_style_for_pool(str(path), "accepted").shots == (3, 4)
 
 
 def test_pool_examples_without_an_id_get_their_line_number(tmp_path):

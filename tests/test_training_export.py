@@ -280,7 +280,7 @@ def test_filters_apply_to_the_training_shapes(tmp_path):
     assert [d["id"] for d in export(tmp_path, "kto", "--type", "math")[1]["derivation"]] == [4, 5]
     assert [(d["id"], d["rejected_id"]) for d in export(tmp_path, "dpo", "--type", "fact")[1]["derivation"]] == [
         (2, 1), (2, 3)]
-    assert export(tmp_path, "prompt-completion", "--reviewer", "bob")[0] == []
+    assert export(tmp_path, "prompt-completion", "--min-chars", "100000")[0] == []
     assert [d["id"] for d in export(tmp_path, "tokens", "--max-chars", "10")[1]["derivation"]] == [2]
 
 
