@@ -261,6 +261,9 @@ def add(
     keys = KeyMap(instruction=instruction_key, input=input_key, type=type_key, id=id_key)
     from gristmill.app.cli_progress import say_waiting
 
+    if type_ is not None and (not type_.strip() or "," in type_):  # '' had meant general; 'a,b' no --types selects
+        raise BadInput(f"add: --type {type_!r}: give one type name (no commas), or leave --type out")
+
     failed = 0
     with open_db(create=True) as store:
         store.on_busy = say_waiting  # a long wait for another writer's lock is said, not silent

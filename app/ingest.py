@@ -89,6 +89,8 @@ def _to_instruction(value: object, source: str, keys: KeyMap, forced_type: str |
             instruction_type = record.pop(key)
             if instruction_type is not None and type(instruction_type) is not str:
                 return f"field '{key}': expected text, got {_json_type(instruction_type)}"
+            if instruction_type and "," in instruction_type:  # `generate --types` could never select it
+                return f"field '{key}': {instruction_type!r}: a type cannot contain ',' (--types separates types by commas)"
             break
     instruction_type = forced_type or (instruction_type or "").strip().lower() or "general"
     external_id = record.pop(keys.id, None)

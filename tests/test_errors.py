@@ -110,6 +110,9 @@ CASES = [
     C("add-duplicate-key-jsonl", "add {twice}", 2, "twice.jsonl:1:", "key 'instruction' appears twice"),
     C("add-duplicate-key-json", "add {twice_json}", 2, "twice.json:1:", "key 'instruction' appears twice"),
     C("add-deep-jsonl", "add {deep}", 2, "deep.jsonl:1:", "nested too deeply"),
+    C("add-type-empty", ["add", "{good}", "--type", " "], 2, "--type ' ': give one type name"),
+    C("add-type-comma", ["add", "{good}", "--type", "a,b"], 2, "--type 'a,b': give one type name"),
+    C("add-type-field-comma", "add {comma_type}", 2, "commatype.jsonl:1:", "a type cannot contain ','"),
     C("add-deep-json", "add {deep_json}", 2, "deep.json:1:", "nested too deeply"),
     C("add-deep-metadata", "add {deep_meta}", 2, "deepmeta.jsonl:1:", "nested too deeply"),
     C("add-missing-file", "add {ws}/nothere.jsonl", 2, "nothere.jsonl: cannot read:", "no such file"),
@@ -178,6 +181,7 @@ def _workspace(tmp_path: Path, gemma_path: Path) -> dict[str, str]:
     paths["digits"] = write(ws / "digits.jsonl", '{"instruction": "x", "n": ' + "7" * 5000 + "}\n")
     paths["nan"] = write(ws / "nan.jsonl", '{"instruction": "a"}\n{"instruction": "b", "x": NaN}\n')
     paths["inf_json"] = write(ws / "inf.json", '[{"instruction": "a", "x": -Infinity}]')
+    paths["comma_type"] = write(ws / "commatype.jsonl", '{"instruction": "a", "type": "qa,math"}\n')
     paths["twice"] = write(ws / "twice.jsonl", '{"instruction": "first", "instruction": "second"}\n')
     paths["twice_json"] = write(ws / "twice.json", '[{"instruction": "first", "instruction": "second"}]')
     paths["digits_json"] = write(ws / "digits.json", '[{"instruction": "x", "n": ' + "7" * 5000 + "}]")
