@@ -88,6 +88,10 @@ def normalize_url(url: str) -> str:
             "--server: credentials in the URL are not accepted (they would be stored with the "
             "run); put the key in the environment variable named by --api-key-env"
         )
+    try:
+        parts.port  # noqa: B018 - parsing the port is the check: urlsplit itself accepts any digits
+    except ValueError:
+        raise ValueError(f"--server {url!r}: the port must be a number from 0 to 65535") from None
     path = parts.path.rstrip("/")
     if path.endswith("/v1"):
         path = path[:-3]

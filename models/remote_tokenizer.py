@@ -18,7 +18,7 @@ from abc import ABC, abstractmethod
 from collections.abc import Sequence
 from pathlib import Path
 
-from gristmill.models.base import EngineError, PromptRefused
+from gristmill.models.base import EngineError, EngineSetupError, PromptRefused
 from gristmill.models.stops import Utf8Stream
 
 
@@ -198,7 +198,13 @@ def open_tokenizer(path: str | Path, add_bos: bool | None = None) -> RemoteToken
     """A `.gguf` through llama.cpp, anything else as a Hugging Face tokenizer.json."""
     path = Path(path).expanduser()
     if not path.exists():
-        raise EngineError(f"tokenizer file not found: {path}")
-    if path.suffix.lower() == ".gguf":
-        return GgufTokenizer(path, add_bos)
-    return HfTokenizer(path, add_bos)
+        raise EngineSetupError(f"tokenizer file not found: {path}")
+    try:
+        if path.suffix.lower() == ".gguf":
+            return GgufTokenizer(path, add_bos)
+        return HfTokenizer(path, add_bos)
+    except EngineSetupError:
+        raise
+    except EngineError as error:  # the file is wrong, not the server: the user fixes --tokenizer (exit 2)
+        kind = "a truncated or corrupt GGUF?" if path.suffix.lower() == ".gguf" else "not a tokenizer.json?"
+        raise EngineSetupError(f"--tokenizer {path}: {error} ({kind})") from error

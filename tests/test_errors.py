@@ -151,6 +151,13 @@ CASES = [
     C("command-unknown", "stat", 2, "stat"),
     C("server-no-scheme", "generate --server 127.0.0.1:8731 --tokenizer {model}", 2, "expected http://HOST:PORT"),
     C("server-ftp", "generate --server ftp://x --tokenizer {model}", 2, "expected http://HOST:PORT"),
+    # these had been runtime failures (exit 1): the command is what needs fixing
+    C("server-port-out-of-range", "generate --server http://127.0.0.1:99999 --tokenizer {model}", 2,
+      "the port must be a number from 0 to 65535"),
+    C("server-tokenizer-not-json", "generate --server http://127.0.0.1:9 --tokenizer {badtok}", 2,
+      "--tokenizer", "badtok.json", "not a tokenizer.json?"),
+    C("server-tokenizer-truncated", "generate --server http://127.0.0.1:9 --tokenizer {truncated}", 2,
+      "--tokenizer", "truncated.gguf", "a truncated or corrupt GGUF?"),
     C("server-credentials", "generate --server http://u:p@127.0.0.1:8731 --tokenizer {model}", 2,
       "credentials in the URL are not accepted"),
     C("preview-nothing", "preview", 2, "give an instruction"),
@@ -181,6 +188,7 @@ def _workspace(tmp_path: Path, gemma_path: Path) -> dict[str, str]:
     paths["digits"] = write(ws / "digits.jsonl", '{"instruction": "x", "n": ' + "7" * 5000 + "}\n")
     paths["nan"] = write(ws / "nan.jsonl", '{"instruction": "a"}\n{"instruction": "b", "x": NaN}\n')
     paths["inf_json"] = write(ws / "inf.json", '[{"instruction": "a", "x": -Infinity}]')
+    paths["badtok"] = write(ws / "badtok.json", '{"x": 1')
     paths["comma_type"] = write(ws / "commatype.jsonl", '{"instruction": "a", "type": "qa,math"}\n')
     paths["twice"] = write(ws / "twice.jsonl", '{"instruction": "first", "instruction": "second"}\n')
     paths["twice_json"] = write(ws / "twice.json", '[{"instruction": "first", "instruction": "second"}]')
