@@ -167,8 +167,10 @@ def load_config(path: Path) -> Config:
     if unknown:
         raise ConfigError(f"{path}: key '{unknown[0]}': unknown section (known: generate, review, keymap)")
     keymap = data.get("keymap", {})
-    if not isinstance(keymap, dict) or not all(isinstance(v, str) for v in keymap.values()):
+    if not isinstance(keymap, dict):
         raise ConfigError(f"{path}: key 'keymap': expected a table of binding id = \"keys\"")
+    if wrong := [binding for binding, keys in keymap.items() if not isinstance(keys, str)]:
+        raise ConfigError(f"{path}: key 'keymap.{wrong[0]}': expected keys as text, e.g. {wrong[0]} = \"y\"")
     generate = _check_section(path, "generate", GenerateConfig, data.get("generate", {}))
     check_generate(generate, lambda key: f"{path}: key 'generate.{key}'")
     config = Config(

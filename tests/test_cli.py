@@ -91,14 +91,20 @@ def test_a_keymap_that_clashes_or_names_no_binding_is_exit_2_before_the_app_star
     cases = [('accept = "r"', "keymap.accept: key 'r' is already 'reject' (Reject) in the review room"),
              ('quit = "a"', "keymap.quit: key 'a' is already 'accept' (Accept) in the review room"),
              ('acept = "y"', "keymap.acept: no binding has that id"),
-             ('accept = " , "', "keymap.accept: no key given")]
+             ('accept = " , "', "keymap.accept: no key given"),
+             # these had passed: ctrl+q then quit (Textual's own binding) instead of accepting; no key sends notakey
+             ('accept = "ctrl+q"', "keymap.accept: key 'ctrl+q' is already Textual's own 'quit'"),
+             ('accept = "notakey"', "keymap.accept: 'notakey' is no key"),
+             ('accept = "y,ctrl+banana"', "keymap.accept: 'ctrl+banana' is no key"),
+             ("accept = 5", "key 'keymap.accept': expected keys as text")]
     for line, message in cases:
         write(tmp_path / "gristmill.toml", f"[keymap]\n{line}\n")
         result = runner.invoke(app, ["review"])
         assert result.exit_code == 2 and message in " ".join(result.output.split()), (line, result.output)
     # good ones get as far as the terminal check: a new key, or a default key written back (the help screen's
     # own q and ? already shadow the app's quit and help there, by design)
-    for good in ('accept = "y"\nreject = "n"', 'quit = "q"', 'help = "?"', 'close_help = "escape,q,question_mark"'):
+    for good in ('accept = "y"\nreject = "n"', 'quit = "q"', 'help = "?"', 'close_help = "escape,q,question_mark"',
+                 'accept = "f5,ctrl+y,shift+tab"', 'quit = "ctrl+q"'):
         write(tmp_path / "gristmill.toml", f"[keymap]\n{good}\n")
         assert "needs a terminal" in runner.invoke(app, ["review"]).output, good
     write(tmp_path / "gristmill.toml", '[keymap]\naccept = "?"\n')  # Textual spells it question_mark

@@ -7,8 +7,9 @@ Both are configuration errors, said in one line before the app starts.
 
 from __future__ import annotations
 
+from textual.app import App
 from textual.binding import Binding
-from textual.keys import _character_to_key  # how Textual itself spells a one-character key
+from textual.keys import Keys, _character_to_key  # how Textual itself spells a one-character key
 
 from gristmill.app.tui.app import GristmillApp
 from gristmill.app.tui.browse_filter import BrowseFilterScreen
@@ -42,6 +43,19 @@ SCREENS = {
 }
 
 
+MODIFIERS = {"ctrl", "shift", "alt", "meta", "super", "hyper"}
+KEY_NAMES = {key.value.split("+")[-1] for key in Keys if not key.value.startswith("<")} | {
+    _character_to_key(chr(code)) for code in range(33, 127)
+}
+
+
+def is_key(key: str) -> bool:
+    """A key Textual can send: one character, or a key name (`f5`, `pagedown`, `question_mark`), after any
+    modifiers (`ctrl+`, `shift+`...). Anything else is a binding no key reaches."""
+    *modifiers, name = key.split("+")
+    return all(m in MODIFIERS for m in modifiers) and (len(name) == 1 or name in KEY_NAMES)
+
+
 def _bindings(owner: type) -> list[Binding]:
     return [b if isinstance(b, Binding) else Binding(*b) for b in getattr(owner, "BINDINGS", [])]
 
@@ -65,15 +79,21 @@ def keymap_problem(keymap: dict[str, str]) -> str | None:
 
     A key two bindings of one screen already share without the keymap (a dialog's own `q` over the app's
     quit) is by design; a clash is a pair the keymap makes."""
-    app_bindings = _bindings(GristmillApp)
+    app_bindings = _bindings(GristmillApp) + _bindings(App)  # Textual's own: ctrl+q quits, ctrl+c tells how to
     known = {b.id for b in app_bindings if b.id} | {
         b.id for screen in SCREENS.values() for b in _bindings(screen) if b.id
     }
     for binding_id, keys in keymap.items():
         if binding_id not in known:
             return f"keymap.{binding_id}: no binding has that id (the app's ? screen lists each binding's id)"
-        if not [key for key in keys.split(",") if key.strip()]:
+        given = [key.strip() for key in keys.split(",") if key.strip()]
+        if not given:
             return f"keymap.{binding_id}: no key given"
+        if unknown := [key for key in given if not is_key(key)]:
+            return (
+                f"keymap.{binding_id}: {unknown[0]!r} is no key (one character, or a name such as f5, pagedown, "
+                "space, with ctrl+, shift+ or alt+ before it)"
+            )
     for where, screen in SCREENS.items():
         bindings = _bindings(screen) + app_bindings
         by_default = _holders(bindings, {})
@@ -81,9 +101,12 @@ def keymap_problem(keymap: dict[str, str]) -> str | None:
             shared_before = {b.id for b in by_default.get(key, [])}
             for remapped in (b for b in holders if b.id in keymap):
                 for other in holders:
+                    if other.action == remapped.action:  # quit = "ctrl+q" beside Textual's own ctrl+q quit
+                        continue
                     if other.id != remapped.id and not {other.id, remapped.id} <= shared_before:
+                        what = repr(other.id) if other.id else f"Textual's own {other.action!r}"
                         return (
-                            f"keymap.{remapped.id}: key {typed(key)!r} is already {other.id!r} "
-                            f"({other.description}) in the {where}; give one of them another key"
+                            f"keymap.{remapped.id}: key {typed(key)!r} is already {what} "
+                            f"({other.description or 'built in'}) in the {where}; give one of them another key"
                         )
     return None
