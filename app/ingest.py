@@ -28,6 +28,12 @@ class KeyMap:
     type: str | None = None  # None: look for instruction_type, category, type in that order
     id: str = "id"
 
+    def renamed(self) -> dict[str, str]:
+        """The optional keys given other names (`--input-key ctx`), by option: a name no record has is a typo,
+        which would otherwise import every record without its input, type or id."""
+        given = {"--input-key": (self.input, "input"), "--type-key": (self.type, None), "--id-key": (self.id, "id")}
+        return {option: key for option, (key, default) in given.items() if key is not None and key != default}
+
 
 @dataclass
 class FileReport:
@@ -206,6 +212,7 @@ def import_file(store: Store, path: Path, keys: KeyMap = KeyMap(), forced_type: 
         with handle:
             batch: list[NewInstruction] = []
             records = 0
+            renamed, found, objects = keys.renamed(), set(), 0
             for item in read_records(path, handle, instruction_key=keys.instruction):
                 if isinstance(item, Problem):
                     problem(item.line, item.message)
@@ -215,6 +222,9 @@ def import_file(store: Store, path: Path, keys: KeyMap = KeyMap(), forced_type: 
                     continue
                 line, value = item
                 records += 1
+                if renamed and type(value) is dict:
+                    objects += 1
+                    found.update(option for option, key in renamed.items() if key in value)
                 parsed = _to_instruction(value, f"{path.name}:{line}", keys, forced_type)
                 if isinstance(parsed, str):
                     problem(line, parsed)
@@ -226,6 +236,8 @@ def import_file(store: Store, path: Path, keys: KeyMap = KeyMap(), forced_type: 
                         batch = []
             if not records and not report.problem_count:
                 problem(0, "empty file: no instructions in it")
+            for option in (o for o in renamed if objects and o not in found):
+                problem(0, f"{option} {renamed[option]!r}: no record in this file has that key")
             if report.problem_count:
                 return report
             instructions_db.stage_batch(store, batch)

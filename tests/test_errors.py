@@ -110,6 +110,10 @@ CASES = [
     C("add-duplicate-key-jsonl", "add {twice}", 2, "twice.jsonl:1:", "key 'instruction' appears twice"),
     C("add-duplicate-key-json", "add {twice_json}", 2, "twice.json:1:", "key 'instruction' appears twice"),
     C("add-deep-jsonl", "add {deep}", 2, "deep.jsonl:1:", "nested too deeply"),
+    # a renamed key no record has had imported every record without its input (the value went into metadata)
+    C("add-input-key-nowhere", "add {good} --input-key ctx", 2, "good.jsonl", "--input-key 'ctx': no record"),
+    C("add-type-key-nowhere-csv", "add {nocol} --instruction-key prompt --type-key kind", 2, "nocol.csv",
+      "--type-key 'kind': no record"),
     C("add-type-empty", ["add", "{good}", "--type", " "], 2, "--type ' ': give one type name"),
     C("add-type-comma", ["add", "{good}", "--type", "a,b"], 2, "--type 'a,b': give one type name"),
     C("add-type-field-comma", "add {comma_type}", 2, "commatype.jsonl:1:", "a type cannot contain ','"),
