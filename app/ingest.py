@@ -212,7 +212,8 @@ def import_file(store: Store, path: Path, keys: KeyMap = KeyMap(), forced_type: 
         with handle:
             batch: list[NewInstruction] = []
             records = 0
-            renamed, found, objects = keys.renamed(), set(), 0
+            renamed, objects = keys.renamed(), 0
+            found: set[str] = set()  # the options whose key some record has
             for item in read_records(path, handle, instruction_key=keys.instruction):
                 if isinstance(item, Problem):
                     problem(item.line, item.message)
