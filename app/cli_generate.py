@@ -242,8 +242,12 @@ def generate(
         settings = settings_for(config)  # the same RunSettings the app's generate room builds
     except ValueError as error:
         raise BadInput(f"generate: {error}") from error
-    if run is None:
-        load_style_for_pool(config.style, config.pool)  # a bad style file is bad input: before loading a model
+    if run is None:  # a bad style file is bad input: say so before loading a model, and where the name came from
+        try:
+            load_style_for_pool(config.style, config.pool)
+        except StyleError as error:
+            origin = "" if style is not None else f" (generate.style in {State.config_path})"
+            raise BadInput(f"{error}{origin}") from error
     settings = replace(settings, types=tuple(type_list))
     store = open_db()  # an existing database only: `add` makes one; a typo in --db creates nothing
     store.on_busy = say_waiting

@@ -129,8 +129,19 @@ def _check_section(path: Path, name: str, cls: type, values: object):
             raise ConfigError(f"{path}: key '{name}.{key}': unknown (known: {', '.join(sorted(known))})")
         expected = hints[key]
         if not _matches(value, expected):
-            raise ConfigError(f"{path}: key '{name}.{key}': expected {expected}, got {type(value).__name__}")
+            raise ConfigError(f"{path}: key '{name}.{key}': expected {_in_words(expected)}, got {value!r}")
     return cls(**{key: _canonical(value, hints[key]) for key, value in values.items()})
+
+
+def _in_words(expected) -> str:
+    """A field's type as a config file's writer reads it: `a whole number`, not `<class 'int'>`."""
+    text = str(expected)
+    if "list" in text:
+        return 'a list of strings, e.g. ["a", "b"]'
+    for name, words in (("bool", "true or false"), ("int", "a whole number"), ("float", "a number"), ("str", "text")):
+        if name in text:
+            return words
+    return text
 
 
 def _canonical(value: object, expected) -> object:

@@ -21,6 +21,8 @@ def resolve_model(model: str | None) -> Path:
 def check_model_file(path: Path) -> None:
     """Say what is wrong with a model path in words before llama.cpp says it in its own (or in a log line)."""
     if not path.exists():
+        if path.is_symlink():
+            raise BadInput(f"model {path}: a symbolic link to nothing (its target is missing, or the links loop)")
         raise BadInput(f"model {path}: file not found")
     if path.is_dir():
         raise BadInput(f"model {path}: is a directory; give the .gguf file (the first part of a split model)")

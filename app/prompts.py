@@ -204,7 +204,11 @@ def load_style(name_or_path: str) -> Style:
     """A built-in style by name, or a user's TOML file by path."""
     if name_or_path in BUILTIN_STYLES:
         return _load_file(_builtin_dir() / f"{name_or_path}.toml", "built-in")
+    if not name_or_path.strip():  # Path('') is the current directory
+        raise StyleError(f"no style named (an empty name): use one of {', '.join(BUILTIN_STYLES)} or a .toml file")
     path = Path(name_or_path)
+    if path.is_dir():
+        raise StyleError(f"{path}: is a directory, not a style file")
     if path.suffix == ".toml" or path.exists():
         if not path.exists():
             raise StyleError(f"{path}: style file not found")

@@ -60,8 +60,16 @@ def _not_utf8_text(number: int, raw: bytes) -> Problem | None:
     after every ASCII letter, so it would import as garbage; one problem for the file, not one a line."""
     if number == 1 and raw.startswith((b"\xff\xfe", b"\xfe\xff")):
         return Problem(1, "file starts with a UTF-16 byte-order mark: it is UTF-16; save it as UTF-8")
+    if number == 1 and raw.startswith(b"\x1f\x8b"):
+        return Problem(1, "a gzip-compressed file: decompress it first (gunzip)")
+    if number == 1 and raw.startswith((b"PK\x03\x04", b"SQLite format 3\x00")):
+        return Problem(1, f"a {'zip archive' if raw.startswith(b'PK') else 'SQLite database'}, not a text file")
     if b"\x00" in raw:
-        return Problem(number, f"byte 0x00 at column {raw.index(0) + 1}: not UTF-8 text (UTF-16?); save it as UTF-8")
+        nul = raw.index(0)
+        around = [raw[i : i + 1] for i in (nul - 1, nul + 1) if 0 <= i < len(raw)]  # UTF-16: h\0e\0l\0
+        utf16 = all(b.isascii() and (b.isalnum() or b.isspace()) for b in around)
+        what = "(UTF-16?); save it as UTF-8" if utf16 else "but binary data"
+        return Problem(number, f"byte 0x00 at column {nul + 1}: not UTF-8 text {what}")
     return None
 
 

@@ -114,6 +114,12 @@ CASES = [
     C("add-input-key-nowhere", "add {good} --input-key ctx", 2, "good.jsonl", "--input-key 'ctx': no record"),
     C("add-type-key-nowhere-csv", "add {nocol} --instruction-key prompt --type-key kind", 2, "nocol.csv",
       "--type-key 'kind': no record"),
+    C("add-gzip", "add {gz}", 2, "gz.jsonl:1:", "a gzip-compressed file: decompress it first"),
+    C("model-symlink-loop", "generate --model {loop}", 2, "loop.gguf", "a symbolic link to nothing"),
+    C("config-bom", "stats", 2, "gristmill.toml", "byte-order mark", setup="config_bom"),
+    C("config-wrong-type", "stats", 2, "generate.samples", "expected a whole number, got '2'",
+      setup="config_wrong_type"),
+    C("style-empty-name", ["generate", "--style", ""], 2, "no style named (an empty name)"),
     C("add-type-empty", ["add", "{good}", "--type", " "], 2, "--type ' ': give one type name"),
     C("add-type-comma", ["add", "{good}", "--type", "a,b"], 2, "--type 'a,b': give one type name"),
     C("add-type-field-comma", "add {comma_type}", 2, "commatype.jsonl:1:", "a type cannot contain ','"),
@@ -192,6 +198,12 @@ def _workspace(tmp_path: Path, gemma_path: Path) -> dict[str, str]:
     paths["digits"] = write(ws / "digits.jsonl", '{"instruction": "x", "n": ' + "7" * 5000 + "}\n")
     paths["nan"] = write(ws / "nan.jsonl", '{"instruction": "a"}\n{"instruction": "b", "x": NaN}\n')
     paths["inf_json"] = write(ws / "inf.json", '[{"instruction": "a", "x": -Infinity}]')
+    import gzip
+    import os
+
+    paths["gz"] = write(ws / "gz.jsonl", gzip.compress(b'{"instruction": "a"}\n'))
+    os.symlink(ws / "loop.gguf", ws / "loop.gguf")
+    paths["loop"] = ws / "loop.gguf"
     paths["badtok"] = write(ws / "badtok.json", '{"x": 1')
     paths["comma_type"] = write(ws / "commatype.jsonl", '{"instruction": "a", "type": "qa,math"}\n')
     paths["twice"] = write(ws / "twice.jsonl", '{"instruction": "first", "instruction": "second"}\n')
@@ -250,6 +262,14 @@ def config_bad_toml(paths: dict[str, str]) -> None:
 
 def config_samples_zero(paths: dict[str, str]) -> None:
     write(Path(paths["ws"]) / "gristmill.toml", "[generate]\nsamples = 0\n")
+
+
+def config_bom(paths: dict[str, str]) -> None:
+    write(Path(paths["ws"]) / "gristmill.toml", b"\xef\xbb\xbf[generate]\nsamples = 2\n")
+
+
+def config_wrong_type(paths: dict[str, str]) -> None:
+    write(Path(paths["ws"]) / "gristmill.toml", '[generate]\nsamples = "2"\n')
 
 
 def config_negative_timeout(paths: dict[str, str]) -> None:
