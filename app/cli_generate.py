@@ -306,6 +306,14 @@ def generate(
                 concurrent.close()
             engine.close()
         summary(store, run_record.id, final)
+        from gristmill.db import generations as generations_db
+
+        failed = generations_db.status_counts(store, run_record.id)["failed"]
+        if failed:  # a script that goes on to export must hear that the run is not whole
+            raise RuntimeFailure(
+                f"generate: {failed} item(s) of run {run_record.id} failed (the reason of each is in "
+                "generations.error); --retry-failed runs them again"
+            )
     finally:
         store.close()
 

@@ -436,3 +436,22 @@ def test_a_logged_run_says_when_the_server_has_answered_nothing_for_a_while(tmp_
     assert result.exit_code == 0, result.output
     assert "0/1 (0 done, 0 refused, 0 failed)" in result.output
     assert ", 1 in flight, none finished for " in result.output
+
+
+def test_a_run_left_with_failed_items_exits_1_saying_how_to_retry_them(tmp_path, monkeypatch, gemma_path, tok, reply):
+    """Every item had failed and generate exited 0: a script went on to export a run not whole."""
+    from typer.testing import CliRunner
+
+    from gristmill.app.cli import app
+
+    runner = CliRunner()
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "items.jsonl").write_text('{"instruction": "Name a colour."}\n{"instruction": "Name a tree."}\n')
+    assert runner.invoke(app, ["add", str(tmp_path / "items.jsonl")]).exit_code == 0
+    (tmp_path / "gristmill.toml").write_text("[generate]\nretries = 1\n")
+    with StubServer("vllm", reply_ids=reply, faults=["500"] * 10) as stub:
+        result = runner.invoke(app, ["generate", "--server", stub.url, "--tokenizer", str(gemma_path), "--quiet",
+                                     "--max-tokens", "4"])
+    text = " ".join(result.output.split())
+    assert result.exit_code == 1, result.output
+    assert "0 done, 0 refused, 2 failed" in text and "2 item(s) of run 1 failed" in text and "--retry-failed" in text
