@@ -170,8 +170,11 @@ class GristmillApp(App):
             self.post_message(CountsUpdated(counts, time.perf_counter() - started))
 
     def on_counts_updated(self, message: CountsUpdated) -> None:
+        changed = bool(self.counts) and message.counts != self.counts  # another process wrote beside the app
         self.counts = message.counts
         self._show_counts()
+        if changed and (recount := getattr(self.screen, "counts_changed", None)):
+            recount()
         if self._next_count is not None:
             self._next_count.stop()
         self._next_count = self.set_timer(max(COUNTS_REFRESH_S, 20 * message.seconds), self.refresh_counts)

@@ -209,6 +209,13 @@ class ReviewScreen(Screen):
             self.position = found
             self._show_meta()
 
+    def counts_changed(self) -> None:
+        """The header's counts moved (a generator or another reviewer beside the app): the queue's length the
+        position line shows is counted again, or it would lag the header until the next key."""
+        self.queue_total = None
+        if self.item is not None:
+            self.find_position(self.queue, self.item.generation_id)
+
     def _adjust_total(self, before: str | None, after: str | None) -> None:
         """A decision made here moves an item in or out of a state queue: keep the cached length in step."""
         if self.queue_total is None or self.queue.state == "all":
