@@ -376,32 +376,81 @@ def preview(
     type_: Annotated[
         str, typer.Option("--type", metavar="TYPE", help="Instruction type (picks the frame).")
     ] = "general",
-    seed: Annotated[int, typer.Option(metavar="N", min=0, max=2**63 - 1, help="Item seed for the few-shot draw.")] = 0,
+    seed: Annotated[
+        Optional[int],
+        typer.Option(
+            metavar="N", min=0, max=2**63 - 1, help="The run seed, as generate --seed (default: the config's)."
+        ),
+    ] = None,
+    sample: Annotated[
+        int, typer.Option(metavar="K", min=1, help="Which sample of the instruction (1 is the first).")
+    ] = 1,
+    run: Annotated[
+        Optional[int], typer.Option(metavar="ID", help="Render with this run's own style and seed, as it fed them.")
+    ] = None,
     model: Annotated[Optional[str], typer.Option(metavar="GGUF", help="Count tokens with this GGUF.")] = None,
     ids: Annotated[bool, typer.Option("--ids", help="Also print the token ids.")] = False,
 ) -> None:
-    """Print exactly what the model will be fed: prompt text, token count, stop sequences."""
+    """Print exactly what generate feeds for this instruction and sample: prompt text, token count, stops.
+
+    A few-shot draw depends on the item's seed, which generate derives from the run seed, the instruction and
+    the sample number: the same three here give the same prompt."""
+    from gristmill.app.ingest import content_hash
     from gristmill.app.preview import render_preview
+    from gristmill.app.prompts import item_seed
 
     config = replace(
         State.config.generate, model=model or State.config.generate.model, style=style or State.config.generate.style
     )
-    if item is not None:
-        if instruction is not None:
-            raise BadInput("preview: give an instruction or --item ID, not both")
+    stored_hash, run_style_obj = None, None
+    if item is not None or run is not None:
         with open_db() as store:
-            from gristmill.db import instructions as instructions_db
-
-            row = instructions_db.get(store, item)
-        if row is None:
-            raise BadInput(f"preview: no instruction with id {item} in {State.db_path}")
-        instruction, input_text, type_ = row["instruction"], row["input"], row["instruction_type"]
+            if item is not None:
+                if instruction is not None:
+                    raise BadInput("preview: give an instruction or --item ID, not both")
+                row = _stored_instruction(store, item)
+                instruction, input_text, type_ = row["instruction"], row["input"], row["instruction_type"]
+                stored_hash = row["content_hash"]
+            if run is not None:
+                config, run_style_obj = _run_preview_settings(store, run, config, style, seed, sample, model)
     if instruction is None:
         raise BadInput("preview: give an instruction or --item ID")
     for label, text in (("the instruction", instruction), ("--input", input_text), ("--type", type_)):
         if not _is_text(text):
             raise BadInput(f"preview: {label} is not valid UTF-8 text (a lone surrogate or undecodable bytes)")
-    sys.stdout.write(render_preview(config, instruction, input_text, type_, seed, show_ids=ids))
+    if seed is not None:
+        config = replace(config, seed=seed)
+    seed_of_item = item_seed(config.seed, stored_hash or content_hash(instruction, input_text), sample - 1)
+    sys.stdout.write(
+        render_preview(config, instruction, input_text, type_, seed_of_item, show_ids=ids, style=run_style_obj)
+    )
+
+
+def _stored_instruction(store, instruction_id: int) -> dict:
+    from gristmill.db import instructions as instructions_db
+
+    row = instructions_db.get(store, instruction_id)
+    if row is None:
+        raise BadInput(f"preview: no instruction with id {instruction_id} in {State.db_path}")
+    return row
+
+
+def _run_preview_settings(
+    store, run_id: int, config, style: str | None, seed: int | None, sample: int, model: str | None
+):
+    """`preview --run N`: the run's stored style, bound to its seed, and its model file unless --model names one."""
+    from gristmill.app.generate import run_style
+    from gristmill.db import runs as runs_db
+
+    record = runs_db.get(store, run_id)
+    if record is None:
+        raise BadInput(f"preview: no run {run_id} in {State.db_path}")
+    if style is not None or seed is not None:
+        raise BadInput("preview: --run N renders with the run's own style and seed; leave --style and --seed out")
+    if sample > record.samples:
+        raise BadInput(f"preview: run {run_id} draws {record.samples} sample(s) an instruction; --sample {sample}")
+    model = model or record.settings.get("model_path") or config.model
+    return replace(config, seed=record.seed, model=model), run_style(record)
 
 
 from gristmill.app import cli_export, cli_generate, cli_review  # noqa: E402  (commands register on `app`)

@@ -6,7 +6,7 @@ import json
 
 from gristmill.app.config import GenerateConfig
 from gristmill.app.engines import open_engine
-from gristmill.app.prompts import load_style
+from gristmill.app.prompts import Style, load_style
 from gristmill.models.base import token_ids_sha256
 from gristmill.models.gguf import describe_metadata
 
@@ -19,8 +19,12 @@ def render_preview(
     seed: int,
     *,
     show_ids: bool = False,
+    style: Style | None = None,
 ) -> str:
-    style = load_style(config.style).for_run(config.seed)  # a style's shared draws come from the run seed
+    """The prompt `style` (default: the config's, bound to the config's run seed) renders for the item seed `seed`:
+    `generate` derives that from the run seed, the instruction's content hash and the sample (`item_seed`)."""
+    if style is None:
+        style = load_style(config.style).for_run(config.seed)  # a style's shared draws come from the run seed
     rendered = style.render(instruction, input_text, instruction_type, seed=seed)
     engine = open_engine(config, vocab_only=True)
     try:

@@ -126,6 +126,30 @@ def test_preview_prints_exactly_what_is_fed(gemma_path):
     assert "tokens: " in result.output and "ids: [2, " in result.output and '"\\nQ:"' in result.output
 
 
+def test_preview_of_an_item_shows_what_generate_fed_each_sample(tmp_path, gemma_path):
+    """preview took --seed as the item's seed (default 0), so its few-shot draw was one no sample ever got."""
+    import sqlite3
+
+    write(tmp_path / "i.jsonl", '{"instruction": "Name a river."}\n{"instruction": "Why is ice slippery?"}\n')
+    assert runner.invoke(app, ["add", str(tmp_path / "i.jsonl")]).exit_code == 0
+    result = runner.invoke(app, ["generate", "--style", "few-shot", "--samples", "2", "--seed", "7",
+                                 "--max-tokens", "1", "--quiet"])
+    assert result.exit_code == 0, result.output
+    rows = sqlite3.connect(tmp_path / "test.db").execute(
+        "SELECT instruction_id, sample_index, prompt, prompt_tokens, prompt_token_ids_sha256 FROM generations").fetchall()
+    assert len({r[2] for r in rows}) == 4  # four draws: the check below tells them apart
+    for instruction_id, k, prompt, tokens, digest in rows:
+        for how in (["--style", "few-shot", "--seed", "7"], ["--run", "1"]):
+            shown = runner.invoke(app, ["preview", "--item", str(instruction_id), "--sample", str(k + 1), *how])
+            assert shown.exit_code == 0, shown.output
+            assert f"exactly as fed) ---\n{prompt}\n--- end of prompt ---" in shown.output, how
+            assert f"tokens: {tokens} " in shown.output and digest in shown.output
+    typed = runner.invoke(app, ["preview", "--style", "few-shot", "--seed", "7", "--sample", "2", "Why is ice slippery?"])
+    assert f"---\n{rows[3][2]}\n---" in typed.output.replace(" exactly as fed) ---", "---").replace(
+        "--- end of prompt ---", "---")  # text typed in: the same draw as the stored instruction's
+    assert runner.invoke(app, ["preview", "--item", "1", "--run", "1", "--sample", "3"]).exit_code == 2
+
+
 def test_styles_lists_builtins_and_local_files(tmp_path):
     write(tmp_path / "local.toml", 'name = "local"\ntemplate = "{instruction}"\n')
     result = runner.invoke(app, ["styles"])
