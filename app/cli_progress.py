@@ -164,6 +164,17 @@ def summary(store, run_id: int, final=None) -> None:
         f"run {run_id}: {counts['done']} done, {counts['refused']} refused, {counts['failed']} failed, "
         f"{counts['pending']} pending{rate}"
     )
+    rewritten = generations_db.flag_counts(store, run_id, ("leaked", "control_token"))
+    if rewritten["leaked"]:
+        out.print(
+            f"{rewritten['leaked']} trimmed where they ran into a next example their stops missed (flag leaked; "
+            "the untrimmed text is in style_meta)"
+        )
+    if rewritten["control_token"]:
+        out.print(
+            f"{rewritten['control_token']} cut where the model sampled a control token (flag control_token; "
+            "style_meta names it)"
+        )
     if counts["refused"]:
         too_long = generations_db.length_refused_count(store, run_id)
         out.print("refused items are in the database with the reason (generations.error)")

@@ -7,7 +7,7 @@ import unicodedata
 from collections.abc import Sequence
 
 CONTROL_TOKEN_TEXT = re.compile(
-    r"<\|[A-Za-z0-9_]+\|>|<(?:start|end)_of_turn>|</?s>|<bos>|<eos>|<pad>|\[/?INST\]|<<SYS>>",
+    r"<\|[A-Za-z0-9_]+\|>|<(?:start|end)_of_(?:turn|image)>|</?tool_call>|</?s>|<bos>|<eos>|<pad>|\[/?INST\]|<<SYS>>",
 )
 REPETITION_NGRAM = 3
 REPETITION_THRESHOLD = 0.5  # share of word 3-grams that repeat an earlier one
@@ -62,4 +62,4 @@ def quality_flags(text: str, finish_reason: str, leaked: bool = False) -> list[s
     return flags
 
 
-ALL_FLAGS = ("empty", "truncated", "repetition", "leaked", "control_token_text", "non_printable")
+ALL_FLAGS = ("empty", "truncated", "repetition", "leaked", "control_token_text", "non_printable", "control_token")

@@ -292,6 +292,19 @@ def length_refused_count(store: Store, run_id: int) -> int:
     ).fetchone()[0]
 
 
+def flag_counts(store: Store, run_id: int, flags: tuple[str, ...]) -> dict[str, int]:
+    """How many finished generations of the run carry each of `flags` (the rewrites a command must count)."""
+    counts = dict.fromkeys(flags, 0)
+    marks = ", ".join("?" * len(flags))
+    for flag, n in store.conn.execute(
+        f"""SELECT f.value, count(*) FROM generations g, json_each(g.flags) f
+            WHERE g.run_id = ? AND g.status = 'done' AND f.value IN ({marks}) GROUP BY f.value""",
+        (run_id, *flags),
+    ):
+        counts[flag] = n
+    return counts
+
+
 def status_counts(store: Store, run_id: int | None = None) -> dict[str, int]:
     where, params = ("WHERE run_id = ?", (run_id,)) if run_id is not None else ("", ())
     counts = {"pending": 0, "done": 0, "refused": 0, "failed": 0}

@@ -163,3 +163,22 @@ def test_leak_trimming_in_the_pipeline_cuts_only_at_a_line_start(tmp_path):
         rows = store.query("SELECT completion, flags FROM generations ORDER BY id")
     assert rows[0]["completion"] == replies[0] and "leaked" not in json.loads(rows[0]["flags"])
     assert rows[1]["completion"] == " Done." and "leaked" in json.loads(rows[1]["flags"])
+
+
+def test_generate_counts_the_completions_it_trimmed_in_its_own_output(tmp_path, capsys):
+    """A default rewrite is counted where the user looks: the summary had said only `2 done`."""
+    from gristmill.app.cli_progress import summary
+
+    style = write(tmp_path / "curated.toml", STYLE)
+    replies = [" Done.\nInstruction: the next example, which the stop missed", " Fine."]
+    db = generate(tmp_path, ["Say done.", "Say fine."], FakeEngine(replies=replies), style,
+                  params=GenerationParams(max_tokens=200))
+    with open_store(db) as store:
+        summary(store, 1)
+    said = " ".join(capsys.readouterr().out.split())
+    assert "run 1: 2 done" in said and "1 trimmed where they ran into a next example their stops missed" in said
+    assert "control token" not in said
+    with open_store(db) as store:  # as the real engine marks a completion it cut at a sampled control token
+        store.conn.execute("""UPDATE generations SET flags = '["control_token"]' WHERE id = 2""")
+        summary(store, 1)
+    assert "1 cut where the model sampled a control token" in " ".join(capsys.readouterr().out.split())
