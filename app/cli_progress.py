@@ -179,7 +179,11 @@ def summary(store, run_id: int, final=None) -> None:
         too_long = generations_db.length_refused_count(store, run_id)
         out.print("refused items are in the database with the reason (generations.error)")
         if too_long:
+            from gristmill.db import runs as runs_db
+
+            run = runs_db.get(store, run_id)
+            larger = "the server a larger context" if run and run.engine == "remote" else "a larger --n-ctx"
             out.print(
-                f"{too_long} refused as too long for the context: give a larger --n-ctx with --retry-refused "
+                f"{too_long} refused as too long for the context: give {larger} and run with --retry-refused "
                 f"to retry them in this run (run {run_id}; nothing else is regenerated)"
             )

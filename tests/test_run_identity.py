@@ -140,10 +140,17 @@ def test_retry_refused_uses_the_larger_context_in_the_same_run(store, tmp_path):
     assert (again.done, again.refused, again.processed) == (2, 0, 1)
 
 
-def test_cli_refusal_points_to_retry_refused_not_a_new_run(tmp_path, gemma_path):
+def test_cli_refusal_points_to_retry_refused_not_a_new_run(tmp_path, gemma_path, capsys):
+    from gristmill.app.cli_progress import summary
+
     runner.invoke(app, ["add", str(write(tmp_path / "a.txt", "word " * 400 + "\nshort one\n"))])
     result = runner.invoke(app, ["generate", "--n-ctx", "256", "--max-tokens", "8", "--quiet"])
     assert result.exit_code == 0 and "1 refused" in result.output and "--retry-refused" in result.output
+    assert "give a larger --n-ctx and run with --retry-refused" in " ".join(result.output.split())
+    with open_store(tmp_path / "test.db") as store:  # a remote run's context is the server's: --n-ctx is refused
+        store.conn.execute("UPDATE runs SET engine = 'remote'")
+        summary(store, 1)
+    assert "give the server a larger context" in " ".join(capsys.readouterr().out.split())
     again = runner.invoke(app, ["generate", "--n-ctx", "1024", "--max-tokens", "8", "--quiet", "--retry-refused"])
     assert again.exit_code == 0, again.output
     assert "run 1:" in again.output and "2 done, 0 refused" in again.output
