@@ -55,7 +55,7 @@ async def test_a_30_second_write_lock_crashes_neither_generate_nor_the_review_ap
         first = app.screen.item.generation_id
         await pilot.press("a")  # the lock is held: the app hands the write to a thread and says it waits
         taken += 1
-        assert app.saving and "waiting for the database" in app.sub_title
+        assert app.saving and "saving: database busy" in app.sub_title
         await pilot.press("a")  # a second decision while one waits is declined, not queued, not lost
         assert app.screen.item.generation_id == first
         await pilot.press("j", "k")  # reading and moving still work while the lock is held
@@ -191,7 +191,7 @@ async def test_quitting_while_a_decision_waits_keeps_what_was_committed_and_does
         holder = hold_write_lock(db)
         waiting = app.screen.item.generation_id
         await pilot.press("a")  # now it waits in a thread, and the header says so
-        assert app.saving and "waiting for the database" in app.sub_title
+        assert app.saving and "saving: database busy" in app.sub_title
         await pilot.press("q")  # the first q warns: the waiting decision would not be saved
         await pilot.pause()
         assert app.is_running and app.unsaved == f"decision (accept #{waiting})"
@@ -217,7 +217,7 @@ async def test_a_pick_while_another_process_writes_waits_in_a_thread_and_lands(t
         app = pilot.app
         await pilot.pause()
         await pilot.press("2")  # best of N is a write like any decision: off the event loop while the lock is held
-        assert app.saving and "waiting for the database" in app.sub_title
+        assert app.saving and "saving: database busy" in app.sub_title
         await pilot.press("j")  # the event loop answers meanwhile
         holder.execute("COMMIT")
         holder.close()
@@ -243,7 +243,7 @@ async def test_a_bulk_decision_in_browse_waits_for_the_lock_in_a_thread(tmp_path
         assert isinstance(app.screen, ConfirmScreen)
         await pilot.press("y")
         await pilot.pause()
-        assert app.saving and "waiting for the database" in app.sub_title
+        assert app.saving and "saving: database busy" in app.sub_title
         await pilot.press("u")  # a second write while one waits is declined, not queued
         holder.execute("COMMIT")
         holder.close()

@@ -298,8 +298,9 @@ class GristmillApp(App):
 
     def _show_counts(self) -> None:
         c = self.counts
-        if self.saving:
-            self.sub_title = "waiting for the database (another process is writing)…"
+        if self.saving:  # first, and short: the counts stay in view beside it
+            busy = "saving: database busy"
+            self.sub_title = f"{busy} · {c['unreviewed']} to review" if c else f"{busy} (another process writes)…"
             return
         if not c:
             self.sub_title = f"{self.db_path.name} · reviewer {self.reviewer}"

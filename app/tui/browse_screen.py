@@ -41,16 +41,17 @@ HINTS = (
     ("next_page", "next"),
     ("previous_page", "prev"),
 )  # one line at 80 columns: the ? screen has every key (O reverses the sort)
-COLUMNS = (
+COLUMNS = (  # what tells rows apart first: at 80 columns the instruction and output are in view, the rest a scroll away
     ("id", "id"),
-    ("status", "status"),
     ("decision", "decision"),
+    ("instruction", "instruction"),
+    ("output", "output"),
+    ("status", "status"),
     ("type", "type"),
     ("style", "style"),
     ("chars", "chars"),
-    ("instruction", "instruction"),
-    ("output", "output"),
 )
+TEXT_WIDTH = 28  # the instruction and output columns: id, decision and both fit 80 columns
 SORTABLE = tuple(key for key, _ in COLUMNS if key in browse.SORTS)
 
 
@@ -176,13 +177,13 @@ class BrowseScreen(Screen):
         for row in message.page.rows:
             table.add_row(
                 str(row.generation_id),
-                row.status,
                 row.decision or "-",
+                one_line(row.instruction, TEXT_WIDTH),
+                one_line(row.output, TEXT_WIDTH),
+                row.status,
                 row.instruction_type,
                 row.style,
                 str(row.chars),
-                one_line(row.instruction),
-                one_line(row.output),
                 key=str(row.generation_id),
             )
         self._show_meta()

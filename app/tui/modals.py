@@ -83,7 +83,7 @@ class EditScreen(ModalScreen[str | None]):
             if self.instruction:
                 yield Static(Text("Instruction: " + visible(self.instruction)), id="edit-instruction")
             if self.restored:
-                yield Label("Your last edit (undone) is restored; ctrl+o puts the model output back.", id="restored")
+                yield Label("Your undone edit is back; ctrl+o gives the model output.", id="restored")  # fits 80
             yield TextArea(self.text, id="editor", soft_wrap=True, show_line_numbers=False)
 
     def on_mount(self) -> None:

@@ -159,7 +159,7 @@ class ReviewScreen(Screen):
         item = self.item
         if item is None:
             return
-        flags = ", ".join(item.flags) or "none"
+        flags = ", ".join(item.flags) or "no flags"  # no label: at 80 columns the style at the end stays in view
         decision = f" · {item.decision} by {item.reviewer}" if item.decision else ""
         where = (
             f"item {self.position[0]:,} of {self.position[1]:,}"
@@ -172,7 +172,7 @@ class ReviewScreen(Screen):
         self.query_one("#meta", Static).update(
             Text(
                 f"{where} · queue: {self._describe_queue()}\n"
-                f"#{item.generation_id}{decision} · flags: {flags} · {item.completion_tokens} tok · "
+                f"#{item.generation_id}{decision} · {flags} · {item.completion_tokens} tok · "
                 f"{item.finish_reason} · sample {item.sample_index + 1} of {item.samples} · {item.instruction_type} · "
                 f"{item.style}",
                 no_wrap=True,
