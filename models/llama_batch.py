@@ -29,6 +29,7 @@ import ctypes
 import time
 from dataclasses import dataclass, field
 
+from gristmill.models import native_log
 from gristmill.models.base import EngineError, GenerationResult, PromptRefused, TextPiece
 from gristmill.models.batch import ConcurrentEngine, PromptJob, SequenceEvent, common_prefix
 from gristmill.models.llama_cpp_engine import Completion, LlamaCppEngine
@@ -90,7 +91,13 @@ class LlamaBatchEngine(ConcurrentEngine):
         params.kv_unified = False
         params.swa_full = True
         self.n_batch = params.n_batch
-        self._ctx = lib.llama_init_from_model(engine._llm._model.model, params)
+        try:
+            with native_log.interrupt_after_native_call():  # making a context logs: a Ctrl-C then comes after it
+                self._ctx = lib.llama_init_from_model(engine._llm._model.model, params)
+        except KeyboardInterrupt:
+            if getattr(self, "_ctx", None):
+                lib.llama_free(self._ctx)
+            raise
         if not self._ctx:
             raise EngineError(f"cannot create a context for {n_seq} sequences of {n_ctx_seq or engine.n_ctx} tokens")
         self.n_ctx_seq = int(lib.llama_n_ctx_seq(self._ctx)) if hasattr(lib, "llama_n_ctx_seq") else engine.n_ctx

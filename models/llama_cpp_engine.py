@@ -52,16 +52,17 @@ class LlamaCppEngine(Engine):
             raise EngineError(f"model file not found: {path}")
         self.path = path
         try:
-            self._llm = llama_cpp.Llama(
-                str(path),
-                n_ctx=n_ctx or n_ctx_cap,
-                n_threads=n_threads or os.cpu_count() or 2,
-                n_gpu_layers=n_gpu_layers,
-                vocab_only=vocab_only,
-                verbose=False,
-                n_batch=n_batch,
-                flash_attn=flash_attn,  # llama.cpp's own default ("auto": on where supported); the binding's is off
-            )
+            with native_log.interrupt_after_native_call():
+                self._llm = llama_cpp.Llama(
+                    str(path),
+                    n_ctx=n_ctx or n_ctx_cap,
+                    n_threads=n_threads or os.cpu_count() or 2,
+                    n_gpu_layers=n_gpu_layers,
+                    vocab_only=vocab_only,
+                    verbose=False,
+                    n_batch=n_batch,
+                    flash_attn=flash_attn,  # llama.cpp's own default ("auto": on where supported); the binding's is off
+                )
         except (ValueError, RuntimeError) as error:
             raise EngineError(f"cannot load {path}: {error}") from error
         self._vocab = self._llm._model.vocab

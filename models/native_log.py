@@ -4,6 +4,10 @@ from __future__ import annotations
 
 import ctypes
 import logging
+import signal
+import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
 
 log = logging.getLogger("gristmill.llama_cpp")
 log.addHandler(logging.NullHandler())  # with no file configured, drop lines rather than print them
@@ -34,3 +38,24 @@ def install() -> None:
 
     llama_cpp.llama_log_set(callback, ctypes.c_void_p(0))
     _installed = callback
+
+
+@contextmanager
+def interrupt_after_native_call() -> Iterator[None]:
+    """Hold a Ctrl-C until the native call in the block returns, then raise it.
+
+    While llama.cpp loads a model or makes a context it logs hundreds of lines through the callback above, and
+    Python runs a SIGINT handler when the callback is entered: the KeyboardInterrupt was raised inside a ctypes
+    callback, which prints it and drops it, so a Ctrl-C during a load was lost and the run went on to the end.
+    Signal handlers belong to the main thread; elsewhere (the app's workers) the block runs as it is."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    caught: list[int] = []
+    previous = signal.signal(signal.SIGINT, lambda signum, frame: caught.append(signum))
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGINT, previous)
+        if caught:
+            raise KeyboardInterrupt  # the user asked to stop: this replaces whatever the call ended with

@@ -181,3 +181,29 @@ def test_no_code_path_renders_a_chat_template_or_feeds_a_string():
                                    for k in call.keywords):
                                 offences.append(f"{path.name}:{call.lineno}: special tokenization")
     assert offences == []
+
+
+def test_a_ctrl_c_during_a_model_load_is_raised_once_the_load_returns(gemma_path, monkeypatch):
+    """While a model loads, llama.cpp logs hundreds of lines through a ctypes callback; Python ran the SIGINT
+    handler there, and ctypes printed the KeyboardInterrupt and dropped it: the run went on to the end."""
+    import signal
+
+    from gristmill.models import native_log
+    from gristmill.models.llama_cpp_engine import LlamaCppEngine
+
+    native_log.install()
+    calls = []
+    logged = native_log.log.log
+
+    def ctrl_c_on_the_third_line(*args, **kwargs):  # a real SIGINT, delivered while llama.cpp is in the load
+        calls.append(1)
+        if len(calls) == 3:
+            signal.raise_signal(signal.SIGINT)
+        return logged(*args, **kwargs)
+
+    monkeypatch.setattr(native_log.log, "log", ctrl_c_on_the_third_line)
+    with pytest.raises(KeyboardInterrupt):
+        LlamaCppEngine(gemma_path, n_ctx=256)
+    assert len(calls) > 3  # llama.cpp cannot be stopped mid-call: the load went on, then the Ctrl-C came out
+    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
+    LlamaCppEngine(gemma_path, n_ctx=256, vocab_only=True).close()  # raised once, not again
