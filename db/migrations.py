@@ -422,6 +422,34 @@ def m010_generation_ids_never_reused(db: Database) -> None:
     )
 
 
+_CURRENT_REVIEW = """SELECT r.id FROM reviews r
+    WHERE r.generation_id = NEW.id AND r.decision != 'undo'
+      AND NOT EXISTS (SELECT 1 FROM review_cancellations c WHERE c.review_id = r.id)
+    ORDER BY r.id DESC LIMIT 1"""
+
+
+@MIGRATIONS()
+def m011_decision_cache_only_from_the_log(db: Database) -> None:
+    """`generations.decision` and `review_id` change only as the `reviews` log says.
+
+    An `UPDATE generations SET decision = 'accept'` typed in sqlite3 changed the cache and not the log: stats
+    counted the accepts and export (which follows the log) left them out, without a word. Such an update is now
+    refused with the way to do it (a row in `reviews`); the triggers that replay the log write only what it
+    says, so they pass. Every cache value is derived from the log again first, undoing earlier hand edits.
+    """
+    db.execute(
+        f"UPDATE generations SET (decision, review_id) = (SELECT r.decision, r.id FROM reviews r WHERE r.id = ({_CURRENT_REVIEW.replace('NEW.id', 'generations.id')}))"
+    )
+    db.execute(
+        f"""CREATE TRIGGER generations_decision_is_derived BEFORE UPDATE OF decision, review_id ON generations
+        WHEN NEW.review_id IS NOT ({_CURRENT_REVIEW})
+          OR NEW.decision IS NOT (SELECT decision FROM reviews WHERE id = NEW.review_id)
+        BEGIN
+            SELECT RAISE(ABORT, 'generations.decision and review_id follow the reviews log: insert a row into reviews (generation_id, decision, reviewer) instead');
+        END"""
+    )
+
+
 def migration_names() -> list[str]:
     """Every migration this version knows, in order (what a new database gets)."""
     return [m.name for m in MIGRATIONS.pending(Database(memory=True))]

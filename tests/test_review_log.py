@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import json
 import sqlite3
+
+import pytest
 from pathlib import Path
 
 from typer.testing import CliRunner
@@ -152,6 +154,22 @@ def test_hand_deletes_and_edits_of_the_log_keep_the_cache_right(tmp_path):
     assert 2 not in assert_everything_agrees(tmp_path, db)
     sql(db, "DELETE FROM reviews WHERE id = ?", (undo_row,))
     assert assert_everything_agrees(tmp_path, db)[2][0] == "skip"
+
+
+def test_the_decision_cache_cannot_be_written_around_the_log(tmp_path):
+    """`UPDATE generations SET decision = 'accept'` had changed stats and not export (which follows the log),
+    silently; the other way round a logged accept vanished from the export. The database refuses both."""
+    import sqlite3
+
+    db = make_db(tmp_path)
+    review(db, 1, "accept")
+    for statement in ("UPDATE generations SET decision = 'accept' WHERE id <= 3",
+                      "UPDATE generations SET decision = 'reject', review_id = NULL WHERE id = 1",
+                      "UPDATE generations SET review_id = NULL WHERE id = 1"):
+        with pytest.raises(sqlite3.IntegrityError, match="follow the reviews log: insert a row into reviews"):
+            sql(db, statement)
+    sql(db, "UPDATE generations SET decision = decision, review_id = review_id")  # what the log says: allowed
+    assert assert_everything_agrees(tmp_path, db) == {1: ("accept", 1)}
 
 
 def test_gristmill_and_sqlite3_writers_interleave(tmp_path):

@@ -143,7 +143,7 @@ def test_a_database_from_before_autoincrement_keeps_its_rows_and_never_reuses_a_
         assert pending_migrations(store) == []
         after = {row[0]: row[1] for row in store.conn.execute(
             "SELECT name, sql FROM sqlite_master WHERE tbl_name = 'generations' AND type IN ('index', 'trigger')")}
-        assert after == before
+        assert {name: sql for name, sql in after.items() if name != "generations_decision_is_derived"} == before  # m011's
         assert tuple(store.conn.execute("SELECT id, completion, decision FROM generations").fetchone()) == (
             1, "Paris is the capital", "reject")
         assert [tuple(r) for r in store.conn.execute("SELECT rowid FROM search_index WHERE search_index MATCH 'paris'")] == [(1,)]
