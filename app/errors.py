@@ -65,6 +65,10 @@ def as_expected(error: BaseException) -> GristmillError | None:
         return BadInput(str(error))
     if isinstance(error, EngineError):
         return RuntimeFailure(str(error))
+    if isinstance(error, sqlite3.OperationalError) and "malformed JSON" in str(error):  # json_each over a hand edit
+        return BadInput(
+            "database: a JSON column holds text that is not JSON (a hand edit?); `gristmill doctor` names the rows"
+        )
     if isinstance(error, sqlite3.OperationalError):  # disk full, I/O error, a lock held past every retry
         return RuntimeFailure(f"database: {error}")
     if type(error) is sqlite3.DatabaseError:  # "database disk image is malformed" found mid-command

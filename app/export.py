@@ -28,6 +28,7 @@ from gristmill.app.dedup import Deduplicator, Record
 from gristmill.app.generate import run_style
 from gristmill.app.prompts import Style, StyleError
 from gristmill.db import Store
+from gristmill.db.connection import json_column
 from gristmill.db import exports as exports_db
 from gristmill.db import runs as runs_db
 from gristmill.db.exports import ExportFilter
@@ -149,13 +150,13 @@ def to_record(row: dict, fmt: str, formatted_text: str) -> dict:
             "formatted_text": formatted_text,
             "style": row["style"],
             "model": {"name": row["model"], "fingerprint": row["model_fingerprint"]},
-            "params": json.loads(row["params"]),
+            "params": json_column(row["params"], "runs", "params", row["run_id"]),
             "seed": row["seed"],
             "prompt_tokens": row["prompt_tokens"],
             "completion_tokens": row["completion_tokens"],
             "prompt_token_ids_sha256": row["prompt_token_ids_sha256"],
             "finish_reason": row["finish_reason"],
-            "flags": json.loads(row["flags"]),
+            "flags": json_column(row["flags"], "generations", "flags", row["id"]),
             "reviewer": row["reviewer"],
             "reviewed_at": row["reviewed_at"],
         }
@@ -275,7 +276,7 @@ def export(
                         "model": row["model"],
                         "model_fingerprint": row["model_fingerprint"],
                         "style": row["style"],
-                        "params": json.loads(row["params"]),
+                        "params": json_column(row["params"], "runs", "params", row["run_id"]),
                     },
                 )
                 types[row["instruction_type"]] += 1

@@ -212,7 +212,7 @@ class Shaper:
             self._note(self._accept_kind(row, is_pick), row["id"])
             prompt, completion = self._split(row, row["response"])
             return {"prompt": prompt, "completion": completion}
-        record, source = self._tokens(row, unpack_token_ids(blob))
+        record, source = self._tokens(row, unpack_token_ids(blob, row["id"]))
         self._note(self._accept_kind(row, is_pick), row["id"], ids=source)
         return record
 

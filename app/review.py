@@ -3,11 +3,10 @@
 from __future__ import annotations
 
 import difflib
-import json
 from dataclasses import dataclass
 
 from gristmill.db import Store, open_store
-from gristmill.db.connection import DatabaseBusy, QueryTooSlow
+from gristmill.db.connection import DatabaseBusy, QueryTooSlow, json_column
 from gristmill.db import browse as browse_db
 from gristmill.db import generations as generations_db
 from gristmill.db import reviews as reviews_db
@@ -92,7 +91,7 @@ def load_item(store: Store, generation_id: int) -> ReviewItem | None:
         prompt_tokens=row["prompt_tokens"] or 0,
         completion_tokens=row["completion_tokens"] or 0,
         finish_reason=row["finish_reason"] or "",
-        flags=json.loads(row["flags"] or "[]"),
+        flags=json_column(row["flags"], "generations", "flags", row["id"], default="[]"),
         sample_index=row["sample_index"],
         samples=row["samples"],
         run_id=row["run_id"],
@@ -140,7 +139,7 @@ def samples_of(store: Store, generation_id: int) -> list[Sample]:
             text=r["edited_response"] if r["edited_response"] is not None else (r["completion"] or ""),
             completion_tokens=r["completion_tokens"] or 0,
             finish_reason=r["finish_reason"] or "",
-            flags=json.loads(r["flags"] or "[]"),
+            flags=json_column(r["flags"], "generations", "flags", r["id"], default="[]"),
             decision=r["decision"],
             edited=r["edited_response"] is not None,
             error=r["error"],

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import sqlite3
 import time
@@ -9,6 +10,7 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from datetime import datetime, UTC
 from pathlib import Path
+from typing import Any
 from urllib.parse import quote
 
 import sqlite_utils
@@ -48,6 +50,18 @@ class StoreError(ValueError):
 
     The message names the path; the command line reports it as bad input.
     """
+
+
+def json_column(text: str | None, table: str, column: str, row_id: object, default: str | None = None) -> Any:
+    """A JSON column's value; text that is not JSON (a hand edit) is one error naming the table, row and column,
+    not a crash in whichever command met it first. `default` stands for NULL where the column may hold one."""
+    try:
+        return json.loads(text if text is not None else default)  # type: ignore[arg-type]  # None: TypeError
+    except (TypeError, ValueError):
+        raise StoreError(
+            f"{table} row {row_id}: column {column} is not JSON ({str(text)[:40]!r}): a hand edit? put valid JSON "
+            f"back (find such rows with SELECT id FROM {table} WHERE NOT json_valid({column}))"
+        ) from None
 
 
 def utc_now() -> str:

@@ -11,7 +11,7 @@ import uuid
 from collections.abc import Callable, Generator, Iterator, Sequence
 from dataclasses import dataclass
 
-from gristmill.db.connection import Store, utc_now
+from gristmill.db.connection import Store, StoreError, utc_now
 
 ENQUEUE_CHUNK = 2_000  # instructions per write transaction: another writer gets in between chunks
 LEASE_S = 30 * 60.0  # a claim lapses after this, or at once when its process is gone (same host)
@@ -55,9 +55,14 @@ def pack_token_ids(ids: Sequence[int] | None) -> bytes | None:
     return None if ids is None else struct.pack(f"<{len(ids)}I", *ids)
 
 
-def unpack_token_ids(blob: bytes | None) -> list[int] | None:
+def unpack_token_ids(blob: bytes | None, generation_id: object = "?") -> list[int] | None:
     if blob is None:
         return None
+    if not isinstance(blob, bytes) or len(blob) % 4:
+        raise StoreError(
+            f"generations row {generation_id}: column completion_token_ids is not 4-byte token ids "
+            f"({len(blob) if isinstance(blob, bytes) else type(blob).__name__} bytes): a hand edit? set it to NULL"
+        )
     return list(struct.unpack(f"<{len(blob) // 4}I", blob))
 
 

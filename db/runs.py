@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass
 
-from gristmill.db.connection import Store, StoreError, utc_now
+from gristmill.db.connection import Store, StoreError, json_column, utc_now
 
 
 @dataclass(frozen=True)
@@ -34,10 +34,10 @@ def _record(row) -> RunRecord:
         model=row["model"],
         model_fingerprint=row["model_fingerprint"],
         style=row["style"],
-        params=json.loads(row["params"]),
+        params=json_column(row["params"], "runs", "params", row["id"]),
         seed=row["seed"],
         samples=row["samples"],
-        settings=json.loads(row["settings"]),
+        settings=json_column(row["settings"], "runs", "settings", row["id"]),
         config_hash=row["config_hash"],
         version=row["version"],
         started_at=row["started_at"],

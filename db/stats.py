@@ -51,3 +51,19 @@ def orphaned_reviews(store: Store) -> int:
     return store.conn.execute(
         "SELECT count(*) FROM reviews r WHERE NOT EXISTS (SELECT 1 FROM generations g WHERE g.id = r.generation_id)"
     ).fetchone()[0]
+
+
+JSON_COLUMNS = (("generations", "flags"), ("generations", "style_meta"), ("generations", "timings"),
+                ("runs", "params"), ("runs", "settings"), ("instructions", "metadata"))  # fmt: skip
+
+
+def not_json(store: Store) -> list[tuple[str, str, list[int]]]:
+    """The JSON columns where a hand edit left text that is not JSON, with the ids of those rows."""
+    found = []
+    for table, column in JSON_COLUMNS:
+        ids = [r[0] for r in store.conn.execute(
+            f"SELECT id FROM {table} WHERE {column} IS NOT NULL AND NOT json_valid({column}) ORDER BY id"
+        )]  # fmt: skip
+        if ids:
+            found.append((table, column, ids))
+    return found

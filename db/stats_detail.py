@@ -58,7 +58,8 @@ def response_lengths(store: Store, bins: int = 20) -> dict:
         f"""SELECT g.decision, min(length(COALESCE(rv.edited_response, g.completion)) / {width}, {bins - 1}),
                        count(*)
                 FROM generations g LEFT JOIN reviews rv ON rv.id = g.review_id
-                WHERE g.status = 'done' AND g.decision IN ('accept', 'reject') GROUP BY 1, 2"""
+                WHERE g.status = 'done' AND g.decision IN ('accept', 'reject')
+                  AND COALESCE(rv.edited_response, g.completion) IS NOT NULL GROUP BY 1, 2"""
     ):
         counts[decision][bucket] = n
     return {"bin_chars": width, "bins": [i * width for i in range(bins)], **counts}

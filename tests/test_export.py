@@ -253,3 +253,32 @@ def test_accepts_on_unfinished_or_empty_generations_are_counted_never_crash_or_v
             assert sum(manifest["accepted_in_database_not_exportable"].values()) == 2
             if fmt == "native":
                 assert [r["id"] for r in read_jsonl(out)] == [2]
+
+
+def test_a_hand_edit_that_breaks_a_json_or_id_column_is_one_line_naming_the_row(tmp_path):
+    """Each of these had been an internal error (a crash report) in stats or export; doctor named none."""
+    import sqlite3
+
+    db = fake_db(tmp_path)
+    out = tmp_path / "o.jsonl"
+
+    def edit(statement: str) -> None:
+        with sqlite3.connect(db) as conn:
+            conn.execute(statement)
+
+    edit("UPDATE generations SET completion = NULL WHERE id = 3")  # a done, accepted generation with no text
+    assert runner.invoke(app, ["stats", "--json"]).exit_code == 0
+    edit("UPDATE generations SET completion_token_ids = x'0102' WHERE id = 1")
+    result = runner.invoke(app, ["export", str(out), "--format", "tokens"])
+    assert result.exit_code == 2 and "generations row 1: column completion_token_ids" in " ".join(result.output.split())
+    edit("UPDATE generations SET flags = 'garbage' WHERE id = 2")
+    result = runner.invoke(app, ["export", str(out)])
+    assert result.exit_code == 2 and "generations row 2: column flags is not JSON" in " ".join(result.output.split())
+    result = runner.invoke(app, ["stats"])
+    assert result.exit_code == 2 and "doctor" in result.output and "Traceback" not in result.output
+    edit("UPDATE runs SET params = 'garbage'")
+    doctor = " ".join(runner.invoke(app, ["doctor"]).output.split())
+    assert "generations.flags is not JSON in 1 row(s) (id 2)" in doctor and "runs.params is not JSON" in doctor
+    edit("UPDATE generations SET flags = '[]' WHERE id = 2")
+    result = runner.invoke(app, ["export", str(out)])
+    assert result.exit_code == 2 and "runs row 1: column params is not JSON" in " ".join(result.output.split())

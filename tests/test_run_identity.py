@@ -213,7 +213,7 @@ def test_run_n_refuses_style_and_sampling_options_that_differ_from_the_runs_own(
     with open_store(tmp_path / "test.db") as store:
         assert store.query("SELECT count(*) FROM generations WHERE status = 'done'")[0][0] == 1  # nothing generated
     same = runner.invoke(app, ["generate", "--run", "1", "--max-tokens", "2", "--samples", "2", "--temperature", "0.70",
-                               "--style", "completion", "--types", "", "--quiet"])
+                               "--style", "completion", "--quiet"])
     assert same.exit_code == 0, same.output
 
 
