@@ -459,5 +459,10 @@ _ = (cli_generate, cli_review, cli_export)
 
 
 def main() -> None:
-    """The installed `gristmill` entry point."""
+    """The installed `gristmill` entry point. A SIGTERM (`kill`, a job scheduler, a container stopping) stops the
+    command as Ctrl-C does: it had ended the process on the spot, leaving a half-written export's temporary file
+    and no word of what was kept."""
+    import signal
+
+    signal.signal(signal.SIGTERM, signal.default_int_handler)
     app(prog_name="gristmill")

@@ -65,8 +65,8 @@ def review(
 
 @contextmanager
 def _interrupt_quits(app_: Any) -> Iterator[list[int]]:
-    """A SIGINT (`kill -INT`; the app reads Ctrl-C as a key) quits the app as `q` would, and is then reported as
-    an interrupt (exit 130): asyncio's own handler made the app end with exit 0 and no word."""
+    """A SIGINT (`kill -INT`; the app reads Ctrl-C as a key) or a SIGTERM quits the app as `q` would, and is then
+    reported as an interrupt (exit 130): asyncio's own handler made the app end with exit 0 and no word."""
     received: list[int] = []
 
     def quit_app(signum: int, _frame: object) -> None:
@@ -76,11 +76,12 @@ def _interrupt_quits(app_: Any) -> Iterator[list[int]]:
         except RuntimeError:  # before the app's loop runs, or after
             app_.exit()
 
-    previous = signal.signal(signal.SIGINT, quit_app)
+    previous = {signum: signal.signal(signum, quit_app) for signum in (signal.SIGINT, signal.SIGTERM)}
     try:
         yield received
     finally:
-        signal.signal(signal.SIGINT, previous)
+        for signum, handler in previous.items():
+            signal.signal(signum, handler)
 
 
 def not_a_terminal() -> list[str]:

@@ -42,7 +42,7 @@ def install() -> None:
 
 @contextmanager
 def interrupt_after_native_call() -> Iterator[None]:
-    """Hold a Ctrl-C until the native call in the block returns, then raise it.
+    """Hold a Ctrl-C (or a SIGTERM) until the native call in the block returns, then raise it.
 
     While llama.cpp loads a model or makes a context it logs hundreds of lines through the callback above, and
     Python runs a SIGINT handler when the callback is entered: the KeyboardInterrupt was raised inside a ctypes
@@ -52,10 +52,14 @@ def interrupt_after_native_call() -> Iterator[None]:
         yield
         return
     caught: list[int] = []
-    previous = signal.signal(signal.SIGINT, lambda signum, frame: caught.append(signum))
+    previous = {
+        signum: signal.signal(signum, lambda number, frame: caught.append(number))
+        for signum in (signal.SIGINT, signal.SIGTERM)
+    }
     try:
         yield
     finally:
-        signal.signal(signal.SIGINT, previous)
+        for signum, handler in previous.items():
+            signal.signal(signum, handler)
         if caught:
             raise KeyboardInterrupt  # the user asked to stop: this replaces whatever the call ended with

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import json
 
+import pytest
+
 from typer.testing import CliRunner
 
 from gristmill.app.cli import app
@@ -133,8 +135,10 @@ def test_review_with_stderr_redirected_is_refused_it_would_draw_there_unseen(tmp
     assert b"needs a terminal (stderr is not one)" in done.stderr
 
 
-def test_sigint_to_the_review_app_quits_it_with_one_line_and_exit_130(tmp_path):
-    """`kill -INT` (the app itself reads Ctrl-C as a key) ended the app with exit 0 and no word."""
+@pytest.mark.parametrize("signal_name", ["SIGINT", "SIGTERM"])
+def test_sigint_to_the_review_app_quits_it_with_one_line_and_exit_130(tmp_path, signal_name):
+    """`kill -INT` (the app itself reads Ctrl-C as a key) ended the app with exit 0 and no word; `kill` (SIGTERM)
+    ended it on the spot, the terminal left in the app's mode."""
     import fcntl
     import os
     import pty
@@ -171,7 +175,7 @@ def test_sigint_to_the_review_app_quits_it_with_one_line_and_exit_130(tmp_path):
     try:
         read_for(60, until=b"to review")  # the app has drawn its header
         assert process.poll() is None, shown[-2000:]
-        process.send_signal(signal.SIGINT)
+        process.send_signal(getattr(signal, signal_name))
         assert process.wait(timeout=30) == 130, shown[-2000:]
         read_for(2)
     finally:
@@ -179,3 +183,34 @@ def test_sigint_to_the_review_app_quits_it_with_one_line_and_exit_130(tmp_path):
             process.kill()
         os.close(primary)
     assert b"interrupted: every decision made is saved" in shown
+
+
+def test_sigterm_stops_generate_as_ctrl_c_does_saying_what_was_kept(tmp_path):
+    """A SIGTERM (kill, a scheduler, a container stopping) ended the process on the spot: no word, exit 143."""
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    from gristmill.app.ingest import import_file
+    from gristmill.db import open_store
+
+    with open_store(tmp_path / "test.db") as store:
+        import_file(store, write(tmp_path / "i.txt", "".join(f"Write a long story number {n}.\n" for n in range(40))))
+    process = subprocess.Popen([sys.executable, "-m", "gristmill", "--db", str(tmp_path / "test.db"), "generate",
+                                "--max-tokens", "64", "--batch", "2"],
+                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        deadline = time.monotonic() + 120
+        while time.monotonic() < deadline and process.poll() is None:
+            with open_store(tmp_path / "test.db") as store:
+                if store.query("SELECT count(*) FROM generations WHERE status = 'done'")[0][0]:
+                    break
+            time.sleep(0.2)
+        process.send_signal(signal.SIGTERM)
+        out, err = process.communicate(timeout=60)
+    finally:
+        if process.poll() is None:
+            process.kill()
+    assert process.returncode == 130, out + err
+    assert "interrupted: every finished item is saved" in err and "pending" in out
