@@ -12,6 +12,7 @@ wraps it); the row it gets carries every column `db.exports.accepted_pages` sele
 
 from __future__ import annotations
 
+import glob
 import hashlib
 import json
 import os
@@ -172,7 +173,8 @@ def atomic_write(path: Path, chunks: Iterator[bytes], mode: int | None = None) -
     """
     directory = path.parent.resolve()
     digest = hashlib.sha256()
-    fd, tmp_name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=directory)
+    _remove_leftovers(directory, path.name)
+    fd, tmp_name = tempfile.mkstemp(prefix=f".{path.name}.{os.getpid()}.", suffix=".tmp", dir=directory)
     try:
         with os.fdopen(fd, "wb") as handle:
             for chunk in chunks:
@@ -192,6 +194,25 @@ def atomic_write(path: Path, chunks: Iterator[bytes], mode: int | None = None) -
     finally:
         os.close(dir_fd)
     return digest.hexdigest()
+
+
+def _remove_leftovers(directory: Path, name: str) -> None:
+    """Temporary files an export to `name` left when its process was killed (kill -9 runs no cleanup): each
+    names its process, and one whose process is gone is removed. A live export's file is left alone."""
+    for leftover in directory.glob(f".{glob.escape(name)}.*.*.tmp"):
+        pid = leftover.name[len(name) + 2 :].split(".", 1)[0]
+        if pid.isdigit() and not _alive(int(pid)):
+            leftover.unlink(missing_ok=True)
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # another user's process
+        return True
+    return True
 
 
 def _pages(rows: Iterator[dict], size: int = 1000) -> Iterator[list[dict]]:

@@ -282,3 +282,20 @@ def test_a_hand_edit_that_breaks_a_json_or_id_column_is_one_line_naming_the_row(
     edit("UPDATE generations SET flags = '[]' WHERE id = 2")
     result = runner.invoke(app, ["export", str(out)])
     assert result.exit_code == 2 and "runs row 1: column params is not JSON" in " ".join(result.output.split())
+
+
+def test_an_export_removes_what_a_killed_export_left_and_nothing_of_a_live_one(tmp_path):
+    """kill -9 runs no cleanup: each killed export had left a hidden temporary file, up to the export's size."""
+    import os
+    import subprocess
+
+    fake_db(tmp_path)
+    out = tmp_path / "o.jsonl"
+    gone = subprocess.Popen(["true"])
+    gone.wait()
+    dead = write(tmp_path / f".o.jsonl.{gone.pid}.abc123.tmp", "half an export")
+    live = write(tmp_path / f".o.jsonl.{os.getppid()}.def456.tmp", "another export, running")
+    other = write(tmp_path / f".other.jsonl.{gone.pid}.abc123.tmp", "another file's")
+    assert runner.invoke(app, ["export", str(out)]).exit_code == 0
+    assert not dead.exists() and live.exists() and other.exists()
+    assert sorted(p.name for p in tmp_path.glob(".o.jsonl.*")) == [live.name]
