@@ -225,16 +225,18 @@ async def test_reviewing_while_another_process_generates(tmp_path, gemma_path):
         import_file(store, write(tmp_path / "a.jsonl", "\n".join(lines) + "\n"))
     process = subprocess.Popen([sys.executable, "-m", "gristmill", "generate", "--max-tokens", "6", "--quiet"],
                                stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    import time
+
+    deadline = time.monotonic() + 180
     async with make_app(db, reviewer="ann").run_test() as pilot:
         await pilot.pause()
-        while process.poll() is None or pilot.app.screen.item is not None:
+        # until all 15 are accepted: the generator may finish while the screen waits on an empty queue
+        while list(current(db).values()).count("accept") < 15 and time.monotonic() < deadline:
             if pilot.app.screen.item is not None and not pilot.app.saving:  # a key while saving is declined
                 await pilot.press("a")
             else:
                 await pilot.pause(0.2)
                 pilot.app.screen._recheck_when_empty()
-            if list(current(db).values()).count("accept") >= 15:
-                break
     out, err = process.communicate(timeout=120)
     assert process.returncode == 0 and "locked" not in err
     assert list(current(db).values()) == ["accept"] * 15
