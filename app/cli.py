@@ -25,7 +25,16 @@ from typer.core import TyperGroup
 from gristmill import __version__, locations
 from gristmill.app.config import Config, load_config
 from gristmill.app.consoles import err, out
-from gristmill.app.errors import EXIT_BAD_INPUT, EXIT_INTERRUPTED, EXIT_RUNTIME, BadInput, Interrupted, as_expected
+from gristmill.app.errors import (
+    EXIT_BAD_INPUT,
+    EXIT_INTERRUPTED,
+    EXIT_RUNTIME,
+    BadInput,
+    Interrupted,
+    as_expected,
+    interrupted_exit_code,
+    stop_on_sigterm,
+)
 from gristmill.app.textsafe import visible
 
 log = logging.getLogger("gristmill.cli")
@@ -60,7 +69,7 @@ def run_guarded(invoke: Callable[[], Any]) -> int:
             return int(getattr(error, "exit_code", EXIT_BAD_INPUT))
         if _is_a(error, "Abort"):  # Ctrl-D or Ctrl-C at a prompt
             _say("gristmill: interrupted")
-            return EXIT_INTERRUPTED
+            return interrupted_exit_code()
         expected = as_expected(error)
         if expected is not None:  # the traceback goes to the log file only, redacted like a crash report
             log.info(
@@ -70,13 +79,14 @@ def run_guarded(invoke: Callable[[], Any]) -> int:
                 crash.redact("".join(traceback.format_exception(error))),
             )
             _say(expected.message)
-            return expected.exit_code
+            return interrupted_exit_code() if expected.exit_code == EXIT_INTERRUPTED else expected.exit_code
         line = crash.report_crash(error)
         log.error("%s", line)
         _say(line)
         return EXIT_RUNTIME
     if result == EXIT_INTERRUPTED:  # typer turns a bare Ctrl-C into Exit(130) without a word
         _say("gristmill: interrupted")
+        return interrupted_exit_code()
     return result if isinstance(result, int) else 0
 
 
@@ -438,7 +448,8 @@ def _stored_instruction(store, instruction_id: int) -> dict:
 def _run_preview_settings(
     store, run_id: int, config, style: str | None, seed: int | None, sample: int, model: str | None
 ):
-    """`preview --run N`: the run's stored style, bound to its seed, and its model file unless --model names one."""
+    """`preview --run N`: the run's stored style bound to its seed, its stops and BOS rule, and its model file
+    unless --model names one."""
     from gristmill.app.generate import run_style
     from gristmill.db import runs as runs_db
 
@@ -450,7 +461,9 @@ def _run_preview_settings(
     if sample > record.samples:
         raise BadInput(f"preview: run {run_id} draws {record.samples} sample(s) an instruction; --sample {sample}")
     model = model or record.settings.get("model_path") or config.model
-    return replace(config, seed=record.seed, model=model), run_style(record)
+    stop = list(record.params.get("stop") or ())  # the run's own stops and BOS rule, as it fed them
+    add_bos = record.params.get("add_bos", config.add_bos)
+    return replace(config, seed=record.seed, model=model, stop=stop, add_bos=add_bos), run_style(record)
 
 
 from gristmill.app import cli_export, cli_generate, cli_review  # noqa: E402  (commands register on `app`)
@@ -459,10 +472,8 @@ _ = (cli_generate, cli_review, cli_export)
 
 
 def main() -> None:
-    """The installed `gristmill` entry point. A SIGTERM (`kill`, a job scheduler, a container stopping) stops the
-    command as Ctrl-C does: it had ended the process on the spot, leaving a half-written export's temporary file
-    and no word of what was kept."""
+    """The installed `gristmill` entry point. A SIGTERM stops the command as Ctrl-C does, then exits 143."""
     import signal
 
-    signal.signal(signal.SIGTERM, signal.default_int_handler)
+    signal.signal(signal.SIGTERM, stop_on_sigterm)
     app(prog_name="gristmill")

@@ -13,7 +13,7 @@ from typing import Annotated, Any, Optional
 import typer
 
 from gristmill.app.cli import State, app, open_db
-from gristmill.app.errors import BadInput, Interrupted, RuntimeFailure
+from gristmill.app.errors import BadInput, Interrupted, RuntimeFailure, note_terminated
 
 
 @app.command()
@@ -71,6 +71,8 @@ def _interrupt_quits(app_: Any) -> Iterator[list[int]]:
 
     def quit_app(signum: int, _frame: object) -> None:
         received.append(signum)
+        if signum == signal.SIGTERM:
+            note_terminated()  # exit 143, as for any command a SIGTERM stops
         try:  # wake the event loop, as asyncio's own handler does: a bare exit() waited for some timer to fire
             asyncio.get_running_loop().call_soon_threadsafe(app_.exit)
         except RuntimeError:  # before the app's loop runs, or after

@@ -17,6 +17,23 @@ EXIT_OK = 0
 EXIT_RUNTIME = 1
 EXIT_BAD_INPUT = 2
 EXIT_INTERRUPTED = 130
+EXIT_TERMINATED = 143  # 128 + SIGTERM, as a shell reports a process the signal ended
+_terminated: list[int] = []  # a SIGTERM arrived: the interrupt it raised ends with EXIT_TERMINATED
+
+
+def stop_on_sigterm(signum: int, frame: object) -> None:
+    """The SIGTERM handler (`kill`, a scheduler, a container stopping): stop as Ctrl-C does, cleanups and all,
+    and exit 143. It had ended the process on the spot: a half-written export's temporary file left, no word."""
+    note_terminated()
+    raise KeyboardInterrupt
+
+
+def note_terminated() -> None:
+    _terminated.append(1)
+
+
+def interrupted_exit_code() -> int:
+    return EXIT_TERMINATED if _terminated else EXIT_INTERRUPTED
 
 
 class GristmillError(Exception):

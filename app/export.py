@@ -16,6 +16,8 @@ import glob
 import hashlib
 import json
 import os
+import re
+import socket
 import tempfile
 from collections import Counter
 from collections.abc import Iterator
@@ -174,7 +176,7 @@ def atomic_write(path: Path, chunks: Iterator[bytes], mode: int | None = None) -
     directory = path.parent.resolve()
     digest = hashlib.sha256()
     _remove_leftovers(directory, path.name)
-    fd, tmp_name = tempfile.mkstemp(prefix=f".{path.name}.{os.getpid()}.", suffix=".tmp", dir=directory)
+    fd, tmp_name = tempfile.mkstemp(prefix=f".{path.name}.{_HOST}.{os.getpid()}.", suffix=".tmp", dir=directory)
     try:
         with os.fdopen(fd, "wb") as handle:
             for chunk in chunks:
@@ -196,12 +198,17 @@ def atomic_write(path: Path, chunks: Iterator[bytes], mode: int | None = None) -
     return digest.hexdigest()
 
 
+_HOST = re.sub(r"[^A-Za-z0-9-]", "-", socket.gethostname()) or "host"
+
+
 def _remove_leftovers(directory: Path, name: str) -> None:
     """Temporary files an export to `name` left when its process was killed (kill -9 runs no cleanup): each
-    names its process, and one whose process is gone is removed. A live export's file is left alone."""
-    for leftover in directory.glob(f".{glob.escape(name)}.*.*.tmp"):
-        pid = leftover.name[len(name) + 2 :].split(".", 1)[0]
-        if pid.isdigit() and not _alive(int(pid)):
+    names its host and process, and one of this host whose process is gone is removed. A live export's file,
+    another output's and another host's (a shared disk) are left alone."""
+    ours = re.compile(rf"\.{re.escape(name)}\.{re.escape(_HOST)}\.(\d+)\.[A-Za-z0-9_]+\.tmp")
+    for leftover in directory.glob(f".{glob.escape(name)}.*.tmp"):
+        match = ours.fullmatch(leftover.name)
+        if match and not _alive(int(match.group(1))):
             leftover.unlink(missing_ok=True)
 
 

@@ -238,7 +238,11 @@ def import_file(store: Store, path: Path, keys: KeyMap = KeyMap(), forced_type: 
             if not records and not report.problem_count:
                 problem(0, "empty file: no instructions in it")
             for option in (o for o in renamed if objects and o not in found):
-                problem(0, f"{option} {renamed[option]!r}: no record in this file has that key")
+                problem(
+                    0,
+                    f"{option} {renamed[option]!r}: no record in this file has that key (a typo? a file without "
+                    f"that field is added by its own `add`, without {option})",
+                )
             if report.problem_count:
                 return report
             instructions_db.stage_batch(store, batch)

@@ -312,10 +312,6 @@ def _load_file(path: Path, source: str) -> Style:
                 if f"{{{needed}}}" not in fields_[key]:
                     raise StyleError(f"{where}: key '{key}': must contain {{{needed}}}")
     name = expect("name", str) or path.stem
-    if name in BUILTIN_STYLES and source != "built-in":
-        raise StyleError(
-            f"{where}: key 'name': {name!r} is a built-in style's name (set another name, or rename the file)"
-        )
     return Style(
         name=name,
         template=template,
@@ -334,9 +330,13 @@ def _check_placeholders(where: str, key: str, text: str, allowed: set[str]) -> N
     unknown = sorted(placeholders(text) - allowed)
     if unknown:
         raise StyleError(f"{where}: key '{key}': unknown placeholder {{{unknown[0]}}} ({use})")
-    lone = re.search(r"[{}]", PLACEHOLDER.sub(lambda m: " " * len(m.group(0)), text))
-    if lone:  # `{instruction` or a JSON brace would be fed as written, never filled
-        raise StyleError(f"{where}: key '{key}': a lone {lone.group(0)!r} at character {lone.start() + 1} ({use})")
+    names = "|".join(sorted(allowed))
+    unclosed = re.search(rf"\{{(?:{names})(?![A-Za-z_}}])", PLACEHOLDER.sub(lambda m: " " * len(m.group(0)), text))
+    if unclosed:  # `{instruction` would be fed as written, never filled; a JSON or code brace is text as typed
+        raise StyleError(
+            f"{where}: key '{key}': {unclosed.group(0)!r} at character {unclosed.start() + 1} is a placeholder "
+            f"left open ({use})"
+        )
 
 
 def _example(where: str, key: str, value: object, default_id: str) -> Example:
@@ -348,11 +348,12 @@ def _example(where: str, key: str, value: object, default_id: str) -> Example:
     for required in ("instruction", "response"):
         if not isinstance(value.get(required), str) or not value[required].strip():
             raise StyleError(f"{where}: key '{key}.{required}': missing or not text")
-    for optional in ("id", "input", "type"):
-        if optional in value and not isinstance(value[optional], str):
-            raise StyleError(f"{where}: key '{key}.{optional}': expected text, got {type(value[optional]).__name__}")
+    for optional in ("id", "input", "type"):  # null is absent (exported datasets write "input": null)
+        given = value.get(optional)
+        if given is not None and not isinstance(given, str) and not (optional == "id" and type(given) is int):
+            raise StyleError(f"{where}: key '{key}.{optional}': expected text, got {type(given).__name__}")
     return Example(
-        id=value.get("id") or default_id,
+        id=str(value.get("id") or default_id),
         instruction=value["instruction"],
         response=value["response"],
         input=value.get("input") or "",
@@ -376,7 +377,9 @@ def load_pool(path: Path) -> list[Example]:
             value = json.loads(line)
         except json.JSONDecodeError as error:
             raise StyleError(f"{path}:{number}: invalid JSON: {error.msg}") from None
-        examples.append(_example(f"{path}:{number}", "example", value, f"{path.stem}-{number}"))
+        # a row without an id gets `<pool>-example`, as it always has: the id is part of the style's content,
+        # so of its runs' identity, and another default would make every such run start again from scratch
+        examples.append(_example(f"{path}:{number}", "example", value, f"{path.stem}-example"))
     return examples
 
 

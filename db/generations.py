@@ -302,7 +302,8 @@ def flag_counts(store: Store, run_id: int, flags: tuple[str, ...]) -> dict[str, 
     counts = dict.fromkeys(flags, 0)
     marks = ", ".join("?" * len(flags))
     for flag, n in store.conn.execute(
-        f"""SELECT f.value, count(*) FROM generations g, json_each(g.flags) f
+        f"""SELECT f.value, count(*) FROM generations g,
+                  json_each(CASE WHEN json_valid(g.flags) THEN g.flags END) f  -- a hand edit never stops a summary
             WHERE g.run_id = ? AND g.status = 'done' AND f.value IN ({marks}) GROUP BY f.value""",
         (run_id, *flags),
     ):

@@ -445,7 +445,7 @@ def m011_decision_cache_only_from_the_log(db: Database) -> None:
         WHEN NEW.review_id IS NOT ({_CURRENT_REVIEW})
           OR NEW.decision IS NOT (SELECT decision FROM reviews WHERE id = NEW.review_id)
         BEGIN
-            SELECT RAISE(ABORT, 'generations.decision and review_id follow the reviews log: insert a row into reviews (generation_id, decision, reviewer) instead');
+            SELECT RAISE(ABORT, 'generations.decision and review_id follow the reviews log: insert a row into reviews (generation_id, decision, reviewer, created_at) instead');
         END"""
     )
 

@@ -51,9 +51,9 @@ def interrupt_after_native_call() -> Iterator[None]:
     if threading.current_thread() is not threading.main_thread():
         yield
         return
-    caught: list[int] = []
+    caught: list[signal.Signals] = []
     previous = {
-        signum: signal.signal(signum, lambda number, frame: caught.append(number))
+        signum: signal.signal(signum, lambda number, frame: caught.append(signal.Signals(number)))
         for signum in (signal.SIGINT, signal.SIGTERM)
     }
     try:
@@ -61,5 +61,8 @@ def interrupt_after_native_call() -> Iterator[None]:
     finally:
         for signum, handler in previous.items():
             signal.signal(signum, handler)
-        if caught:
-            raise KeyboardInterrupt  # the user asked to stop: this replaces whatever the call ended with
+        if caught:  # the user asked to stop: the handler that was in place says how (it replaces the call's end)
+            handler = previous[caught[0]]
+            if callable(handler):
+                handler(caught[0], None)
+            raise KeyboardInterrupt

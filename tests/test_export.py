@@ -293,9 +293,12 @@ def test_an_export_removes_what_a_killed_export_left_and_nothing_of_a_live_one(t
     out = tmp_path / "o.jsonl"
     gone = subprocess.Popen(["true"])
     gone.wait()
-    dead = write(tmp_path / f".o.jsonl.{gone.pid}.abc123.tmp", "half an export")
-    live = write(tmp_path / f".o.jsonl.{os.getppid()}.def456.tmp", "another export, running")
-    other = write(tmp_path / f".other.jsonl.{gone.pid}.abc123.tmp", "another file's")
+    from gristmill.app.export import _HOST
+
+    dead = write(tmp_path / f".o.jsonl.{_HOST}.{gone.pid}.abc123.tmp", "half an export")
+    live = write(tmp_path / f".o.jsonl.{_HOST}.{os.getppid()}.def456.tmp", "another export, running")
+    other_host = write(tmp_path / f".o.jsonl.elsewhere.{gone.pid}.abc123.tmp", "a shared disk's other host")
+    other_out = write(tmp_path / f".o.jsonl.2024.{_HOST}.{gone.pid}.abc123.tmp", "OUT o.jsonl.2024's")
+    other = write(tmp_path / f".other.jsonl.{_HOST}.{gone.pid}.abc123.tmp", "another file's")
     assert runner.invoke(app, ["export", str(out)]).exit_code == 0
-    assert not dead.exists() and live.exists() and other.exists()
-    assert sorted(p.name for p in tmp_path.glob(".o.jsonl.*")) == [live.name]
+    assert not dead.exists() and all(p.exists() for p in (live, other_host, other_out, other))

@@ -103,12 +103,10 @@ training_format = "### {instruction}\\n{input_block}{response}"
      "key 'training_format': must contain {response}"),
     ('template = "{instruction}"\nexample_format = "Q: {response}"\n', "key 'example_format': must contain {instruction}"),
     ('[frames]\ngeneral = "Answer:"\n', "key 'frames.general': must contain {instruction}"),
-    ('template = "{instruction"\n', "key 'template': a lone '{' at character 1"),
-    ('template = "{instruction} {\\"a\\": 1}"\n', "key 'template': a lone '{' at character 15"),
+    ('template = "Q: {instruction\\nA:"\n', "key 'template': '{instruction' at character 4 is a placeholder left open"),
     ('template = "{instruction}"\ninput_format = "{input} {instruction}"\n', "key 'input_format': unknown placeholder"),
     ('template = "{examples}{instruction}"\nshots = [1, 1]\n[[examples]]\ninstruction = "a"\nresponse = "b"\ntype = 5\n',
      "key 'examples[0].type': expected text, got int"),
-    ('name = "completion"\ntemplate = "{instruction}"\n', "key 'name': 'completion' is a built-in style's name"),
     ('template = "{examples}{instruction}"\npool_file = "nowhere.jsonl"\n', "key 'pool_file': "),
 ])
 def test_style_file_errors_name_file_and_key(tmp_path, body, message):
@@ -133,7 +131,7 @@ def test_preview_of_an_item_shows_what_generate_fed_each_sample(tmp_path, gemma_
     write(tmp_path / "i.jsonl", '{"instruction": "Name a river."}\n{"instruction": "Why is ice slippery?"}\n')
     assert runner.invoke(app, ["add", str(tmp_path / "i.jsonl")]).exit_code == 0
     result = runner.invoke(app, ["generate", "--style", "few-shot", "--samples", "2", "--seed", "7",
-                                 "--max-tokens", "1", "--quiet"])
+                                 "--max-tokens", "1", "--stop", "ZZZ", "--quiet"])
     assert result.exit_code == 0, result.output
     rows = sqlite3.connect(tmp_path / "test.db").execute(
         "SELECT instruction_id, sample_index, prompt, prompt_tokens, prompt_token_ids_sha256 FROM generations").fetchall()
@@ -144,6 +142,7 @@ def test_preview_of_an_item_shows_what_generate_fed_each_sample(tmp_path, gemma_
             assert shown.exit_code == 0, shown.output
             assert f"exactly as fed) ---\n{prompt}\n--- end of prompt ---" in shown.output, how
             assert f"tokens: {tokens} " in shown.output and digest in shown.output
+            assert ('"ZZZ"' in shown.output) == (how == ["--run", "1"])  # the run's own stops, with --run
     typed = runner.invoke(app, ["preview", "--style", "few-shot", "--seed", "7", "--sample", "2", "Why is ice slippery?"])
     assert f"---\n{rows[3][2]}\n---" in typed.output.replace(" exactly as fed) ---", "---").replace(
         "--- end of prompt ---", "---")  # text typed in: the same draw as the stored instruction's
@@ -179,11 +178,18 @@ def test_a_style_with_fewer_examples_than_shots_is_refused_unless_accepted_recor
     assert load_style_for_pool(str(path), "accepted").shots == (3, 4)
 
 
-def test_pool_examples_without_an_id_get_their_line_number(tmp_path):
-    """They had all got the same id (`pool-example`), so the drawn examples recorded could not be told apart."""
-    write(tmp_path / "pool.jsonl", '{"instruction": "a", "response": "b"}\n\n{"instruction": "c", "response": "d"}\n')
-    path = write(tmp_path / "s.toml", 'template = "{examples}{instruction}"\nshots = [2, 2]\npool_file = "pool.jsonl"\n')
-    assert [e.id for e in load_style(str(path)).examples] == ["pool-1", "pool-3"]
+def test_pool_rows_as_exported_datasets_write_them_load_and_keep_the_ids_runs_were_made_with(tmp_path):
+    """A null input and a numeric id load (an id is text); a row without an id keeps `<pool>-example`, the id it
+    always had: ids are part of a style's content, so of its runs' identity, and a new default would make a
+    half-done run start again. JSON and code braces in a template are text as typed."""
+    write(tmp_path / "pool.jsonl", '{"instruction": "a", "response": "b", "input": null}\n\n'
+                                   '{"instruction": "c", "response": "d", "id": 7}\n{"instruction": "e", "response": "f"}\n')
+    path = write(tmp_path / "s.toml", 'template = "{examples}Input: {\\"task\\": \\"{instruction}\\"} {\\n"\n'
+                                      'shots = [2, 2]\npool_file = "pool.jsonl"\n')
+    style = load_style(str(path))
+    assert [(e.id, e.input) for e in style.examples] == [("pool-example", ""), ("7", ""), ("pool-example", "")]
+    assert style.render("x").text.endswith('Input: {"task": "x"} {\n')
+
 
 
 def test_styles_shows_a_name_with_markup_as_written(tmp_path):
