@@ -425,6 +425,8 @@ def preview(
                 config, run_style_obj = _run_preview_settings(store, run, config, style, seed, sample, model)
     if instruction is None:
         raise BadInput("preview: give an instruction or --item ID")
+    if not instruction.strip():  # `add` refuses it: a preview of it would show a prompt no run ever feeds
+        raise BadInput("preview: the instruction is blank")
     for label, text in (("the instruction", instruction), ("--input", input_text), ("--type", type_)):
         if not _is_text(text):
             raise BadInput(f"preview: {label} is not valid UTF-8 text (a lone surrogate or undecodable bytes)")

@@ -28,10 +28,13 @@ def say_waiting(seconds: float | None) -> None:
         err.print("database busy: another process holds the write lock; waiting (Ctrl-C stops, nothing is lost)")
 
 
+MIN_BAR_COLUMNS = 60  # narrower, the bar's columns are cut to `generat… - tok… ET…`: log lines say it whole
+
+
 def _lines_not_a_bar(quiet: bool) -> bool:
     """Progress as log lines: asked for, or stderr is a file or pipe, where Rich draws a bar only once it ends (a
-    transient one, never)."""
-    return quiet or not err.is_terminal
+    transient one, never), or a terminal too narrow for the bar."""
+    return quiet or not err.is_terminal or err.width < MIN_BAR_COLUMNS
 
 
 class _Bar(Progress):

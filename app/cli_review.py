@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import getpass
+import os
 import signal
 import sys
 from collections.abc import Iterator
@@ -34,6 +35,11 @@ def review(
             f"review: the review app needs a terminal ({', '.join(not_terminals)} "
             f"{'is not one' if len(not_terminals) == 1 else 'are not'}); "
             "in scripts use `gristmill stats` or `gristmill export`"
+        )
+    if os.environ.get("TERM", "") in ("dumb", "unknown"):  # no cursor addressing: the app's escapes would be text
+        raise BadInput(
+            f"review: TERM={os.environ['TERM']} cannot draw the review app; set TERM to your terminal's type "
+            "(e.g. TERM=xterm-256color)"
         )
     from gristmill.app.crash import guard_app
     from gristmill.app.tui.app import make_app

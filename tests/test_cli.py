@@ -214,3 +214,35 @@ def test_sigterm_stops_generate_as_ctrl_c_does_saying_what_was_kept(tmp_path):
             process.kill()
     assert process.returncode == 143, out + err  # 128 + SIGTERM, as a shell reports it
     assert "interrupted: every finished item is saved" in err and "pending" in out
+
+
+def test_review_on_a_dumb_terminal_is_refused_it_cannot_draw_there(tmp_path):
+    """With TERM=dumb the app drew full-screen anyway: its escape codes came out as text."""
+    import os
+    import pty
+    import subprocess
+    import sys
+
+    from gristmill.app.ingest import import_file
+    from gristmill.db import open_store
+
+    with open_store(tmp_path / "test.db") as store:
+        import_file(store, write(tmp_path / "i.txt", "one\n"))
+    primary, secondary = pty.openpty()
+    try:
+        done = subprocess.run([sys.executable, "-m", "gristmill", "--db", str(tmp_path / "test.db"), "review"],
+                              stdin=secondary, stdout=secondary, stderr=secondary, timeout=60,
+                              env={**os.environ, "TERM": "dumb"})
+        os.close(secondary)
+        shown = b""
+        while True:
+            try:
+                chunk = os.read(primary, 65536)
+            except OSError:
+                break
+            if not chunk:
+                break
+            shown += chunk
+    finally:
+        os.close(primary)
+    assert done.returncode == 2 and b"TERM=dumb cannot draw the review app" in shown, shown[-500:]

@@ -171,6 +171,7 @@ CASES = [
     C("server-credentials", "generate --server http://u:p@127.0.0.1:8731 --tokenizer {model}", 2,
       "credentials in the URL are not accepted"),
     C("preview-nothing", "preview", 2, "give an instruction"),
+    C("preview-blank", ["preview", "   "], 2, "preview: the instruction is blank"),
     C("preview-no-such-item", "preview --item 99", 2, "no instruction with id 99"),
     # the review app without a terminal
     C("review-no-terminal", "review", 2, "needs a terminal"),

@@ -263,3 +263,17 @@ def test_the_progress_bar_leaves_room_for_the_terminals_echo_of_ctrl_c():
         bar.add_task("t", total=10)
         lines = console.render_lines(bar.get_renderable(), console.options, pad=False)
     assert [sum(len(segment.text) for segment in line) for line in lines] == [58]
+
+
+def test_a_terminal_too_narrow_for_the_bar_gets_log_lines(monkeypatch):
+    """At 40 columns the bar's columns were cut to `generat… - tok… ET… refused 0 failed…`."""
+    import io
+
+    from rich.console import Console
+
+    from gristmill.app import cli_progress
+
+    for width, lines in ((40, True), (100, False)):
+        console = Console(file=io.StringIO(), force_terminal=True, width=width)
+        monkeypatch.setattr(cli_progress, "err", console)
+        assert cli_progress._lines_not_a_bar(quiet=False) is lines
