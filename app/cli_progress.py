@@ -167,6 +167,11 @@ def summary(store, run_id: int, final=None) -> None:
         f"run {run_id}: {counts['done']} done, {counts['refused']} refused, {counts['failed']} failed, "
         f"{counts['pending']} pending{rate}"
     )
+    if stranded := generations_db.pending_without_instruction(store, run_id):
+        out.print(
+            f"{stranded} pending item(s) cannot run: their instruction was deleted by hand (add it again, or delete "
+            "those generations; `gristmill doctor` counts them)"
+        )
     rewritten = generations_db.flag_counts(store, run_id, ("leaked", "control_token"))
     if rewritten["leaked"]:
         out.print(

@@ -136,6 +136,7 @@ def _hand_edits(store, warnings: list[str]) -> None:
     """What rows written by hand left behind: accepted records no export can include, reviews of deleted
     generations. Warnings, not problems: the database works; the user should know."""
     from gristmill.db.exports import not_exportable
+    from gristmill.db.generations import pending_without_instruction
     from gristmill.db.stats import not_json, orphaned_reviews
 
     for why, count in not_exportable(store).items():
@@ -143,6 +144,11 @@ def _hand_edits(store, warnings: list[str]) -> None:
     orphans = orphaned_reviews(store)
     if orphans:
         warnings.append(f"{orphans:,} review row(s) name a generation that is gone (deleted by hand); kept as logged")
+    if stranded := pending_without_instruction(store):
+        warnings.append(
+            f"{stranded:,} pending generation(s) name an instruction that is gone (deleted by hand): "
+            "they can never run, and their runs never finish"
+        )
     for table, column, ids in not_json(store):
         shown = ", ".join(map(str, ids[:10])) + (" …" if len(ids) > 10 else "")
         warnings.append(f"{table}.{column} is not JSON in {len(ids):,} row(s) (id {shown}): commands reading them stop")

@@ -297,6 +297,17 @@ def length_refused_count(store: Store, run_id: int) -> int:
     ).fetchone()[0]
 
 
+def pending_without_instruction(store: Store, run_id: int | None = None) -> int:
+    """Pending generations whose instruction was deleted by hand: nothing can render their prompt, so they stay
+    pending and the run never finishes."""
+    where, params = ("AND g.run_id = ?", (run_id,)) if run_id is not None else ("", ())
+    return store.conn.execute(
+        f"""SELECT count(*) FROM generations g WHERE g.status = 'pending' {where}
+            AND NOT EXISTS (SELECT 1 FROM instructions i WHERE i.id = g.instruction_id)""",
+        params,
+    ).fetchone()[0]
+
+
 def flag_counts(store: Store, run_id: int, flags: tuple[str, ...]) -> dict[str, int]:
     """How many finished generations of the run carry each of `flags` (the rewrites a command must count)."""
     counts = dict.fromkeys(flags, 0)

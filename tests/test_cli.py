@@ -57,6 +57,16 @@ def test_doctor_warns_of_what_hand_edits_left_behind(tmp_path, gemma_path):
     said = " ".join(result.output.split())
     assert "1 accepted record(s) with no text (no completion and no edit): no export can include them" in said
     assert "1 review row(s) name a generation that is gone" in said
+    runner.invoke(app, ["add", str(write(tmp_path / "b.txt", "three\n"))])
+    with sqlite3.connect(tmp_path / "test.db") as conn:  # a pending item whose instruction is then deleted
+        conn.execute("INSERT INTO generations (instruction_id, run_id, sample_index, status, seed, created_at) "
+                     "VALUES (3, 1, 0, 'pending', 1, 't')")
+        conn.execute("DELETE FROM instructions WHERE id = 3")
+    conn.close()
+    result = runner.invoke(app, ["generate", "--max-tokens", "2"])  # it had said only `1 pending`, every time
+    assert "1 pending item(s) cannot run: their instruction was deleted by hand" in " ".join(result.output.split())
+    said = " ".join(runner.invoke(app, ["doctor"]).output.split())
+    assert "1 pending generation(s) name an instruction that is gone" in said
 
 
 def test_stats_json_and_db_option(tmp_path):
