@@ -240,7 +240,9 @@ class Shaper:
         """
         tokenizer = self._tokenizer(row["run_id"])
         engine = tokenizer.engine
-        _, style = self._run(row["run_id"])
+        run, style = self._run(row["run_id"])
+        # the ids' tokenizer: a remote run's own (recorded since runs kept it), else the in-process model's
+        generating = run.settings.get("tokenizer_fingerprint") or row["model_fingerprint"]
         answer = row["response"].strip()
         prompt, separator, tail = _split_parts(style, row["instruction"], row["input"], answer)
         completion = separator + answer + tail
@@ -250,7 +252,7 @@ class Shaper:
             source = "tokenized: edited"
         elif sampled is None:
             source = "tokenized: stored before ids were kept"
-        elif tokenizer.fingerprint != row["model_fingerprint"]:
+        elif tokenizer.fingerprint != generating:
             source = "tokenized: tokenizer is not the generating model's"
         else:
             found = generated_ids(engine, sampled, row["completion"] or "", separator, answer)

@@ -177,7 +177,13 @@ def open_run(
                 },
                 seed=settings.params.seed,
                 samples=settings.samples,
-                settings={**settings.to_dict(), "model_path": info.path, "style_digest": style_digest(style)},
+                settings={
+                    **settings.to_dict(),
+                    "model_path": info.path,
+                    "style_digest": style_digest(style),
+                    # a remote run's ids are its tokenizer's: export --format tokens checks a tokenizer against it
+                    **({"tokenizer_fingerprint": tok} if (tok := info.metadata.get("tokenizer_fingerprint")) else {}),
+                },
                 config_hash=digest,
                 version=__version__,
                 style_definition=style_to_json(style),

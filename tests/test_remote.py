@@ -455,3 +455,31 @@ def test_a_run_left_with_failed_items_exits_1_saying_how_to_retry_them(tmp_path,
     text = " ".join(result.output.split())
     assert result.exit_code == 1, result.output
     assert "0 done, 0 refused, 2 failed" in text and "2 item(s) of run 1 failed" in text and "--retry-failed" in text
+
+
+def test_tokens_export_of_a_remote_run_uses_the_ids_the_server_sampled(tmp_path, monkeypatch, gemma_path, tok, reply):
+    """A remote run's fingerprint names the server, so no tokenizer ever matched it: every completion was
+    tokenized again, even with the very GGUF the server serves. The run records its tokenizer's fingerprint."""
+    from typer.testing import CliRunner
+
+    from gristmill.app.cli import app
+
+    runner = CliRunner()
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "items.jsonl").write_text('{"instruction": "Name a colour."}\n')
+    assert runner.invoke(app, ["add", str(tmp_path / "items.jsonl")]).exit_code == 0
+    with StubServer("vllm", reply_ids=reply) as stub:
+        result = runner.invoke(app, ["generate", "--server", stub.url, "--tokenizer", str(gemma_path), "--quiet",
+                                     "--max-tokens", "16"])
+    assert result.exit_code == 0, result.output
+    import sqlite3
+
+    with sqlite3.connect(tmp_path / "test.db") as conn:
+        conn.execute("INSERT INTO reviews (generation_id, decision, reviewer, created_at) VALUES (1, 'accept', 'a', 't')")
+    conn.close()
+    exported = runner.invoke(app, ["export", str(tmp_path / "t.jsonl"), "--format", "tokens", "--tokenizer",
+                                   str(gemma_path)])
+    assert exported.exit_code == 0, exported.output
+    manifest = json.loads((tmp_path / "t.jsonl.manifest.json").read_text())
+    sources = manifest["training"]["completion_ids"] if "training" in manifest else manifest["completion_ids"]
+    assert sources == {"generated": 1}, sources
