@@ -86,7 +86,12 @@ def as_expected(error: BaseException) -> GristmillError | None:
         return BadInput(
             "database: a JSON column holds text that is not JSON (a hand edit?); `gristmill doctor` names the rows"
         )
-    if isinstance(error, sqlite3.OperationalError):  # disk full, I/O error, a lock held past every retry
+    if isinstance(error, sqlite3.OperationalError) and "locked" in str(error):  # past every wait and retry
+        return RuntimeFailure(
+            "database: another process holds it locked, readers too (a connection in exclusive locking mode, or a "
+            "write that has not ended): run the command again once that process is done"
+        )
+    if isinstance(error, sqlite3.OperationalError):  # disk full, I/O error
         return RuntimeFailure(f"database: {error}")
     if type(error) is sqlite3.DatabaseError:  # "database disk image is malformed" found mid-command
         return RuntimeFailure(f"database: {error} (`gristmill doctor` runs an integrity check)")

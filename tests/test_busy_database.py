@@ -274,3 +274,28 @@ def test_review_exits_1_naming_the_decision_lost_when_quit_while_it_waited(tmp_p
     result = CliRunner().invoke(cli, ["review"])
     assert result.exit_code == 1, result.output
     assert "the last decision (accept #3) was not saved" in " ".join(result.output.split())
+
+
+def test_a_lock_that_keeps_readers_out_is_one_line_saying_so(tmp_path):
+    """A connection in exclusive locking mode blocks readers too: commands had said `database: database is
+    locked`, SQLite's words, which the README says never to show."""
+    import sqlite3
+
+    from typer.testing import CliRunner
+
+    from gristmill.app.cli import app
+    from gristmill.db import open_store
+
+    with open_store(tmp_path / "test.db"):
+        pass
+    holder = sqlite3.connect(tmp_path / "test.db", isolation_level=None)
+    try:
+        holder.execute("PRAGMA locking_mode = EXCLUSIVE")
+        holder.execute("BEGIN EXCLUSIVE")
+        holder.execute("CREATE TABLE held (x)")
+        result = CliRunner().invoke(app, ["stats"])
+    finally:
+        holder.execute("ROLLBACK")
+        holder.close()
+    assert result.exit_code == 1, result.output
+    assert "another process holds it locked, readers too" in " ".join(result.output.split())
