@@ -477,5 +477,8 @@ def main() -> None:
     """The installed `gristmill` entry point. A SIGTERM stops the command as Ctrl-C does, then exits 143."""
     import signal
 
+    from gristmill.models import native_log
+
     signal.signal(signal.SIGTERM, stop_on_sigterm)
+    native_log.on_held_interrupt = lambda: _say("stopping once llama.cpp returns (a model load cannot be cut short)")
     app(prog_name="gristmill")

@@ -6,7 +6,7 @@ import ctypes
 import logging
 import signal
 import threading
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 
 log = logging.getLogger("gristmill.llama_cpp")
@@ -16,6 +16,9 @@ _LEVELS = {0: logging.CRITICAL, 1: logging.DEBUG, 2: logging.INFO, 3: logging.WA
 _installed = None  # the ctypes callback must stay referenced for as long as llama.cpp may call it
 _line: list[str] = []
 _level = logging.DEBUG
+# said once when a Ctrl-C is held (the command line sets it): loading a 20 GB model takes a while, and a key
+# that seems to do nothing gets pressed again
+on_held_interrupt: Callable[[], None] | None = None
 
 
 def install() -> None:
@@ -52,10 +55,13 @@ def interrupt_after_native_call() -> Iterator[None]:
         yield
         return
     caught: list[signal.Signals] = []
-    previous = {
-        signum: signal.signal(signum, lambda number, frame: caught.append(signal.Signals(number)))
-        for signum in (signal.SIGINT, signal.SIGTERM)
-    }
+
+    def hold(number: int, frame: object) -> None:
+        if not caught and on_held_interrupt is not None:
+            on_held_interrupt()
+        caught.append(signal.Signals(number))
+
+    previous = {signum: signal.signal(signum, hold) for signum in (signal.SIGINT, signal.SIGTERM)}
     try:
         yield
     finally:

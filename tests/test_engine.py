@@ -202,8 +202,11 @@ def test_a_ctrl_c_during_a_model_load_is_raised_once_the_load_returns(gemma_path
         return logged(*args, **kwargs)
 
     monkeypatch.setattr(native_log.log, "log", ctrl_c_on_the_third_line)
+    said: list[str] = []
+    monkeypatch.setattr(native_log, "on_held_interrupt", lambda: said.append("held"))
     with pytest.raises(KeyboardInterrupt):
         LlamaCppEngine(gemma_path, n_ctx=256)
     assert len(calls) > 3  # llama.cpp cannot be stopped mid-call: the load went on, then the Ctrl-C came out
+    assert said == ["held"]  # the command line says at once that it will stop (a big model loads for a while)
     assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
     LlamaCppEngine(gemma_path, n_ctx=256, vocab_only=True).close()  # raised once, not again
