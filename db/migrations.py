@@ -437,8 +437,11 @@ def m011_decision_cache_only_from_the_log(db: Database) -> None:
     refused with the way to do it (a row in `reviews`); the triggers that replay the log write only what it
     says, so they pass. Every cache value is derived from the log again first, undoing earlier hand edits.
     """
-    db.execute(
-        f"UPDATE generations SET (decision, review_id) = (SELECT r.decision, r.id FROM reviews r WHERE r.id = ({_CURRENT_REVIEW.replace('NEW.id', 'generations.id')}))"
+    current = _CURRENT_REVIEW.replace("NEW.id", "generations.id")
+    db.execute(  # only the rows whose cache the log does not say (a hand edit's)
+        f"""UPDATE generations SET (decision, review_id) = (SELECT r.decision, r.id FROM reviews r WHERE r.id = ({current}))
+        WHERE review_id IS NOT ({current})
+           OR decision IS NOT (SELECT r.decision FROM reviews r WHERE r.id = generations.review_id)"""
     )
     db.execute(
         f"""CREATE TRIGGER generations_decision_is_derived BEFORE UPDATE OF decision, review_id ON generations

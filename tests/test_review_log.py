@@ -172,6 +172,17 @@ def test_the_decision_cache_cannot_be_written_around_the_log(tmp_path):
     assert assert_everything_agrees(tmp_path, db) == {1: ("accept", 1)}
 
 
+def test_m011_puts_back_what_the_log_says_where_a_hand_edit_had_changed_the_cache(tmp_path):
+    db = make_db(tmp_path)
+    review(db, 1, "accept")
+    with open_store(db) as store, store.write() as conn:  # as before m011: the trigger did not exist yet
+        conn.execute("DROP TRIGGER generations_decision_is_derived")
+        conn.execute("DELETE FROM _sqlite_migrations WHERE name = 'm011_decision_cache_only_from_the_log'")
+        conn.execute("UPDATE generations SET decision = 'accept' WHERE id = 2")  # no log row: export leaves it out
+        conn.execute("UPDATE generations SET decision = NULL, review_id = NULL WHERE id = 1")  # logged accept hidden
+    assert assert_everything_agrees(tmp_path, db) == {1: ("accept", 1)}  # opening migrates: the log's state
+
+
 def test_gristmill_and_sqlite3_writers_interleave(tmp_path):
     db = make_db(tmp_path)
     with open_store(db) as store:
