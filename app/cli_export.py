@@ -84,6 +84,8 @@ def export_command(
 
     if format_ not in FORMATS:
         raise BadInput(f"export: --format must be one of {', '.join(FORMATS)}, not {format_!r}")
+    if type_ is not None:
+        type_ = type_.strip().lower()  # as `add` stores types and `generate --types` selects them
     if no_dedup:
         if dedup not in (None, "off"):
             raise BadInput(f"export: --no-dedup and --dedup {dedup} contradict each other: give one of them")

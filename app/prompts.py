@@ -237,6 +237,8 @@ def list_styles(extra_dirs: Sequence[Path] = ()) -> tuple[list[Style], list[str]
         for path in sorted(Path(directory).glob("*.toml")):
             if path.name != "gristmill.toml":
                 try:
+                    if not set(read_toml(path, StyleError)) & STYLE_KEYS:
+                        continue  # pyproject.toml, ruff.toml: another tool's file, not a broken style
                     styles.append(load_style(str(path)))
                 except StyleError as error:
                     broken.append(str(error))

@@ -116,7 +116,7 @@ def test_a_keymap_that_clashes_or_names_no_binding_is_exit_2_before_the_app_star
     # good ones get as far as the terminal check: a new key, or a default key written back (the help screen's
     # own q and ? already shadow the app's quit and help there, by design)
     for good in ('accept = "y"\nreject = "n"', 'quit = "q"', 'help = "?"', 'close_help = "escape,q,question_mark"',
-                 'accept = "f5,ctrl+y,shift+tab"', 'quit = "ctrl+q"'):
+                 'accept = "f5,ctrl+y,shift+tab"', 'quit = "ctrl+q"', 'accept = "+"'):
         write(tmp_path / "gristmill.toml", f"[keymap]\n{good}\n")
         assert "needs a terminal" in runner.invoke(app, ["review"]).output, good
     write(tmp_path / "gristmill.toml", '[keymap]\naccept = "?"\n')  # Textual spells it question_mark

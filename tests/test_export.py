@@ -87,7 +87,7 @@ def test_native_records_carry_the_edit_the_original_and_the_manifest(tmp_path):
 def test_filters(tmp_path):
     fake_db(tmp_path)
     out = tmp_path / "o.jsonl"
-    for args, ids in ((["--type", "math"], [2]), (["--min-chars", "8"], [2, 3]), (["--max-chars", "7"], [1]),
+    for args, ids in ((["--type", "math"], [2]), (["--type", "Math"], [2]), (["--min-chars", "8"], [2, 3]), (["--max-chars", "7"], [1]),
                       (["--run", "1", "--style", "completion"], [1, 2, 3])):
         assert runner.invoke(app, ["export", str(out), *args]).exit_code == 0
         assert [r["id"] for r in read_jsonl(out)] == ids, args
@@ -98,7 +98,7 @@ def test_a_filter_value_the_database_has_nowhere_is_refused_and_out_is_left_alon
     fake_db(tmp_path)
     out = write(tmp_path / "o.jsonl", "the last export\n")
     for args, said in ((["--reviewer", "bob"], "--reviewer 'bob': the database has none (it has: "),
-                       (["--type", "Math"], "--type 'Math': the database has none (it has: creative, fact, general, math)"),
+                       (["--type", "Maths"], "--type 'maths': the database has none (it has: creative, fact, general, math)"),
                        (["--style", "few-shot"], "--style 'few-shot': the database has none (it has: completion)"),
                        (["--exclude-flag", "truncted"], "--exclude-flag 'truncted'"),
                        (["--no-dedup", "--dedup", "pair"], "--no-dedup and --dedup pair contradict")):

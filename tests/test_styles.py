@@ -161,11 +161,12 @@ def test_styles_names_the_files_that_do_not_load_and_why(tmp_path):
     """A typo in a style file had made it vanish from the list, with exit 0 and no word."""
     write(tmp_path / "good.toml", 'name = "good"\ntemplate = "{instruction}"\n')
     write(tmp_path / "typo.toml", 'name = "typo"\ntemplat = "{instruction}"\n')
+    write(tmp_path / "pyproject.toml", '[project]\nname = "x"\n')  # another tool's file: not a style at all
     result = runner.invoke(app, ["styles"])
     assert result.exit_code == 0, result.output
     text = " ".join(result.output.split())
     assert "good" in text and "not loaded: " in text and "typo.toml: key 'templat': unknown" in text
-    assert "1 style file(s) in" in text
+    assert "1 style file(s) in" in text and "pyproject" not in text
 
 
 def test_a_style_with_fewer_examples_than_shots_is_refused_unless_accepted_records_fill_the_pool(tmp_path):

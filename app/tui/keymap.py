@@ -52,6 +52,8 @@ KEY_NAMES = {key.value.split("+")[-1] for key in Keys if not key.value.startswit
 def is_key(key: str) -> bool:
     """A key Textual can send: one character, or a key name (`f5`, `pagedown`, `question_mark`), after any
     modifiers (`ctrl+`, `shift+`...). Anything else is a binding no key reaches."""
+    if len(key) == 1:
+        return True
     *modifiers, name = key.split("+")
     return all(m in MODIFIERS for m in modifiers) and (len(name) == 1 or name in KEY_NAMES)
 
@@ -88,7 +90,7 @@ def keymap_problem(keymap: dict[str, str]) -> str | None:
             return f"keymap.{binding_id}: no binding has that id (the app's ? screen lists each binding's id)"
         given = [key.strip() for key in keys.split(",") if key.strip()]
         if not given:
-            return f"keymap.{binding_id}: no key given"
+            return f"keymap.{binding_id}: no key given (the comma and space keys are written comma and space)"
         if unknown := [key for key in given if not is_key(key)]:
             return (
                 f"keymap.{binding_id}: {unknown[0]!r} is no key (one character, or a name such as f5, pagedown, "
