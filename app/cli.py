@@ -266,7 +266,7 @@ def add(
     id_key: Annotated[str, typer.Option(metavar="KEY", help="Key holding an external id.")] = "id",
 ) -> None:
     """Import instructions. A file with any bad line imports nothing and lists FILE:LINE: problems."""
-    from gristmill.app.ingest import KeyMap, import_file
+    from gristmill.app.ingest import KeyMap, import_file, keys_mentioned, renamed_elsewhere
 
     keys = KeyMap(instruction=instruction_key, input=input_key, type=type_key, id=id_key)
     from gristmill.app.cli_progress import say_waiting
@@ -275,11 +275,14 @@ def add(
         raise BadInput(f"add: --type {type_!r}: give one type name (no commas), or leave --type out")
 
     failed = 0
+    mentioned = keys_mentioned(files, keys)  # a renamed key another file has: this file is of another shape
     with open_db(create=True) as store:
         store.on_busy = say_waiting  # a long wait for another writer's lock is said, not silent
         for path in files:
             try:
-                report = import_file(store, path, keys, type_.strip().lower() if type_ else None)
+                report = import_file(
+                    store, path, keys, type_.strip().lower() if type_ else None, renamed_elsewhere(mentioned, path)
+                )
             except KeyboardInterrupt:  # the file's transaction was rolled back: say what that means
                 raise Interrupted(
                     f"interrupted: nothing from {path} was imported (files reported as added above are kept)"
@@ -288,6 +291,8 @@ def add(
                 blank = f" and {report.blank} blank line(s)" if report.blank else ""
                 said = f"{path}: added {report.added}, skipped {report.duplicates} duplicate(s){blank}"
                 out.print(escape(one_line(said)))
+                for note in report.notes:
+                    out.print(escape(one_line(f"{path}: {note}: imported without it (another file given has it)")))
                 continue
             failed += 1
             if report.problem_count == 1:  # the common case stays one line

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import json
 import unicodedata
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -43,6 +44,7 @@ class FileReport:
     blank: int = 0  # blank lines (or CSV rows of empty fields): no record, skipped, counted
     problems: list[str] = field(default_factory=list)
     problem_count: int = 0
+    notes: list[str] = field(default_factory=list)  # what was imported otherwise than asked, said with the count
 
     @property
     def ok(self) -> bool:
@@ -180,8 +182,18 @@ def _json_type(value: object) -> str:
     }.get(type(value), type(value).__name__)
 
 
-def import_file(store: Store, path: Path, keys: KeyMap = KeyMap(), forced_type: str | None = None) -> FileReport:
+def import_file(
+    store: Store,
+    path: Path,
+    keys: KeyMap = KeyMap(),
+    forced_type: str | None = None,
+    renamed_elsewhere: frozenset[str] = frozenset(),
+) -> FileReport:
     """Import one file whole or not at all: any problem imports nothing.
+
+    `renamed_elsewhere`: the renamed-key options (`--input-key`) another file of the same command has the key
+    of. A file without that key is then one of another shape (a Dolly file beside an Alpaca one) and imports,
+    with a note; alone, a key no record has is a typo and an error.
 
     Records are staged in a TEMP table (no lock on the database) and inserted in one short transaction
     at the end, so importing a large file never holds the write lock while it reads and validates.
@@ -238,11 +250,10 @@ def import_file(store: Store, path: Path, keys: KeyMap = KeyMap(), forced_type: 
             if not records and not report.problem_count:
                 problem(0, "empty file: no instructions in it")
             for option in (o for o in renamed if objects and o not in found):
-                problem(
-                    0,
-                    f"{option} {renamed[option]!r}: no record in this file has that key (a typo? a file without "
-                    f"that field is added by its own `add`, without {option})",
-                )
+                if option in renamed_elsewhere:
+                    report.notes.append(f"{option} {renamed[option]!r}: no record in this file has that key")
+                else:
+                    problem(0, f"{option} {renamed[option]!r}: no record in this file has that key (a typo?)")
             if report.problem_count:
                 return report
             instructions_db.stage_batch(store, batch)
@@ -256,5 +267,44 @@ def import_file(store: Store, path: Path, keys: KeyMap = KeyMap(), forced_type: 
 def import_files(
     store: Store, paths: list[Path], keys: KeyMap = KeyMap(), forced_type: str | None = None
 ) -> Iterator[FileReport]:
+    mentioned = keys_mentioned(paths, keys)
     for path in paths:
-        yield import_file(store, path, keys, forced_type)
+        yield import_file(store, path, keys, forced_type, renamed_elsewhere(mentioned, path))
+
+
+def keys_mentioned(paths: list[Path], keys: KeyMap) -> dict[Path, set[str]]:
+    """For each file, the renamed-key options whose key it mentions at all: a byte search (a CSV's header, a JSON
+    file's quoted key), cheap beside the import, and only when a key is renamed and several files are given."""
+    renamed = keys.renamed()
+    if not renamed or len(paths) < 2:
+        return {}
+    found: dict[Path, set[str]] = {}
+    for path in paths:
+        try:
+            with path.open("rb") as handle:
+                if path.suffix.lower() == ".csv":
+                    header = handle.readline().decode("utf-8", "replace")
+                    names = {name.strip().strip('"') for name in header.split(",")}
+                    found[path] = {option for option, key in renamed.items() if key in names}
+                else:
+                    found[path] = _quoted_keys_in(handle, renamed)
+        except OSError:
+            found[path] = set()  # the import itself says why it cannot read the file
+    return found
+
+
+def _quoted_keys_in(handle, renamed: dict[str, str], chunk_size: int = 1 << 20) -> set[str]:
+    """The options whose key appears quoted (`"ctx"`) anywhere in the file, read in chunks (a file may be GBs)."""
+    needles = {option: json.dumps(key).encode() for option, key in renamed.items()}
+    overlap = max(len(n) for n in needles.values()) - 1
+    found: set[str] = set()
+    tail = b""
+    while len(found) < len(needles) and (chunk := handle.read(chunk_size)):
+        window = tail + chunk
+        found.update(option for option, needle in needles.items() if needle in window)
+        tail = window[-overlap:] if overlap else b""
+    return found
+
+
+def renamed_elsewhere(mentioned: dict[Path, set[str]], path: Path) -> frozenset[str]:
+    return frozenset(option for other, options in mentioned.items() if other != path for option in options)

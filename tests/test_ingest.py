@@ -182,3 +182,21 @@ def test_garbage_never_tracebacks(tmp_path, lines, suffix):
     assert "Traceback" not in result.output
     if result.exit_code == 2:
         assert all(line.startswith(str(path)) for line in result.output.splitlines() if line.strip())
+
+
+def test_a_renamed_key_another_file_of_the_command_has_imports_a_file_without_it_with_a_note(tmp_path):
+    """Dolly beside Alpaca in one `add --input-key context`: the Alpaca file had been refused. Alone, a key no
+    record has is still a typo and an error."""
+    from typer.testing import CliRunner
+
+    from gristmill.app.cli import app
+
+    dolly = write(tmp_path / "dolly.jsonl", '{"instruction": "Summarize", "context": "Long text."}\n')
+    alpaca = write(tmp_path / "alpaca.json", '[{"instruction": "Say hi", "input": ""}]')
+    result = CliRunner().invoke(app, ["add", str(dolly), str(alpaca), "--input-key", "context"])
+    said = " ".join(result.output.split())
+    assert result.exit_code == 0, result.output
+    assert "alpaca.json: --input-key 'context': no record in this file has that key: imported without it" in said
+    typo = CliRunner().invoke(app, ["add", str(write(tmp_path / "t.jsonl", '{"instruction": "x", "ctx": "y"}\n')),
+                                    "--input-key", "context"])
+    assert typo.exit_code == 2 and "(a typo?)" in typo.output
