@@ -87,7 +87,8 @@ def generate(
         Optional[int], typer.Option(min=1, max=_high("seed"), metavar="N", help="Generate at most this many items now.")
     ] = None,
     types: Annotated[
-        Optional[str], typer.Option(metavar="TYPES", help="Only these instruction types (comma-separated).")
+        Optional[list[str]],
+        typer.Option(metavar="TYPES", help="Only these instruction types (comma-separated, or the option repeated)."),
     ] = None,
     threads: Annotated[
         Optional[int],
@@ -187,9 +188,10 @@ def generate(
     from gristmill.app.prompts import StyleError, load_style_for_pool
     from gristmill.models import EngineError
 
-    type_list = sorted({t.strip().lower() for t in types.split(",") if t.strip()}) if types else []
-    if types is not None and not type_list:  # `--types ''` had meant every type
-        raise BadInput(f"generate: --types {types!r} names no type; give comma-separated types, or leave it out")
+    typed_types = ",".join(types) if types else None  # repeated, the option had kept only its last value
+    type_list = sorted({t.strip().lower() for t in typed_types.split(",") if t.strip()}) if typed_types else []
+    if types and not type_list:  # `--types ''` had meant every type
+        raise BadInput(f"generate: --types {typed_types!r} names no type; give comma-separated types, or leave it out")
     if run is not None and new_run:
         raise BadInput("generate: --run N continues run N and --new-run starts another: give one of them")
     if run is not None:  # the run's own BOS rule and model, unless the user names them; its own settings, always

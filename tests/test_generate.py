@@ -277,3 +277,13 @@ def test_a_terminal_too_narrow_for_the_bar_gets_log_lines(monkeypatch):
         console = Console(file=io.StringIO(), force_terminal=True, width=width)
         monkeypatch.setattr(cli_progress, "err", console)
         assert cli_progress._lines_not_a_bar(quiet=False) is lines
+
+
+def test_types_given_twice_select_both(tmp_path, gemma_path):
+    """`--types a --types b` had kept only b, and quietly started a run of b alone."""
+    write(tmp_path / "t.jsonl", '{"instruction": "Why?", "type": "question"}\n{"instruction": "2+2", "type": "math"}\n'
+                                '{"instruction": "A poem", "type": "creative"}\n')
+    assert runner.invoke(app, ["add", str(tmp_path / "t.jsonl")]).exit_code == 0
+    result = runner.invoke(app, ["generate", "--types", "question", "--types", "math", "--max-tokens", "1", "--quiet"])
+    assert result.exit_code == 0, result.output
+    assert "2 done, 0 refused, 0 failed, 0 pending" in result.output
