@@ -387,10 +387,13 @@ def preview(
         Optional[int], typer.Option(metavar="ID", help="Render the stored instruction with this id instead.")
     ] = None,
     style: Annotated[Optional[str], typer.Option(metavar="STYLE", help="Prompt style name or TOML file.")] = None,
-    input_text: Annotated[str, typer.Option("--input", metavar="TEXT", help="Optional input/context.")] = "",
+    input_text: Annotated[
+        Optional[str], typer.Option("--input", metavar="TEXT", help="Optional input/context.")
+    ] = None,
     type_: Annotated[
-        str, typer.Option("--type", metavar="TYPE", help="Instruction type (picks the frame).")
-    ] = "general",
+        Optional[str],
+        typer.Option("--type", metavar="TYPE", help="Instruction type (picks the frame; default general)."),
+    ] = None,
     seed: Annotated[
         Optional[int],
         typer.Option(
@@ -423,6 +426,8 @@ def preview(
             if item is not None:
                 if instruction is not None:
                     raise BadInput("preview: give an instruction or --item ID, not both")
+                if input_text is not None or type_ is not None:  # they had been ignored without a word
+                    raise BadInput("preview: --item ID renders the stored input and type; leave --input and --type out")
                 row = _stored_instruction(store, item)
                 instruction, input_text, type_ = row["instruction"], row["input"], row["instruction_type"]
                 stored_hash = row["content_hash"]
@@ -430,6 +435,7 @@ def preview(
                 config, run_style_obj = _run_preview_settings(store, run, config, style, seed, sample, model)
     if instruction is None:
         raise BadInput("preview: give an instruction or --item ID")
+    input_text, type_ = input_text or "", type_ or "general"
     if not instruction.strip():  # `add` refuses it: a preview of it would show a prompt no run ever feeds
         raise BadInput("preview: the instruction is blank")
     for label, text in (("the instruction", instruction), ("--input", input_text), ("--type", type_)):

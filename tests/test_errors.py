@@ -172,6 +172,7 @@ CASES = [
       "credentials in the URL are not accepted"),
     C("preview-nothing", "preview", 2, "give an instruction"),
     C("preview-blank", ["preview", "   "], 2, "preview: the instruction is blank"),
+    C("preview-item-with-type", "preview --item 1 --type math", 2, "--item ID renders the stored input and type"),
     C("preview-no-such-item", "preview --item 99", 2, "no instruction with id 99"),
     # the review app without a terminal
     C("review-no-terminal", "review", 2, "needs a terminal"),
