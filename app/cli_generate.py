@@ -223,23 +223,20 @@ def generate(
         api_key_env=api_key_env,
     )
     check_generate(config, lambda key: f"generate: --{key.replace('_', '-')} (or generate.{key} in the config)")
-    local_only = {"--batch": batch, "--threads": threads, "--gpu-layers": gpu_layers, "--n-ctx": n_ctx,
-                  "--flash-attn/--no-flash-attn": flash_attn}  # fmt: skip
-    given = [name for name, value in local_only.items() if value is not None]
-    if config.server and given:  # an option that would change nothing is refused, never silently dropped
-        raise BadInput(
-            f"generate: {', '.join(given)} {'is' if len(given) == 1 else 'are'} for the in-process engine; with "
-            "--server the server's own settings apply (--concurrency sets requests in flight): "
-            f"leave {'it' if len(given) == 1 else 'them'} out"
-        )
-    server_only = {"--tokenizer": tokenizer, "--concurrency": concurrency, "--server-kind": server_kind,
-                   "--api-key-env": api_key_env}  # fmt: skip
-    given = [name for name, value in server_only.items() if value is not None]
-    if not config.server and given:
-        raise BadInput(
-            f"generate: {', '.join(given)} {'is' if len(given) == 1 else 'are'} for --server, which was not given: "
-            f"without it the model runs in this process; leave {'it' if len(given) == 1 else 'them'} out"
-        )
+    if config.server:  # an option that would change nothing is refused, never silently dropped
+        _refuse_unused(
+            {"--batch": batch, "--threads": threads, "--gpu-layers": gpu_layers, "--n-ctx": n_ctx,
+             "--flash-attn/--no-flash-attn": flash_attn},
+            "the in-process engine",
+            "with --server the server's own settings apply (--concurrency sets requests in flight)",
+        )  # fmt: skip
+    else:
+        _refuse_unused(
+            {"--tokenizer": tokenizer, "--concurrency": concurrency, "--server-kind": server_kind,
+             "--api-key-env": api_key_env},
+            "--server, which was not given",
+            "without it the model runs in this process",
+        )  # fmt: skip
     try:
         settings = settings_for(config)  # the same RunSettings the app's generate room builds
     except ValueError as error:
@@ -318,6 +315,17 @@ def generate(
             )
     finally:
         store.close()
+
+
+def _refuse_unused(options: dict[str, object], meant_for: str, why: str) -> None:
+    """The options given of those that do nothing in this mode (in-process or `--server`): one line naming them."""
+    given = [name for name, value in options.items() if value is not None]
+    if given:
+        one = len(given) == 1
+        raise BadInput(
+            f"generate: {', '.join(given)} {'is' if one else 'are'} for {meant_for}: {why}; "
+            f"leave {'it' if one else 'them'} out"
+        )
 
 
 def _check_types(store: Store, type_list: list[str]) -> None:

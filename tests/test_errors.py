@@ -141,6 +141,8 @@ CASES = [
     C("run-and-new-run", "generate --run 1 --new-run", 2, "--run N continues run N and --new-run"),
     C("server-options-without-server", "generate --tokenizer {model} --concurrency 2", 2,
       "--tokenizer, --concurrency are for --server"),
+    C("local-options-with-server", "generate --server http://127.0.0.1:9 --tokenizer {model} --batch 2", 2,
+      "--batch is for the in-process engine: with --server the server's own settings apply"),
     C("types-empty", ["generate", "--types", ",,"], 2, "--types ',,' names no type"),
     C("config-missing", "--config {ws}/nope.toml stats", 2, "nope.toml", "--config", "does not exist"),
     C("env-config-nowhere", "stats", 2, "GRISTMILL_CONFIG", "does not exist",
