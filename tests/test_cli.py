@@ -14,6 +14,15 @@ from tests.conftest import write
 runner = CliRunner()
 
 
+def _database_with_one_instruction(tmp_path) -> None:
+    """test.db (the default the tests' environment names) with one instruction: what the review app needs to open."""
+    from gristmill.app.ingest import import_file
+    from gristmill.db import open_store
+
+    with open_store(tmp_path / "test.db") as store:
+        import_file(store, write(tmp_path / "i.txt", "one\n"))
+
+
 def test_doctor_tells_a_base_model_from_an_instruct_one(gemma_path, smollm_path, tmp_path, monkeypatch):
     monkeypatch.setenv("GRISTMILL_CACHE_DIR", str(tmp_path / "fresh-cache"))  # no fingerprint cached yet
     base = runner.invoke(app, ["doctor", "--model", str(gemma_path)])
@@ -95,11 +104,7 @@ def test_config_sets_generation_defaults(tmp_path, gemma_path):
 
 def test_a_keymap_that_clashes_or_names_no_binding_is_exit_2_before_the_app_starts(tmp_path):
     """Textual would apply it as given: `accept = "r"` made r accept and reject unreachable."""
-    from gristmill.app.ingest import import_file
-    from gristmill.db import open_store
-
-    with open_store(tmp_path / "test.db") as store:
-        import_file(store, write(tmp_path / "i.txt", "one\n"))
+    _database_with_one_instruction(tmp_path)
     cases = [('accept = "r"', "keymap.accept: key 'r' is already 'reject' (Reject) in the review room"),
              ('quit = "a"', "keymap.quit: key 'a' is already 'accept' (Accept) in the review room"),
              ('acept = "y"', "keymap.acept: no binding has that id"),
@@ -129,11 +134,7 @@ def test_review_with_stderr_redirected_is_refused_it_would_draw_there_unseen(tmp
     import subprocess
     import sys
 
-    from gristmill.app.ingest import import_file
-    from gristmill.db import open_store
-
-    with open_store(tmp_path / "test.db") as store:
-        import_file(store, write(tmp_path / "i.txt", "one\n"))
+    _database_with_one_instruction(tmp_path)
     primary, secondary = pty.openpty()
     try:
         done = subprocess.run([sys.executable, "-m", "gristmill", "--db", str(tmp_path / "test.db"), "review"],
@@ -160,11 +161,7 @@ def test_sigint_to_the_review_app_quits_it_with_one_line_and_exit_130(tmp_path, 
     import termios
     import time
 
-    from gristmill.app.ingest import import_file
-    from gristmill.db import open_store
-
-    with open_store(tmp_path / "test.db") as store:
-        import_file(store, write(tmp_path / "i.txt", "one\n"))
+    _database_with_one_instruction(tmp_path)
     primary, secondary = pty.openpty()
     fcntl.ioctl(secondary, termios.TIOCSWINSZ, struct.pack("HHHH", 24, 80, 0, 0))
     process = subprocess.Popen([sys.executable, "-m", "gristmill", "--db", str(tmp_path / "test.db"), "review"],
@@ -233,26 +230,20 @@ def test_review_on_a_dumb_terminal_is_refused_it_cannot_draw_there(tmp_path):
     import subprocess
     import sys
 
-    from gristmill.app.ingest import import_file
-    from gristmill.db import open_store
-
-    with open_store(tmp_path / "test.db") as store:
-        import_file(store, write(tmp_path / "i.txt", "one\n"))
+    _database_with_one_instruction(tmp_path)
     primary, secondary = pty.openpty()
     try:
         done = subprocess.run([sys.executable, "-m", "gristmill", "--db", str(tmp_path / "test.db"), "review"],
                               stdin=secondary, stdout=secondary, stderr=secondary, timeout=60,
                               env={**os.environ, "TERM": "dumb"})
+    finally:
         os.close(secondary)
-        shown = b""
-        while True:
-            try:
-                chunk = os.read(primary, 65536)
-            except OSError:
-                break
-            if not chunk:
-                break
+    shown = b""
+    try:
+        while chunk := os.read(primary, 65536):  # what the process wrote, until the pty reports its end
             shown += chunk
+    except OSError:
+        pass
     finally:
         os.close(primary)
     assert done.returncode == 2 and b"TERM=dumb cannot draw the review app" in shown, shown[-500:]
