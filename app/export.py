@@ -32,6 +32,7 @@ from gristmill.app.generate import run_style
 from gristmill.app.prompts import Style, StyleError
 from gristmill.db import Store
 from gristmill.db.connection import json_column
+from gristmill.db.generations import process_alive
 from gristmill.db import exports as exports_db
 from gristmill.db import runs as runs_db
 from gristmill.db.exports import ExportFilter
@@ -208,18 +209,8 @@ def _remove_leftovers(directory: Path, name: str) -> None:
     ours = re.compile(rf"\.{re.escape(name)}\.{re.escape(_HOST)}\.(\d+)\.[A-Za-z0-9_]+\.tmp")
     for leftover in directory.glob(f".{glob.escape(name)}.*.tmp"):
         match = ours.fullmatch(leftover.name)
-        if match and not _alive(int(match.group(1))):
+        if match and not process_alive(int(match.group(1))):
             leftover.unlink(missing_ok=True)
-
-
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:  # another user's process
-        return True
-    return True
 
 
 def _pages(rows: Iterator[dict], size: int = 1000) -> Iterator[list[dict]]:

@@ -119,8 +119,13 @@ def _owner_alive(owner: str) -> bool:
     pid_text = rest.partition(":")[0]
     if host != socket.gethostname() or not pid_text.isdigit():
         return True  # another machine's process: only its lease tells
+    return process_alive(int(pid_text))
+
+
+def process_alive(pid: int) -> bool:
+    """Whether a process of this machine still runs (another user's counts as running)."""
     try:
-        os.kill(int(pid_text), 0)
+        os.kill(pid, 0)
     except ProcessLookupError:
         return False
     except PermissionError:
