@@ -5,7 +5,6 @@ from __future__ import annotations
 import hashlib
 import json
 import unicodedata
-from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -262,14 +261,6 @@ def import_file(
         instructions_db.stage_discard(store)
     report.duplicates = attempted - report.added
     return report
-
-
-def import_files(
-    store: Store, paths: list[Path], keys: KeyMap = KeyMap(), forced_type: str | None = None
-) -> Iterator[FileReport]:
-    mentioned = keys_mentioned(paths, keys)
-    for path in paths:
-        yield import_file(store, path, keys, forced_type, renamed_elsewhere(mentioned, path))
 
 
 def keys_mentioned(paths: list[Path], keys: KeyMap) -> dict[Path, set[str]]:
