@@ -491,5 +491,5 @@ def main() -> None:
     from gristmill.models import native_log
 
     signal.signal(signal.SIGTERM, stop_on_sigterm)
-    native_log.on_held_interrupt = lambda: _say("stopping once llama.cpp returns (a model load cannot be cut short)")
+    native_log.on_held_interrupt = lambda: _say("stopping (a model load ends at its next step)")
     app(prog_name="gristmill")

@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 import os
+from collections.abc import Callable
 from pathlib import Path
 
 from gristmill.app.config import GenerateConfig
 from gristmill.app.errors import BadInput
-from gristmill.models import Engine, EngineError, EngineSetupError, create_engine
+from gristmill.models import Engine, EngineError, EngineSetupError, LoadStopped, create_engine
 from gristmill.models.batch import ConcurrentEngine, SerialSequences
 from gristmill.models.default_model import default_model_path
 
@@ -35,8 +36,11 @@ def check_model_file(path: Path) -> None:
         raise BadInput(f"model {path}: not a GGUF file ({what})")
 
 
-def open_engine(config: GenerateConfig, *, vocab_only: bool = False) -> Engine:
-    """The configured engine; a model file that is missing, not GGUF, truncated or corrupt is bad input."""
+def open_engine(
+    config: GenerateConfig, *, vocab_only: bool = False, stop_loading: Callable[[], bool] | None = None
+) -> Engine:
+    """The configured engine; a model file that is missing, not GGUF, truncated or corrupt is bad input. A model
+    load ends early, raising LoadStopped, once `stop_loading()` is true."""
     if config.server and not vocab_only:
         return open_remote_engine(config)
     model = config.model
@@ -55,9 +59,12 @@ def open_engine(config: GenerateConfig, *, vocab_only: bool = False) -> Engine:
             flash_attn=config.flash_attn,
             add_bos=config.add_bos,
             vocab_only=vocab_only,
+            stop_loading=stop_loading,
         )
     except FileNotFoundError as error:  # a split model with a part missing
         raise BadInput(f"model {path}: {error}") from error
+    except LoadStopped:
+        raise
     except EngineError as error:
         raise BadInput(f"model {path}: cannot load it: {_cause(error)}") from error
 

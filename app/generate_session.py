@@ -15,7 +15,7 @@ from gristmill.app.prompts import list_styles, load_style_for_pool
 from gristmill.db import generations as generations_db
 from gristmill.db import runs as runs_db
 from gristmill.db import open_store
-from gristmill.models import GenerationParams
+from gristmill.models import GenerationParams, LoadStopped
 
 
 @dataclass(frozen=True)
@@ -95,7 +95,10 @@ def run_job(
         if run is None:
             raise LookupError(f"no run {run_id}")
         config = replace(config, model=run.settings.get("model_path"))
-    engine = open_engine(config)
+    try:
+        engine = open_engine(config, stop_loading=should_stop)
+    except LoadStopped:
+        return None
     try:
         if should_stop():
             return None

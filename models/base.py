@@ -23,6 +23,10 @@ class EngineSetupError(EngineError):
     served): the user fixes the command, so the command line reports it as bad input."""
 
 
+class LoadStopped(EngineError):
+    """The model load was asked to stop before it finished (the app's Stop while a model loads)."""
+
+
 class PromptRefused(ValueError):
     """This prompt must not be fed (too long, control tokens); the item is marked refused with the reason."""
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import ctypes
 import os
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 
 from gristmill.models.base import (
@@ -13,6 +13,7 @@ from gristmill.models.base import (
     EngineError,
     GenerationParams,
     GenerationResult,
+    LoadStopped,
     ModelInfo,
     PromptRefused,
     TextPiece,
@@ -40,7 +41,10 @@ class LlamaCppEngine(Engine):
         vocab_only: bool = False,
         n_batch: int = 512,
         flash_attn: bool = True,
+        stop_loading: Callable[[], bool] | None = None,
     ):
+        """`stop_loading`, asked as the model loads, ends the load early when true (raising LoadStopped); a
+        Ctrl-C held during the load ends it too."""
         from gristmill.models import native_log
 
         native_log.install()
@@ -51,8 +55,12 @@ class LlamaCppEngine(Engine):
         if not path.exists():
             raise EngineError(f"model file not found: {path}")
         self.path = path
+        asked_to_stop = stop_loading or (lambda: False)
         try:
-            with native_log.interrupt_after_native_call():
+            with (
+                native_log.interrupt_after_native_call() as interrupted,
+                native_log.model_load_stops_when(lambda: interrupted() or asked_to_stop()),
+            ):
                 self._llm = llama_cpp.Llama(
                     str(path),
                     n_ctx=n_ctx or n_ctx_cap,
@@ -64,6 +72,8 @@ class LlamaCppEngine(Engine):
                     flash_attn=flash_attn,  # llama.cpp's own default ("auto": on where supported); the binding's is off
                 )
         except (ValueError, RuntimeError) as error:
+            if asked_to_stop():
+                raise LoadStopped(f"stopped loading {path}") from None
             raise EngineError(f"cannot load {path}: {error}") from error
         self._vocab = self._llm._model.vocab
         self.metadata = dict(self._llm.metadata)

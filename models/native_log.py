@@ -44,15 +44,16 @@ def install() -> None:
 
 
 @contextmanager
-def interrupt_after_native_call() -> Iterator[None]:
+def interrupt_after_native_call() -> Iterator[Callable[[], bool]]:
     """Hold a Ctrl-C (or a SIGTERM) until the native call in the block returns, then raise it.
 
     While llama.cpp loads a model or makes a context it logs hundreds of lines through the callback above, and
     Python runs a SIGINT handler when the callback is entered: the KeyboardInterrupt was raised inside a ctypes
     callback, which prints it and drops it, so a Ctrl-C during a load was lost and the run went on to the end.
+    The block gets a function that says whether one is held, so a load can end early (`model_load_stops_when`).
     Signal handlers belong to the main thread; elsewhere (the app's workers) the block runs as it is."""
     if threading.current_thread() is not threading.main_thread():
-        yield
+        yield lambda: False
         return
     caught: list[signal.Signals] = []
 
@@ -63,7 +64,7 @@ def interrupt_after_native_call() -> Iterator[None]:
 
     previous = {signum: signal.signal(signum, hold) for signum in (signal.SIGINT, signal.SIGTERM)}
     try:
-        yield
+        yield lambda: bool(caught)
     finally:
         for signum, handler in previous.items():
             signal.signal(signum, handler)
@@ -72,3 +73,35 @@ def interrupt_after_native_call() -> Iterator[None]:
             if callable(handler):
                 handler(caught[0], None)
             raise KeyboardInterrupt
+
+
+_loading = threading.Lock()  # the hook below swaps a module attribute: one load at a time
+
+
+@contextmanager
+def model_load_stops_when(stop: Callable[[], bool]) -> Iterator[None]:
+    """A model load in the block ends early once `stop()` is true (a 32B model loads for a minute).
+
+    llama.cpp's loader calls a progress callback as it goes and gives up when it returns false; llama-cpp-python's
+    `Llama` takes no such callback, but builds its model parameters from `llama_model_default_params`, so for the
+    length of the block that function answers with the callback set. A stopped load raises the binding's
+    ValueError ("Failed to load model from file"): the caller, which knows why, says what happened."""
+    import llama_cpp.llama_cpp as binding
+
+    @binding.llama_progress_callback
+    def progress(fraction: float, user_data: ctypes.c_void_p) -> bool:
+        return not stop()
+
+    with _loading:
+        original = binding.llama_model_default_params
+
+        def with_progress() -> object:
+            params = original()
+            params.progress_callback = progress
+            return params
+
+        binding.llama_model_default_params = with_progress
+        try:
+            yield
+        finally:
+            binding.llama_model_default_params = original

@@ -183,30 +183,60 @@ def test_no_code_path_renders_a_chat_template_or_feeds_a_string():
     assert offences == []
 
 
-def test_a_ctrl_c_during_a_model_load_is_raised_once_the_load_returns(gemma_path, monkeypatch):
+def test_a_ctrl_c_during_a_model_load_ends_the_load_and_is_raised(gemma_path, monkeypatch):
     """While a model loads, llama.cpp logs hundreds of lines through a ctypes callback; Python ran the SIGINT
-    handler there, and ctypes printed the KeyboardInterrupt and dropped it: the run went on to the end."""
+    handler there, and ctypes printed the KeyboardInterrupt and dropped it: the run went on to the end. Then the
+    Ctrl-C was held until the load returned; now the load itself stops at its next step."""
     import signal
 
     from gristmill.models import native_log
     from gristmill.models.llama_cpp_engine import LlamaCppEngine
 
     native_log.install()
-    calls = []
+    calls: list[str] = []
     logged = native_log.log.log
 
+    def count_lines(level, message, *args, **kwargs):
+        calls.append(message % args)
+        return logged(level, message, *args, **kwargs)
+
+    def made_a_context() -> bool:
+        return any(line.startswith("llama_context:") for line in calls)
+
+    monkeypatch.setattr(native_log.log, "log", count_lines)
+    LlamaCppEngine(gemma_path, n_ctx=256).close()
+    assert made_a_context()
+    calls[:] = []
+
     def ctrl_c_on_the_third_line(*args, **kwargs):  # a real SIGINT, delivered while llama.cpp is in the load
-        calls.append(1)
-        if len(calls) == 3:
+        if len(calls) == 2:
             signal.raise_signal(signal.SIGINT)
-        return logged(*args, **kwargs)
+        return count_lines(*args, **kwargs)
 
     monkeypatch.setattr(native_log.log, "log", ctrl_c_on_the_third_line)
     said: list[str] = []
     monkeypatch.setattr(native_log, "on_held_interrupt", lambda: said.append("held"))
     with pytest.raises(KeyboardInterrupt):
         LlamaCppEngine(gemma_path, n_ctx=256)
-    assert len(calls) > 3  # llama.cpp cannot be stopped mid-call: the load went on, then the Ctrl-C came out
-    assert said == ["held"]  # the command line says at once that it will stop (a big model loads for a while)
+    assert len(calls) >= 3 and not made_a_context()  # the load stopped before the weights were all in
+    assert said == ["held"]  # the command line says at once that it will stop
     assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
     LlamaCppEngine(gemma_path, n_ctx=256, vocab_only=True).close()  # raised once, not again
+
+
+def test_a_load_asked_to_stop_ends_early_and_says_so(gemma_path):
+    """The app's Stop while a big model loads: the load ends at llama.cpp's next progress step, not a minute on."""
+    from gristmill.models import LoadStopped
+    from gristmill.models.llama_cpp_engine import LlamaCppEngine
+
+    asked: list[int] = []
+
+    def stop_after_three_steps() -> bool:
+        asked.append(1)
+        return len(asked) > 3
+
+    with pytest.raises(LoadStopped, match="stopped loading"):
+        LlamaCppEngine(gemma_path, n_ctx=256, stop_loading=stop_after_three_steps)
+    assert len(asked) <= 5  # asked at every step (a whole load has ~240), and the first "stop" was the last step
+    with_no_stop = LlamaCppEngine(gemma_path, n_ctx=256, stop_loading=lambda: False)  # the hook is gone again
+    with_no_stop.close()

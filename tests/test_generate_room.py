@@ -77,6 +77,32 @@ async def test_start_watch_stop_and_resume_on_the_real_model(tmp_path, gemma_pat
         assert max(r[0] for r in store.query("SELECT completion_tokens FROM generations")) <= 12
 
 
+def test_stop_while_the_model_loads_ends_the_load(tmp_path, gemma_path):
+    """The room's Stop during a load: a 32B model loads for a minute, and Stop had waited for all of it."""
+    from gristmill.app.generate_session import run_job
+
+    db = tmp_path / "test.db"
+    with open_store(db) as store:
+        import_file(store, write(tmp_path / "i.jsonl", '{"instruction": "Name a colour."}\n'))
+    asked: list[int] = []
+
+    def stop_on_the_third_load_step() -> bool:
+        asked.append(1)
+        return len(asked) >= 3
+
+    def not_reached(*args) -> None:
+        raise AssertionError("the run opened after Stop")
+
+    config = GenerateConfig(model=str(gemma_path), max_tokens=4, threads=2, n_ctx=256)
+    result = run_job(
+        db, config, on_started=not_reached, on_progress=not_reached, on_piece=not_reached,
+        should_stop=stop_on_the_third_load_step,
+    )
+    assert result is None and len(asked) <= 4
+    with open_store(db) as store:
+        assert store.query("SELECT count(*) FROM runs")[0][0] == 0
+
+
 def test_the_live_text_survives_heartbeats_and_starts_again_when_an_item_finishes(tmp_path, monkeypatch):
     """The scheduler reports progress every few seconds while an item is still being written; the room had
     cleared its live text on every report, so a slow item's text vanished every 5 seconds."""

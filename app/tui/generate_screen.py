@@ -205,7 +205,7 @@ class GenerateScreen(Screen):
             return
         self.stopping = True
         self.worker.cancel()
-        self._status("Stopping after this piece of text…")
+        self._status("Stopping the model load…" if self.started is None else "Stopping after this piece of text…")
 
     @property
     def running(self) -> bool:
@@ -269,6 +269,8 @@ class GenerateScreen(Screen):
         if event.state == WorkerState.ERROR:
             self._status(f"Stopped by an error: {event.worker.error}. Finished items are saved.")
             self.notify(str(event.worker.error), title="generate failed", severity="error")
+        elif (self.stopping or event.state == WorkerState.CANCELLED) and self.started is None:
+            self._status("Stopped while the model loaded: nothing was generated.")
         elif self.stopping or event.state == WorkerState.CANCELLED:
             self._status(f"Stopped: {run} is resumable (Start with the same settings, or choose it under run).")
         else:
