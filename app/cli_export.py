@@ -139,8 +139,10 @@ def export_command(
         except EngineError as error:
             raise BadInput(f"export: cannot read the tokenizer: {error}") from None
     # dpo and kto records are pairs and labels built from rejects too: "of N accepted" would misstate them
-    of_accepted = "" if format_ in ("dpo", "kto") else f" of {report.accepted} accepted"
+    of_accepted = "" if format_ in ("dpo", "kto") else f" of {report.accepted_in_database} accepted"
     out.print(escape(one_line(f"{out_path}: {report.records} record(s){of_accepted}, sha256 {report.sha256}")))
+    if report.left_out_by_filters:
+        out.print(f"filters: left out {report.left_out_by_filters} accepted record(s)")
     for key, counts in report.details.items():
         shown = (
             (", ".join(f"{n} {k}" for k, n in counts.items()) or "none") if isinstance(counts, dict) else str(counts)
@@ -156,6 +158,8 @@ def export_command(
             f"dedup rule {dedup}: dropped {len(report.dropped)} record(s) ({by['exact']} exact, "
             f"{by['near']} near at Jaccard >= {dedup_threshold}); the manifest lists each pair"
         )
+    for note in report.notes.lines() if report.notes else ():
+        out.print(escape(one_line(note)))
     if line := report.not_exportable_line():
         out.print(escape(line))
     out.print(escape(one_line(f"manifest: {report.manifest_path}")))

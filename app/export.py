@@ -20,7 +20,7 @@ import re
 import socket
 import tempfile
 from collections import Counter
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass, field
 from datetime import datetime, UTC
 from pathlib import Path
@@ -28,6 +28,7 @@ from pathlib import Path
 from gristmill import __version__
 from gristmill.app import export_formats
 from gristmill.app.dedup import Deduplicator, Record
+from gristmill.app.export_notes import ExportNotes, edit_flags, excluded_by_edit
 from gristmill.app.generate import run_style
 from gristmill.app.prompts import Style, StyleError
 from gristmill.db import Store
@@ -53,10 +54,13 @@ class ExportReport:
     dropped: list = field(default_factory=list)
     manifest_path: str = ""
     dedup: str = "pair"
-    accepted: int = 0  # accepted records read, before dedup
+    accepted: int = 0  # accepted records the filters kept, before dedup
+    accepted_in_database: int = 0  # every exportable accepted record, whatever the filters
+    left_out_by_filters: int = 0
     dropped_by: dict = field(default_factory=dict)  # {"exact": n, "near": n} for the dedup rule
     details: dict = field(default_factory=dict)  # a training format's counts: derivation, labels, ids' sources
     not_exportable: dict = field(default_factory=dict)  # accepted generations (any filter) no export can include
+    notes: ExportNotes | None = None  # records a trainer reads otherwise than meant (cut short, control-token text)
 
     def not_exportable_line(self) -> str | None:
         """What the command and the app say of the accepted records no export can include, if any."""
@@ -129,7 +133,8 @@ class _FormattedText:
         return self.style(row["run_id"]).training_text(row["instruction"], row["input"], row["response"].strip())
 
 
-def to_record(row: dict, fmt: str, formatted_text: str) -> dict:
+def to_record(row: dict, fmt: str, formatted_text: str, params: dict, flags: list[str]) -> dict:
+    """A native, messages or text record; `params` (the run's) and `flags` (the model's) as parsed once."""
     if fmt == "text":
         return {"text": formatted_text}
     if fmt == "messages":
@@ -147,20 +152,21 @@ def to_record(row: dict, fmt: str, formatted_text: str) -> dict:
         "prompt": row["prompt"],
         "response": row["response"],
     }
-    if row["edited_response"] is not None:
+    if row["edited_response"] is not None:  # the model's text and its flags; `flags` are the edit's
         record["original_response"] = row["completion"]
+        record["original_flags"] = flags
     record.update(
         {
             "formatted_text": formatted_text,
             "style": row["style"],
             "model": {"name": row["model"], "fingerprint": row["model_fingerprint"]},
-            "params": json_column(row["params"], "runs", "params", row["run_id"]),
+            "params": params,
             "seed": row["seed"],
             "prompt_tokens": row["prompt_tokens"],
             "completion_tokens": row["completion_tokens"],
             "prompt_token_ids_sha256": row["prompt_token_ids_sha256"],
             "finish_reason": row["finish_reason"],
-            "flags": json_column(row["flags"], "generations", "flags", row["id"]),
+            "flags": flags if row["edited_response"] is None else edit_flags(row["edited_response"]),
             "reviewer": row["reviewer"],
             "reviewed_at": row["reviewed_at"],
         }
@@ -168,11 +174,27 @@ def to_record(row: dict, fmt: str, formatted_text: str) -> dict:
     return record
 
 
-def atomic_write(path: Path, chunks: Iterator[bytes], mode: int | None = None) -> str:
+# JSON allows these raw, but a consumer that splits the file with str.splitlines() takes each for a line end
+_LINE_BREAKS_JSON_ALLOWS = re.compile("[\u2028\u2029\u0085]")
+
+
+def json_line(record: dict) -> bytes:
+    """One JSONL line: UTF-8 kept as text, the Unicode line breaks that JSON leaves raw escaped (the value is
+    the same to any JSON reader)."""
+    line = json.dumps(record, ensure_ascii=False)
+    if _LINE_BREAKS_JSON_ALLOWS.search(line):  # rare: no new string for the common line
+        line = _LINE_BREAKS_JSON_ALLOWS.sub(lambda m: f"\\u{ord(m.group()):04x}", line)
+    return (line + "\n").encode("utf-8")
+
+
+def atomic_write(
+    path: Path, chunks: Iterator[bytes], mode: int | None = None, before_replace: Callable[[], None] | None = None
+) -> str:
     """Write to a temporary file beside `path`, fsync, rename over it, fsync the directory.
 
     A crash at any moment leaves either the previous complete file or none, never a partial one.
-    `mode` sets the file's permissions before the rename (mkstemp makes 0600). Returns the SHA-256.
+    `mode` sets the file's permissions before the rename (mkstemp makes 0600); `before_replace` runs once the
+    new file is complete, just before the rename. Returns the SHA-256.
     """
     directory = path.parent.resolve()
     digest = hashlib.sha256()
@@ -187,6 +209,8 @@ def atomic_write(path: Path, chunks: Iterator[bytes], mode: int | None = None) -
             if mode is not None:
                 os.fchmod(handle.fileno(), mode)
             os.fsync(handle.fileno())
+        if before_replace is not None:
+            before_replace()
         os.replace(tmp_name, path)
     except BaseException:
         Path(tmp_name).unlink(missing_ok=True)
@@ -279,9 +303,13 @@ def export(
         else None
     )
 
+    notes = report.notes = ExportNotes(fmt)
+
     def lines() -> Iterator[bytes]:
         pages = _pages(shaper.rows(where)) if shaper else exports_db.accepted_pages(store, where)
         for page in pages:
+            if where.exclude_flags and not (shaper and shaper.deduplicates):  # dpo and kto: in Shaper.rows
+                page = [row for row in page if not excluded_by_edit(row, where.exclude_flags)]
             if shaper and shaper.deduplicates:  # dpo and kto drop whole-record repeats themselves
                 keep = [True] * len(page)
             else:
@@ -289,28 +317,36 @@ def export(
             for row, kept in zip(page, keep, strict=True):
                 if not kept:
                     continue
-                runs.setdefault(
-                    row["run_id"],
-                    {
+                run = runs.get(row["run_id"])
+                if run is None:
+                    run = runs[row["run_id"]] = {
                         "model": row["model"],
                         "model_fingerprint": row["model_fingerprint"],
                         "style": row["style"],
                         "params": json_column(row["params"], "runs", "params", row["run_id"]),
-                    },
-                )
+                    }
                 types[row["instruction_type"]] += 1
                 report.records += 1
-                record = shaper.record(row) if shaper else to_record(row, fmt, formatted(row))
-                yield (json.dumps(record, ensure_ascii=False) + "\n").encode("utf-8")
+                flags = json_column(row["flags"], "generations", "flags", row["id"])
+                record = shaper.record(row) if shaper else to_record(row, fmt, formatted(row), run["params"], flags)
+                notes.see(row, record, flags)
+                yield json_line(record)
 
     try:
         with exports_db.snapshot(store):
             report.not_exportable = exports_db.not_exportable(store)
-            report.sha256 = atomic_write(out, lines(), _output_mode())
+            report.accepted_in_database = exports_db.count_accepted(store)
+            # the old manifest goes just before the new data takes its place: a crash in between leaves data with
+            # no manifest, never data beside the manifest of another export
+            report.sha256 = atomic_write(
+                out, lines(), _output_mode(), before_replace=lambda: manifest_path_for(out).unlink(missing_ok=True)
+            )
     finally:
         if shaper:
             shaper.close()
     report.accepted = deduplicator.seen if not (shaper and shaper.deduplicates) else report.records
+    if not (shaper and shaper.deduplicates):  # dpo and kto records are pairs and labels, not accepted records
+        report.left_out_by_filters = report.accepted_in_database - report.accepted
     report.dropped = [asdict(d) for d in deduplicator.dropped]
     report.dropped_by = deduplicator.counts() if dedup != "off" else {}
     manifest = {
@@ -324,6 +360,9 @@ def export(
         "filters": {k: v for k, v in asdict(where).items() if v not in (None, ())},
         "runs": {str(k): v for k, v in sorted(runs.items())},
         "types": dict(sorted(types.items())),
+        "accepted_in_database": report.accepted_in_database,
+        "left_out_by_filters": report.left_out_by_filters,
+        **notes.manifest(),
         "accepted_in_database_without_run_or_instruction": report.not_exportable.get(
             exports_db.NO_RUN_OR_INSTRUCTION, 0
         ),

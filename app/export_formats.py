@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Protocol, runtime_checkable
 
 from gristmill.app.dedup import Deduplicator, Dropped
+from gristmill.app.export_notes import excluded_by_edit
 from gristmill.app.prompts import PLACEHOLDER, Style, fill
 from gristmill.db import Store
 from gristmill.db import exports as exports_db
@@ -180,6 +181,8 @@ class Shaper:
             else training_db.labeled(self.store, where, self.options.reasons)
         )
         for row in source:
+            if excluded_by_edit(row, where.exclude_flags):  # before the repeat check: a left-out record is no original
+                continue
             row["_record"] = record = self._dpo(row) if self.fmt == "dpo" else self._kto(row)
             if self.fmt == "dpo" and record["chosen"] == record["rejected"]:
                 self.derivation.skipped[f"{row['kind']}: chosen and rejected are the same text"] += 1

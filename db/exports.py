@@ -20,7 +20,7 @@ class ExportFilter:
     reviewer: str | None = None
     min_chars: int | None = None  # bounds on the response as exported: the edited text where there is one
     max_chars: int | None = None
-    exclude_flags: tuple[str, ...] = ()
+    exclude_flags: tuple[str, ...] = ()  # on unedited records; an edit's flags are the app's (export_notes)
 
     def fields(self) -> Filter:
         return Filter(
@@ -110,6 +110,19 @@ def not_exportable(store: Store) -> dict[str, int]:
         {"gone": NO_RUN_OR_INSTRUCTION},
     ).fetchall()
     return {why: count for why, count in rows}
+
+
+def count_accepted(store: Store, where: ExportFilter = ExportFilter()) -> int:
+    """How many accepted generations the filter's SQL part selects (the whole exportable set by default)."""
+    found, params = filter_clauses(where)
+    return store.conn.execute(
+        f"""SELECT count(*) FROM generations g
+        JOIN instructions i ON i.id = g.instruction_id
+        JOIN runs r ON r.id = g.run_id
+        JOIN reviews rv ON rv.id = g.review_id
+        WHERE g.decision = 'accept' AND {" AND ".join(found)}""",
+        params,
+    ).fetchone()[0]
 
 
 def accepted_pages(store: Store, where: ExportFilter, batch: int = 1000) -> Iterator[list[dict]]:

@@ -37,7 +37,9 @@ class Filter:
     run_id: int | None = None
     reviewer: str | None = None  # who made the decision in force
     flag: str | None = None  # the completion carries this quality flag
-    exclude_flags: tuple[str, ...] = ()  # the completion carries none of these
+    # the completion carries none of these; with `Join.response_length` (the exports), an edited record is left
+    # to the caller, since the stored flags are the model's text's (app.export_notes flags an edit)
+    exclude_flags: tuple[str, ...] = ()
     min_chars: int | None = None  # length bounds, inclusive, in characters (see `Join.response_length`)
     max_chars: int | None = None
 
@@ -117,7 +119,10 @@ def clauses(where: Filter, join: Join) -> tuple[list[str], list[Param]]:
     if where.flag:
         add(f"EXISTS (SELECT 1 FROM json_each({g}.flags) WHERE value = ?)", where.flag)
     for flag in where.exclude_flags:
-        add(f"NOT EXISTS (SELECT 1 FROM json_each({g}.flags) WHERE value = ?)", flag)
+        carried = f"NOT EXISTS (SELECT 1 FROM json_each({g}.flags) WHERE value = ?)"
+        if join.response_length:  # an exported edit is not the text the stored flags describe: the app checks it
+            carried = f"({join.review}.edited_response IS NOT NULL OR {carried})"
+        add(carried, flag)
     length = f"length({response_sql(join) if join.response_length else f'{g}.completion'})"
     if where.min_chars is not None:
         add(f"{length} >= ?", where.min_chars)

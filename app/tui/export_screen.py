@@ -32,6 +32,10 @@ def describe(report: ExportReport) -> Text:
     text = Text()
     text.append(f"{report.records:,} record(s) written\n", style="bold")
     text.append(f"dedup dropped {len(report.dropped):,}" + (" (the manifest lists each)\n" if report.dropped else "\n"))
+    if report.left_out_by_filters:
+        text.append(f"filters left out {report.left_out_by_filters:,} accepted record(s)\n")
+    for note in report.notes.lines() if report.notes else ():
+        text.append(note + "\n", style="bold")
     if line := report.not_exportable_line():
         text.append(line + "\n", style="bold")
     text.append(f"file: {Path(report.path).resolve()}\nmanifest: {Path(report.manifest_path).resolve()}\n")
