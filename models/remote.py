@@ -49,6 +49,7 @@ from gristmill.models.remote_http import (
 )
 from gristmill.models.remote_protocol import (
     COMPLETIONS_PATH,
+    DETOKENIZE_PATH,
     LLAMA_SERVER,
     MODELS_PATH,
     SERVER_KINDS,
@@ -59,12 +60,17 @@ from gristmill.models.remote_protocol import (
     ServedModel,
     build_request,
     detect_models,
+    detokenize_payload,
+    detokenized_text,
     parse_answer,
 )
 from gristmill.models.remote_tokenizer import RemoteTokenizer, open_tokenizer
 from gristmill.models.stops import StopMatcher, Utf8Stream
 
 TOKENIZED_DIFFERENTLY = "server tokenized differently"
+QUESTION_TIMEOUT_S = 15.0  # for GET /v1/models and /detokenize, which a working server answers at once
+# words, digits, punctuation, accents, CJK, an emoji and code: two models' vocabularies part on some of it
+TOKENIZER_PROBE = "The quick brown fox, 1234.56 — café naïve 東京 🙂\n\tdef f(x): return x**2 # ok"
 
 
 class Mismatch(Exception):
@@ -133,7 +139,9 @@ class RemoteEngine(Engine, ConcurrentEngine):
             reason = None
             for attempt in range(min(3, self.policy.attempts)):
                 try:
-                    raw = await fetch(self._clients, "GET", endpoint.url + MODELS_PATH)
+                    raw = await fetch(
+                        self._clients, "GET", endpoint.url + MODELS_PATH, read_timeout_s=QUESTION_TIMEOUT_S
+                    )
                     endpoint.served = detect_models(json.loads(raw), forced_kind)
                     break
                 except ValueError as error:  # ProtocolFault or bad JSON: this is not a server we can use
@@ -153,12 +161,43 @@ class RemoteEngine(Engine, ConcurrentEngine):
                     f"tokenizer {self.tokenizer.path} has {self.tokenizer.n_vocab:,}: they are different models; "
                     "give --tokenizer the served model's GGUF or tokenizer.json"
                 )
+        await self._check_tokenizer()
         if len({s.model_id for _, s in served}) > 1 or len({s.kind for _, s in served}) > 1:
             listing = ", ".join(f"{url}: {s.kind} {s.model_id!r}" for url, s in served)
             raise EngineError(
                 f"the servers do not serve the same model ({listing}); give them one name "
                 f"(llama-server --alias, vllm --served-model-name)"
             )
+
+    async def _check_tokenizer(self) -> None:
+        """Ask each server to turn our ids for a probe text back into text: a tokenizer of another model gives
+        other text. The vocabulary's size alone misses that where a tokenizer.json is smaller than the served
+        model's padded embedding, or a server does not say it (vLLM). A server without /detokenize is not asked."""
+        tok = self.tokenizer
+        ids = tok.tokenize(TOKENIZER_PROBE)
+        if ids and tok.add_bos and ids[0] == tok.bos_id:
+            ids = ids[1:]
+        ours = " ".join(tok.detokenize(ids).split())
+        for endpoint in self.pool.endpoints:
+            served = _served(endpoint)
+            try:
+                raw = await fetch(
+                    self._clients,
+                    "POST",
+                    endpoint.url + DETOKENIZE_PATH,
+                    detokenize_payload(served, ids),
+                    read_timeout_s=QUESTION_TIMEOUT_S,
+                )
+                theirs = detokenized_text(json.loads(raw))
+            except (Fault, Rejected, ValueError):  # no such endpoint, or not answered: the per-item checks remain
+                continue
+            if theirs is not None and " ".join(theirs.split()) != ours:
+                raise EngineSetupError(
+                    f"server {endpoint.url} reads the tokenizer's ids for {TOKENIZER_PROBE[:24]!r}... as "
+                    f"{theirs[:40]!r}: the tokenizer {tok.path} is not the served model's "
+                    f"({served.model_id!r}); they are different models; give --tokenizer the served model's GGUF "
+                    "or tokenizer.json"
+                )
 
     # --- what is served ----------------------------------------------------------------------
     @property

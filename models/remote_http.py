@@ -78,6 +78,9 @@ class RetryPolicy:
         return delay
 
 
+ENDPOINT_PATHS = ("/v1/completions", "/v1/chat/completions", "/v1/models", "/completions", "/completion")
+
+
 def normalize_url(url: str) -> str:
     """`http://host:8080`, `http://host:8080/` and `http://host:8080/v1` all name the same server."""
     parts = urlsplit(url.strip())
@@ -93,6 +96,12 @@ def normalize_url(url: str) -> str:
     except ValueError:
         raise ValueError(f"--server {url!r}: the port must be a number from 0 to 65535") from None
     path = parts.path.rstrip("/")
+    for endpoint in ENDPOINT_PATHS:  # a pasted endpoint: /v1/completions would be asked for /v1/completions/v1/models
+        if path.endswith(endpoint):
+            raise ValueError(
+                f"--server {url!r}: give the server's base URL ({parts.scheme}://{parts.netloc}"
+                f"{path[: -len(endpoint)]}), not its {endpoint} endpoint"
+            )
     if path.endswith("/v1"):
         path = path[:-3]
     return f"{parts.scheme}://{parts.netloc}{path}"
@@ -231,23 +240,33 @@ class ClientPool:
         self._idle.clear()
 
 
-async def fetch(clients: ClientPool, method: str, url: str, payload: dict | None = None) -> bytes:
+async def fetch(
+    clients: ClientPool, method: str, url: str, payload: dict | None = None, read_timeout_s: float | None = None
+) -> bytes:
+    """One exchange on a pooled connection; `read_timeout_s` shortens the wait for a quick question (the
+    completions' read timeout is minutes long)."""
     pool = clients.acquire()
     try:
-        return await request_json(clients, pool, method, url, payload)
+        return await request_json(clients, pool, method, url, payload, read_timeout_s)
     finally:
         clients.release(pool)
 
 
 async def request_json(
-    clients: ClientPool, pool: httpcore.AsyncConnectionPool, method: str, url: str, payload: dict | None = None
+    clients: ClientPool,
+    pool: httpcore.AsyncConnectionPool,
+    method: str,
+    url: str,
+    payload: dict | None = None,
+    read_timeout_s: float | None = None,
 ) -> bytes:
     """One HTTP exchange; every failure becomes a Fault (retry) or Rejected (do not). Returns the 2xx body."""
     headers, body = clients.request_parts(payload)
+    timeouts = clients.timeouts
+    if read_timeout_s is not None:
+        timeouts = {**timeouts, "read": min(timeouts["read"], read_timeout_s)}
     try:
-        response = await pool.request(
-            method, url, headers=headers, content=body, extensions={"timeout": clients.timeouts}
-        )
+        response = await pool.request(method, url, headers=headers, content=body, extensions={"timeout": timeouts})
     except httpcore.TimeoutException as error:
         raise Fault(f"timeout ({type(error).__name__})") from None
     except httpcore.ConnectError as error:
@@ -283,4 +302,7 @@ def _short(error: Exception) -> str:
 
 
 def unreachable(url: str, reason: str) -> EngineError:
-    return EngineError(f"server {url} did not answer GET /v1/models: {reason}")
+    hint = ""
+    if url.startswith("https://") and ("timeout" in reason or "SSL" in reason):  # TLS to a plain-http port
+        hint = " (the URL says https: is the server plain http?)"
+    return EngineError(f"server {url} did not answer GET /v1/models: {reason}{hint}")

@@ -31,6 +31,7 @@ vLLM
 from __future__ import annotations
 
 import json
+import re
 from dataclasses import dataclass
 
 from gristmill.models.base import GenerationParams
@@ -40,6 +41,7 @@ VLLM = "vllm"
 SERVER_KINDS = (LLAMA_SERVER, VLLM)
 COMPLETIONS_PATH = "/v1/completions"
 MODELS_PATH = "/v1/models"
+DETOKENIZE_PATH = "/detokenize"  # both servers: ids in, text out (llama-server: "content", vLLM: "prompt")
 
 # llama-cpp-python's own sampler order (penalties, top-k, typical, top-p, min-p, temperature, then the draw),
 # named in llama-server's vocabulary, so a remote run samples as the in-process engine does
@@ -235,4 +237,24 @@ def error_message(raw: bytes) -> str:
             return message[:300]
     except (ValueError, KeyError, TypeError, AttributeError):
         pass
-    return raw[:200].decode("utf-8", errors="replace")
+    text = raw[:4096].decode("utf-8", errors="replace")
+    if re.match(r"\s*<(!doctype|html)", text, re.IGNORECASE):  # a web page: not a completions server's error
+        title = re.search(r"<title>(.*?)</title>", text, re.IGNORECASE | re.DOTALL)
+        return f"an HTML page ({' '.join(title.group(1).split())[:100]!r})" if title else "an HTML page"
+    return text[:200]
+
+
+def detokenize_payload(served: ServedModel, ids: list[int]) -> dict:
+    payload: dict = {"tokens": ids}
+    if served.kind == VLLM:
+        payload["model"] = served.model_id
+    return payload
+
+
+def detokenized_text(body: object) -> str | None:
+    """The text of a /detokenize answer (llama-server `content`, vLLM `prompt`); None for another shape."""
+    if isinstance(body, dict):
+        for key in ("content", "prompt"):
+            if isinstance(body.get(key), str):
+                return body[key]
+    return None

@@ -36,6 +36,9 @@ class StubServer:
         self.faults = list(faults)
         self.retry_after, self.hang_s, self.api_key = retry_after, hang_s, api_key
         self.requests: list[dict] = []  # completion bodies, in arrival order
+        # POST /detokenize: None answers 404 (a server without it); a function of the ids gives the text
+        self.detokenize = None
+        self.detokenize_requests: list[dict] = []
         self.headers: list[dict] = []
         self.lock = threading.Lock()
         stub = self
@@ -67,6 +70,12 @@ class StubServer:
             def do_POST(self):
                 length = int(self.headers.get("Content-Length") or 0)
                 body = json.loads(self.rfile.read(length))
+                if self.path == "/detokenize":
+                    stub.detokenize_requests.append(body)
+                    if stub.detokenize is None:
+                        return self._json(404, {"error": {"message": "File Not Found"}})
+                    key = "content" if stub.kind == "llama-server" else "prompt"
+                    return self._json(200, {key: stub.detokenize(body["tokens"])})
                 with stub.lock:
                     stub.requests.append(body)
                     stub.headers.append(dict(self.headers))

@@ -149,6 +149,54 @@ def test_server_down_at_start_is_a_clear_error(tok):
         RemoteEngine([f"http://127.0.0.1:{free_port()}"], tok, policy=FAST)
 
 
+def test_a_pasted_endpoint_an_html_page_and_https_to_a_plain_port_are_said_in_words(tok):
+    """`--server http://h:8080/v1/completions` had been asked for /v1/completions/v1/models ("did not answer:
+    HTTP 404"); a web server's error page was pasted into the one line whole."""
+    import http.server
+    import threading
+
+    from gristmill.models.remote_http import normalize_url, unreachable
+    from gristmill.models.remote_protocol import error_message
+
+    for pasted in ("http://h:8080/v1/completions", "http://h:8080/v1/chat/completions/", "http://h:8080/completion"):
+        with pytest.raises(ValueError, match=r"give the server's base URL \(http://h:8080\), not its"):
+            normalize_url(pasted)
+    assert normalize_url("http://h:8080/proxy/v1/") == "http://h:8080/proxy"
+    page = b'<!DOCTYPE HTML>\n<html lang="en"><head><title>Error response</title></head><body>404</body></html>'
+    assert error_message(page) == "an HTML page ('Error response')"
+    assert error_message(b'{"error": {"message": "bad"}}') == "bad"
+    assert "is the server plain http?" in str(unreachable("https://h:1", "timeout (ConnectTimeout)"))
+
+    # a plain web server on loopback: one line naming what answered, not its page
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), http.server.SimpleHTTPRequestHandler)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        with pytest.raises(EngineError, match=r"HTTP 404: an HTML page") as caught:
+            RemoteEngine([f"http://127.0.0.1:{server.server_address[1]}"], tok, policy=FAST)
+        assert "<" not in str(caught.value)
+    finally:
+        server.shutdown()
+        server.server_close()
+
+
+@pytest.mark.parametrize("kind", ["vllm", "llama-server"])
+def test_the_served_models_reading_of_our_ids_is_checked_where_the_server_can_detokenize(kind, tok):
+    """A tokenizer of another model whose size cannot tell (vLLM says none; a tokenizer.json may be smaller than
+    the padded embedding): the server's reading of a probe's ids must be ours."""
+    from gristmill.models import EngineSetupError
+
+    with StubServer(kind) as stub:
+        stub.detokenize = tok.detokenize  # the served model's own vocabulary: the same reading
+        engine_for([stub.url], tok).close()
+        asked = stub.detokenize_requests[-1]
+        assert asked["tokens"] and ("model" in asked) == (kind == "vllm")
+        stub.detokenize = lambda ids: "".join(chr(0x4E00 + i % 500) for i in ids)  # another model's reading
+        with pytest.raises(EngineSetupError, match="is not the served model's"):
+            engine_for([stub.url], tok)
+        stub.detokenize = None  # a server without /detokenize: not asked again, and no error
+        engine_for([stub.url], tok).close()
+
+
 def test_client_error_fails_at_once_without_retry(tok, reply):
     with StubServer("vllm", reply_ids=reply, api_key="right") as stub:
         stub.api_key = None  # discovery passes; completions are refused

@@ -205,3 +205,16 @@ def test_a_tokenizer_of_another_model_than_the_served_one_is_exit_2_before_any_i
     conn = sqlite3.connect(db)
     assert conn.execute("SELECT count(*) FROM generations WHERE status != 'pending'").fetchone()[0] == 0
     conn.close()
+
+
+def test_a_tokenizer_json_of_another_model_is_caught_though_its_vocabulary_is_smaller(llama_server, gemma_path,
+                                                                                      qwen_tokenizer_json_path):
+    """A tokenizer.json may be smaller than the served model's padded embedding, so its size cannot tell: Qwen's
+    151,665 tokens against Gemma's 262,144 passed, and Qwen's ids fed to Gemma were stored as done (junk text).
+    The server reads back a probe text's ids, and another model's reading differs."""
+    from gristmill.models import EngineSetupError
+
+    with pytest.raises(EngineSetupError, match="different models") as caught:
+        RemoteEngine([llama_server], open_tokenizer(qwen_tokenizer_json_path), concurrency=1, api_key=KEY)
+    assert "is not the served model's" in str(caught.value)
+    RemoteEngine([llama_server], open_tokenizer(gemma_path), concurrency=1, api_key=KEY).close()  # its own: fine
