@@ -52,7 +52,7 @@ def export_command(
             "dpo and kto drop exact repeats of a whole record (or off).",
         ),
     ] = None,
-    no_dedup: Annotated[bool, typer.Option("--no-dedup", hidden=True, help="Same as --dedup off.")] = False,
+    no_dedup: Annotated[bool, typer.Option("--no-dedup", help="Same as --dedup off.")] = False,
     dedup_threshold: Annotated[
         float,
         typer.Option(
@@ -182,6 +182,8 @@ def _refuse_names_nothing_has(
     ):
         if value is not None and value not in values:
             shown = ", ".join(map(str, values[:12])) + (f" and {len(values) - 12} more" if len(values) > 12 else "")
+            if option == "--exclude-flag":
+                raise BadInput(f"export: --exclude-flag {value!r}: gristmill sets no such flag (the flags: {shown})")
             raise BadInput(f"export: {option} {value!r}: the database has none (it has: {shown or 'none at all'})")
 
 

@@ -69,8 +69,8 @@ def generate(
     ] = None,
     top_p: Annotated[
         Optional[float],
-        typer.Option(
-            min=_low("top_p"), max=_high("top_p"), metavar="P", help=f"Nucleus sampling ({_default('top_p')})."
+        typer.Option(  # no typer range: it would show 0 as allowed, and 0 keeps no token (the config says so)
+            metavar="P", help=f"Nucleus sampling: above 0, at most 1 ({_default('top_p')})."
         ),
     ] = None,
     seed: Annotated[
@@ -164,7 +164,10 @@ def generate(
     concurrency: Annotated[
         Optional[int],
         typer.Option(
-            min=1, metavar="N", help=f"With --server: requests in flight per server ({_default('concurrency')})."
+            min=_low("concurrency"),
+            max=_high("concurrency"),
+            metavar="N",
+            help=f"With --server: requests in flight per server ({_default('concurrency')}).",
         ),
     ] = None,
     server_kind: Annotated[
@@ -297,9 +300,16 @@ def generate(
         except KeyboardInterrupt:
             if run_record is not None:
                 summary(store, run_record.id)
-            raise Interrupted("interrupted: every finished item is saved; run the same command to resume") from None
+            raise Interrupted(
+                f"interrupted: every finished item is saved; {_resume_hint(run_record, new_run)}"
+            ) from None
         except RuntimeError as error:  # too many failures in a row, a server gone
-            raise RuntimeFailure(f"generate stopped: {error}") from error
+            if run_record is not None:
+                summary(store, run_record.id)
+            raise RuntimeFailure(
+                f"generate stopped: {error}; every finished item is saved; {_resume_hint(run_record, new_run)} "
+                "(--retry-failed runs the failed items again)"
+            ) from error
         finally:
             if concurrent is not None and concurrent is not engine:
                 concurrent.close()
@@ -315,6 +325,13 @@ def generate(
             )
     finally:
         store.close()
+
+
+def _resume_hint(run_record, new_run: bool) -> str:
+    """The command that goes on with this run: a `--new-run` is not found again by the same command."""
+    if run_record is not None and new_run:
+        return f"--run {run_record.id} resumes it (the same command would start another run)"
+    return "run the same command to resume"
 
 
 def _refuse_unused(options: dict[str, object], meant_for: str, why: str) -> None:

@@ -145,6 +145,12 @@ def open_run(
         settings = RunSettings.from_run(run)
         style = run_style(run)
         if run.model_fingerprint != info.fingerprint:
+            if run.engine == "remote" and info.engine != "remote":  # its fingerprint names a server and tokenizer
+                servers = run.settings.get("model_path") or "its server"
+                raise LookupError(
+                    f"run {run_id} was generated on a server ({servers}, model {run.model}); continue it with "
+                    "--server URL and --tokenizer PATH, as it was made"
+                )
             raise LookupError(
                 f"run {run_id} used model {run.model} ({run.model_fingerprint}); load that model to continue it"
             )

@@ -91,7 +91,8 @@ def _to_instruction(value: object, source: str, keys: KeyMap, forced_type: str |
     elif type(input_text) is not str:
         return f"field '{keys.input}': expected text, got {_json_type(input_text)}"
     instruction_type = None
-    for key in (keys.type,) if keys.type else TYPE_ALIASES:
+    claimed = (keys.instruction, keys.input, keys.id)  # `--id-key category` names the id, not a type alias
+    for key in (keys.type,) if keys.type else [alias for alias in TYPE_ALIASES if alias not in claimed]:
         if key in record:
             instruction_type = record.pop(key)
             if instruction_type is not None and type(instruction_type) is not str:

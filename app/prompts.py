@@ -262,6 +262,8 @@ def _load_file(path: Path, source: str) -> Style:
     frames = expect("frames", dict, {})
     if template is None and not frames:
         raise StyleError(f"{where}: key 'template': missing (a style needs a template or [frames])")
+    if template is not None and frames:  # the template would win and the frames be ignored without a word
+        raise StyleError(f"{where}: keys 'template' and 'frames': give one or the other, not both")
     if frames and "general" not in frames:
         raise StyleError(f"{where}: key 'frames.general': missing (the fallback frame for other types)")
     for frame_type, frame in frames.items():
@@ -307,9 +309,12 @@ def _load_file(path: Path, source: str) -> Style:
     for key in ("input_format", "training_input_format"):
         if fields_[key] is not None:
             _check_placeholders(where, key, fields_[key], {"input"})
-    for key in ("example_format", "training_format"):
+    for key, allowed in (
+        ("example_format", {"instruction", "input", "input_block", "response", "type"}),
+        ("training_format", {"instruction", "input", "input_block", "response"}),  # a record's text has no type
+    ):
         if fields_[key] is not None:
-            _check_placeholders(where, key, fields_[key], {"instruction", "input", "input_block", "response", "type"})
+            _check_placeholders(where, key, fields_[key], allowed)
             for needed in ("instruction", "response"):  # without them, examples or training records lose that text
                 if f"{{{needed}}}" not in fields_[key]:
                     raise StyleError(f"{where}: key '{key}': must contain {{{needed}}}")

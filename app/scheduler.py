@@ -23,7 +23,7 @@ from gristmill.app.prompts import Example, Style
 from gristmill.db import Store
 from gristmill.db import generations as generations_db
 from gristmill.db.generations import Outcome, WorkItem
-from gristmill.models import Engine, GenerationParams, GenerationResult, PromptRefused, TextPiece
+from gristmill.models import ContextRefused, Engine, GenerationParams, GenerationResult, PromptRefused, TextPiece
 from gristmill.models.base import EngineError, token_ids_sha256
 from gristmill.models.batch import ConcurrentEngine, PromptJob, SampleRequest, common_prefix
 
@@ -353,6 +353,8 @@ class Scheduler:
                 return
             if isinstance(event, GenerationResult):
                 outcome = outcome_of(prepared, event, self.batch)
+            elif isinstance(event, ContextRefused):  # a server's own context check: refused, never truncated
+                outcome = prepared.record.outcome("refused", error=str(event), refusal="length")
             else:
                 outcome = prepared.record.outcome("failed", error=str(event) or type(event).__name__)  # it was fed
             self._commit(key, outcome)

@@ -19,7 +19,12 @@ in the same run on the same loaded model (the goal is relative: a faster single 
    in (a draw per item) and with shared draws (`draws = D` added to a copy of it; goal aware/naive <= 0.5).
 
 Usage: python bench/bench_batch.py [--quick] [--counts-only] [--threads T] [--items-per-seq K] [--tokens M]
-    [--draws D] [--samples S]
+    [--count-items C] [--draws D] [--samples S]
+  --quick          a smoke run, not the README's figures: N = 1, 2, 4, 16 max tokens, 2 items a sequence
+  --counts-only    the prompt-token counts (parts 4 and 5) alone, no timings
+  --items-per-seq  items per sequence in flight in part 2 (default 24); --tokens: max tokens (default 128)
+  --count-items    items in the prompt-token counts (default 128); --draws: shared draws in part 5 (default 16)
+  --samples        samples per instruction in part 2 (default 1); --threads: threads (default: all cores)
 """
 
 from __future__ import annotations
@@ -35,7 +40,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).parent))
 
-from common import int_option  # noqa: E402
+from common import int_option, usage  # noqa: E402
 
 from gristmill.app.config import DEFAULT_BATCH  # noqa: E402
 from gristmill.app.engines import open_concurrent  # noqa: E402
@@ -326,4 +331,5 @@ def _counts(engine, work: Path, source: Path) -> None:
 
 
 if __name__ == "__main__":
+    usage(__doc__)
     main()

@@ -15,7 +15,7 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).parent))
-from common import report  # noqa: E402
+from common import report, usage  # noqa: E402
 from make_browse_db import INPUT_WORD, build  # noqa: E402
 
 from gristmill.app import browse  # noqa: E402
@@ -94,4 +94,5 @@ def main() -> None:
 
 
 if __name__ == "__main__":
+    usage(__doc__)
     main()

@@ -17,7 +17,7 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).parent))
-from common import report  # noqa: E402
+from common import report, usage  # noqa: E402
 from make_db import build  # noqa: E402
 
 
@@ -79,6 +79,7 @@ def main(sizes: list[int]) -> None:
 
 
 if __name__ == "__main__":
+    usage(__doc__)
     if sys.argv[1:2] == ["--child"]:
         child(sys.argv[2], Path(sys.argv[3]), Path(sys.argv[4]))
     else:

@@ -15,7 +15,7 @@ from dataclasses import replace
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).parent))
-from common import report  # noqa: E402
+from common import report, usage  # noqa: E402
 
 from gristmill.app.generate import RunSettings, open_run, run_generation  # noqa: E402
 from gristmill.app.ingest import import_file  # noqa: E402
@@ -106,4 +106,5 @@ def main() -> None:
 
 
 if __name__ == "__main__":
+    usage(__doc__)
     main()

@@ -10,7 +10,7 @@ from pathlib import Path
 import sqlite_utils
 
 sys.path.insert(0, str(Path(__file__).parent))
-from common import best_of, report  # noqa: E402
+from common import best_of, report, usage  # noqa: E402
 
 from gristmill.app.ingest import import_file  # noqa: E402
 from gristmill.db import open_store  # noqa: E402
@@ -45,4 +45,5 @@ def main() -> None:
 
 
 if __name__ == "__main__":
+    usage(__doc__)
     main()

@@ -20,7 +20,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).parent))
 sys.path.insert(0, str(Path(__file__).parent.parent / "tests"))
-from common import report  # noqa: E402
+from common import report, usage  # noqa: E402
 from remote_stub import free_port  # noqa: E402
 
 from gristmill.models import GenerationParams, create_engine  # noqa: E402
@@ -169,6 +169,7 @@ def main() -> None:
 
 
 if __name__ == "__main__":
+    usage(__doc__)
     if sys.argv[1:2] == ["--stub"]:
         import asyncio
 

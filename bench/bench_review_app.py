@@ -11,7 +11,7 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).parent))
-from common import report  # noqa: E402
+from common import report, usage  # noqa: E402
 from make_db import build  # noqa: E402
 
 from gristmill.app.tui.app import make_app  # noqa: E402
@@ -54,4 +54,5 @@ def main() -> None:
 
 
 if __name__ == "__main__":
+    usage(__doc__)
     main()

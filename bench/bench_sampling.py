@@ -18,7 +18,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).parent))
 
-from common import int_option  # noqa: E402
+from common import int_option, usage  # noqa: E402
 
 from gristmill.models import GenerationParams, create_engine  # noqa: E402
 from gristmill.models.base import EngineError, GenerationResult  # noqa: E402
@@ -93,4 +93,5 @@ def main() -> None:
 
 
 if __name__ == "__main__":
+    usage(__doc__)
     main()

@@ -23,7 +23,7 @@ import tracemalloc
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).parent))
-from common import report  # noqa: E402
+from common import report, usage  # noqa: E402
 from make_db import build  # noqa: E402
 
 from gristmill.app.prompts import item_seed  # noqa: E402
@@ -167,4 +167,5 @@ def main() -> None:
 
 
 if __name__ == "__main__":
+    usage(__doc__)
     main()

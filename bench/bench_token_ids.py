@@ -64,4 +64,7 @@ def main() -> None:
 
 
 if __name__ == "__main__":
+    from common import usage
+
+    usage(__doc__)
     main()

@@ -8,6 +8,13 @@ import time
 from collections.abc import Callable
 
 
+def usage(doc: str | None) -> None:
+    """`-h` / `--help`: print the benchmark's docstring (its options and goals) and exit, measuring nothing."""
+    if "-h" in sys.argv[1:] or "--help" in sys.argv[1:]:
+        print((doc or "").strip())
+        raise SystemExit(0)
+
+
 def int_option(name: str, default: int | None) -> int | None:
     """`--name N` from the command line, else `default`."""
     return int(sys.argv[sys.argv.index(name) + 1]) if name in sys.argv else default

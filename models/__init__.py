@@ -1,6 +1,7 @@
 """Inference engines behind one small protocol. Knows nothing of SQLite or the UI."""
 
 from gristmill.models.base import (
+    ContextRefused,
     Engine,
     EngineError,
     EngineSetupError,
@@ -14,6 +15,7 @@ from gristmill.models.base import (
 from gristmill.models.registry import create_engine, engine_names, register_engine
 
 __all__ = [
+    "ContextRefused",
     "Engine",
     "EngineError",
     "EngineSetupError",

@@ -23,6 +23,11 @@ class EngineSetupError(EngineError):
     served): the user fixes the command, so the command line reports it as bad input."""
 
 
+class ContextRefused(EngineError):
+    """A server refused the prompt as longer than its context (one it had not said, or has changed since): the
+    item is refused for length, never failed, so `--retry-refused` with a larger context reaches it."""
+
+
 class LoadStopped(EngineError):
     """The model load was asked to stop before it finished (the app's Stop while a model loads)."""
 

@@ -18,6 +18,7 @@ import asyncio
 import hashlib
 import json
 import queue
+import re
 import threading
 from collections.abc import Iterator, Sequence
 from concurrent.futures import Future
@@ -25,6 +26,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from gristmill.models.base import (
+    ContextRefused,
     Engine,
     EngineError,
     EngineSetupError,
@@ -68,6 +70,9 @@ from gristmill.models.remote_tokenizer import RemoteTokenizer, open_tokenizer
 from gristmill.models.stops import StopMatcher, Utf8Stream
 
 TOKENIZED_DIFFERENTLY = "server tokenized differently"
+# a 400 that says the prompt is over the context: llama-server "exceeds the available context size", vLLM
+# "maximum context length is N tokens"
+OVER_CONTEXT = re.compile(r"exceeds the available context size|maximum context length", re.IGNORECASE)
 QUESTION_TIMEOUT_S = 15.0  # for GET /v1/models and /detokenize, which a working server answers at once
 # words, digits, punctuation, accents, CJK, an emoji and code: two models' vocabularies part on some of it
 TOKENIZER_PROBE = "The quick brown fox, 1234.56 — café naïve 東京 🙂\n\tdef f(x): return x**2 # ok"
@@ -376,6 +381,8 @@ class RemoteEngine(Engine, ConcurrentEngine):
                 retry_after = fault.retry_after
             except Rejected as rejected:
                 self.pool.succeeded(endpoint)  # it answered: the endpoint is fine, the request is not
+                if OVER_CONTEXT.search(str(rejected)):
+                    return [ContextRefused(f"{endpoint.url} refused the prompt as too long: {rejected}")] * n
                 return [EngineError(f"{endpoint.url} refused the request: {rejected}")] * n
             except Mismatch as mismatch:
                 return [EngineError(f"{TOKENIZED_DIFFERENTLY}: {mismatch} ({endpoint.url})")] * n

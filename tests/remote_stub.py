@@ -86,6 +86,10 @@ class StubServer:
                     time.sleep(stub.delay_s)
                 if fault in ("500", "503"):
                     return self._json(int(fault), {"error": {"code": int(fault), "message": "server busy"}})
+                if fault == "context":  # llama-server's own words for a prompt over a slot's context
+                    return self._json(400, {"error": {"code": 400, "type": "exceed_context_size_error", "message":
+                                      "request (709 tokens) exceeds the available context size (512 tokens), "
+                                      "try increasing it"}})
                 if fault == "429":
                     return self._json(429, {"error": {"message": "slow down"}}, {"Retry-After": stub.retry_after})
                 if fault == "timeout":

@@ -100,7 +100,7 @@ def test_a_filter_value_the_database_has_nowhere_is_refused_and_out_is_left_alon
     for args, said in ((["--reviewer", "bob"], "--reviewer 'bob': the database has none (it has: "),
                        (["--type", "Maths"], "--type 'maths': the database has none (it has: creative, fact, general, math)"),
                        (["--style", "few-shot"], "--style 'few-shot': the database has none (it has: completion)"),
-                       (["--exclude-flag", "truncted"], "--exclude-flag 'truncted'"),
+                       (["--exclude-flag", "truncted"], "--exclude-flag 'truncted': gristmill sets no such flag (the flags: empty,"),
                        (["--no-dedup", "--dedup", "pair"], "--no-dedup and --dedup pair contradict")):
         result = runner.invoke(app, ["export", str(out), *args])
         assert result.exit_code == 2 and said in " ".join(result.output.split()), (args, result.output)

@@ -87,6 +87,14 @@ def test_key_mapping_options(tmp_path, store):
     assert (stored(store)[0]["input"], stored(store)[0]["instruction_type"]) == ("c", "rewrite")
 
 
+def test_a_key_named_for_the_id_is_the_id_though_it_is_a_type_alias(tmp_path, store):
+    """`--id-key category` had stored the value as the type (an alias of it) and no id."""
+    path = write(tmp_path / "a.jsonl", '{"prompt": "Do it", "category": "q-17"}\n')
+    assert add(str(path), "--instruction-key", "prompt", "--id-key", "category").exit_code == 0
+    row = stored(store)[0]
+    assert (row["external_id"], row["instruction_type"]) == ("q-17", "general")
+
+
 @pytest.mark.parametrize("name, content, expected", [
     ("a.jsonl", '{"instruction": "ok"}\n{"input": "x"}\n', "a.jsonl:2: field 'instruction': missing"),
     ("a.jsonl", '{"instruction": "ok"}\n{"instruction": 5}\n', "a.jsonl:2: field 'instruction': expected text, got number"),

@@ -197,6 +197,78 @@ def test_the_served_models_reading_of_our_ids_is_checked_where_the_server_can_de
         engine_for([stub.url], tok).close()
 
 
+def test_a_prompt_the_server_finds_over_its_context_is_refused_not_failed(tmp_path, gemma_path, reply):
+    """A server restarted with a smaller context answers 400 for a prompt that no longer fits: the item had been
+    failed, out of `--retry-refused`'s reach, and five of them stopped the run."""
+    import sqlite3
+
+    from typer.testing import CliRunner
+
+    from gristmill.app.cli import app
+
+    source = tmp_path / "items.jsonl"
+    source.write_text("".join(json.dumps({"instruction": f"Item {n}."}) + "\n" for n in range(6)))
+    db = tmp_path / "remote.db"
+    runner = CliRunner()
+    assert runner.invoke(app, ["--db", str(db), "add", str(source)]).exit_code == 0
+    with StubServer("llama-server", reply_ids=reply, faults=["context"] * 6) as stub:
+        result = runner.invoke(app, ["--db", str(db), "generate", "--server", stub.url, "--tokenizer",
+                                     str(gemma_path), "--concurrency", "1", "--quiet", "--max-tokens", "8"])
+    assert result.exit_code == 0, result.output  # refusals are the prompts' own matter, not a broken run
+    assert "6 refused" in result.output and "stopped" not in result.output
+    conn = sqlite3.connect(db)
+    rows = conn.execute("SELECT status, refusal, error FROM generations").fetchall()
+    conn.close()
+    assert {(status, refusal) for status, refusal, _ in rows} == {("refused", "length")}
+    assert all("exceeds the available context size" in error for *_, error in rows)
+
+
+def test_a_stopped_new_run_says_what_was_saved_and_how_to_resume_it(tmp_path, gemma_path, reply):
+    """"generate stopped" had said only why; for a --new-run, "the same command" would start yet another run."""
+    from typer.testing import CliRunner
+
+    from gristmill.app.cli import app
+
+    source = tmp_path / "items.jsonl"
+    source.write_text("".join(json.dumps({"instruction": f"Item {n}."}) + "\n" for n in range(8)))
+    config = tmp_path / "gristmill.toml"
+    config.write_text("[generate]\nretries = 1\n")
+    db = tmp_path / "remote.db"
+    runner = CliRunner()
+    assert runner.invoke(app, ["--db", str(db), "add", str(source)]).exit_code == 0
+    with StubServer("llama-server", reply_ids=reply, faults=["500"] * 100) as stub:
+        result = runner.invoke(app, ["--db", str(db), "--config", str(config), "generate", "--server", stub.url,
+                                     "--tokenizer", str(gemma_path), "--concurrency", "1", "--new-run", "--quiet",
+                                     "--max-tokens", "8"])
+    assert result.exit_code == 1, result.output
+    said = " ".join(result.output.split())
+    assert "generate stopped: 5 items failed in a row" in said
+    assert "every finished item is saved; --run 1 resumes it (the same command would start another run)" in said
+    assert "--retry-failed" in said and "pending" in said  # the run's summary came first
+
+
+def test_continuing_a_remote_run_without_a_server_says_how_it_was_made(tmp_path, gemma_path, reply):
+    """It had said "load that model to continue it", naming the served model's file: loading it was refused again."""
+    from typer.testing import CliRunner
+
+    from gristmill.app.cli import app
+
+    source = tmp_path / "items.jsonl"
+    source.write_text(json.dumps({"instruction": "Name a colour."}) + "\n")
+    db = tmp_path / "remote.db"
+    runner = CliRunner()
+    assert runner.invoke(app, ["--db", str(db), "add", str(source)]).exit_code == 0
+    with StubServer("llama-server", reply_ids=reply) as stub:
+        made = runner.invoke(app, ["--db", str(db), "generate", "--server", stub.url, "--tokenizer", str(gemma_path),
+                                   "--quiet", "--max-tokens", "8"])
+        assert made.exit_code == 0, made.output
+        for extra in ([], ["--model", str(gemma_path)]):
+            result = runner.invoke(app, ["--db", str(db), "generate", "--run", "1", *extra])
+            said = " ".join(result.output.split())
+            assert result.exit_code == 2 and f"run 1 was generated on a server ({stub.url}" in said, said
+            assert "continue it with --server URL and --tokenizer PATH" in said
+
+
 def test_client_error_fails_at_once_without_retry(tok, reply):
     with StubServer("vllm", reply_ids=reply, api_key="right") as stub:
         stub.api_key = None  # discovery passes; completions are refused

@@ -108,6 +108,12 @@ training_format = "### {instruction}\\n{input_block}{response}"
     ('template = "{examples}{instruction}"\nshots = [1, 1]\n[[examples]]\ninstruction = "a"\nresponse = "b"\ntype = 5\n',
      "key 'examples[0].type': expected text, got int"),
     ('template = "{examples}{instruction}"\npool_file = "nowhere.jsonl"\n', "key 'pool_file': "),
+    # with a template the frames had been ignored without a word (and still counted in the run's identity)
+    ('template = "T: {instruction}"\n[frames]\ngeneral = "G: {instruction}"\n',
+     "keys 'template' and 'frames': give one or the other, not both"),
+    # a training record's text has no type: {type} had been exported as the literal text "{type}"
+    ('template = "{instruction}"\ntraining_format = "{type}: {instruction} {response}"\n',
+     "key 'training_format': unknown placeholder {type}"),
 ])
 def test_style_file_errors_name_file_and_key(tmp_path, body, message):
     path = write(tmp_path / "bad.toml", body)
