@@ -81,6 +81,8 @@ def _notes(engine, p) -> str:
     pool = getattr(engine, "pool", None)
     out_of_rotation = pool.out_of_rotation() if pool is not None else []
     notes = f", out of rotation: {' '.join(out_of_rotation)}" if out_of_rotation else ""
+    if pool is not None and (down := pool.down_for()):  # requests wait for a server to come back, up to a limit
+        notes += f", no server for {down:.0f}s (waiting up to {pool.policy.outage_s:.0f}s)"
     if p.in_flight and p.idle_s >= STALLED_S:
         notes += f", {p.in_flight} in flight, none finished for {p.idle_s:.0f}s"
     return notes

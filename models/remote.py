@@ -73,6 +73,7 @@ TOKENIZED_DIFFERENTLY = "server tokenized differently"
 # a 400 that says the prompt is over the context: llama-server "exceeds the available context size", vLLM
 # "maximum context length is N tokens"
 OVER_CONTEXT = re.compile(r"exceeds the available context size|maximum context length", re.IGNORECASE)
+OUTAGE_POLL_S = 0.25  # how often a request waiting out an outage looks for a server back in the rotation
 QUESTION_TIMEOUT_S = 15.0  # for GET /v1/models and /detokenize, which a working server answers at once
 # words, digits, punctuation, accents, CJK, an emoji and code: two models' vocabularies part on some of it
 TOKENIZER_PROBE = "The quick brown fox, 1234.56 — café naïve 東京 🙂\n\tdef f(x): return x**2 # ok"
@@ -359,9 +360,12 @@ class RemoteEngine(Engine, ConcurrentEngine):
         self, ids: tuple[int, ...], params: GenerationParams, group: _Group
     ) -> list[GenerationResult | EngineError]:
         n = len(group.samples)
-        reason, endpoint = "no attempt", None
-        for attempt in range(self.policy.attempts):
-            endpoint = self.pool.pick(avoid=endpoint)
+        reason, endpoint, attempt = "no attempt", None, 0
+        while attempt < self.policy.attempts:
+            endpoint = await self._endpoint_to_try(avoid=endpoint)
+            if endpoint is None:
+                return [EngineError(f"no server answered for {self.policy.outage_s:.0f} s; last error: {reason}")] * n
+            probe = endpoint.probing  # a server back from the bench, tried by this request alone
             served = _served(endpoint)
             payload = build_request(served.kind, served.model_id, list(ids), params, group.samples[0].seed, n)
             endpoint.in_flight += n
@@ -377,8 +381,11 @@ class RemoteEngine(Engine, ConcurrentEngine):
                 retry_after = None
             except Fault as fault:
                 reason = fault.reason
-                self.pool.failed(endpoint, reason)
+                self.pool.failed(endpoint, reason, fault.unavailable)
                 retry_after = fault.retry_after
+                if probe and fault.unavailable:  # still down: waiting for it spends no try (the outage limit counts)
+                    log.info("request to %s, back from the bench, failed (%s)", endpoint.url, reason)
+                    continue
             except Rejected as rejected:
                 self.pool.succeeded(endpoint)  # it answered: the endpoint is fine, the request is not
                 if OVER_CONTEXT.search(str(rejected)):
@@ -388,10 +395,21 @@ class RemoteEngine(Engine, ConcurrentEngine):
                 return [EngineError(f"{TOKENIZED_DIFFERENTLY}: {mismatch} ({endpoint.url})")] * n
             finally:
                 endpoint.in_flight -= n
-            log.info("request to %s failed (%s); try %d of %d", endpoint.url, reason, attempt + 1, self.policy.attempts)
-            if attempt + 1 < self.policy.attempts:
-                await asyncio.sleep(self.policy.backoff(attempt, retry_after))
+                endpoint.probing = False  # whatever ended the try (a mismatch, a cancel), the probe is over
+            attempt += 1
+            log.info("request to %s failed (%s); try %d of %d", endpoint.url, reason, attempt, self.policy.attempts)
+            if attempt < self.policy.attempts:
+                await asyncio.sleep(self.policy.backoff(attempt - 1, retry_after))
         return [EngineError(f"gave up after {self.policy.attempts} tries; last error: {reason}")] * n
+
+    async def _endpoint_to_try(self, avoid: Endpoint | None) -> Endpoint | None:
+        """An endpoint for the next try. While every one is out of the rotation (a server restarting), wait for
+        one to come back without spending a try; None once that has lasted the policy's outage_s."""
+        while (endpoint := self.pool.pick(avoid)) is None:
+            if self.pool.down_for() >= self.policy.outage_s:
+                return None
+            await asyncio.sleep(OUTAGE_POLL_S)
+        return endpoint
 
     def _result(
         self, answer: Answer, choice: Choice, ids: tuple[int, ...], params: GenerationParams, endpoint: Endpoint

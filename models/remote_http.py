@@ -47,10 +47,12 @@ class Secret:
 class Fault(Exception):
     """A transient failure: retry, maybe elsewhere. `retry_after` is the server's Retry-After in seconds."""
 
-    def __init__(self, reason: str, retry_after: float | None = None):
+    def __init__(self, reason: str, retry_after: float | None = None, unavailable: bool = False):
         super().__init__(reason)
         self.reason = reason
         self.retry_after = retry_after
+        # no server there to answer (connection refused, 503 while a model loads): a server down or restarting
+        self.unavailable = unavailable
 
 
 class Rejected(Exception):
@@ -68,6 +70,9 @@ class RetryPolicy:
     max_bench_s: float = 600.0
     connect_timeout_s: float = 10.0
     timeout_s: float = 600.0  # a whole completion: long generations on a busy server take minutes
+    # every server out of the rotation: requests wait (spending no try) this long for one to come back, as a
+    # server restarting with a 20 GB model takes minutes; then they fail
+    outage_s: float = 600.0
 
     def backoff(self, attempt: int, retry_after: float | None = None) -> float:
         """Exponential with equal jitter (half fixed, half random), never shorter than Retry-After."""
@@ -134,6 +139,8 @@ class Endpoint:
     requests: int = 0
     failures: int = 0
     last_error: str | None = None
+    probing: bool = False  # back from the bench: one request at a time tries it until it answers
+    unavailable: bool = False  # its last failure said no server is there (down, restarting, loading)
 
     def describe(self) -> dict:
         return {
@@ -154,15 +161,30 @@ class EndpointPool:
 
     endpoints: list[Endpoint]
     policy: RetryPolicy = field(default_factory=RetryPolicy)
+    down_since: float | None = None  # when the last endpoint left the rotation (None: one is in it)
 
-    def pick(self, avoid: Endpoint | None = None) -> Endpoint:
+    def pick(self, avoid: Endpoint | None = None) -> Endpoint | None:
+        """The least loaded endpoint in the rotation. One back from the bench takes a single request (a probe)
+        until it answers. While every endpoint is out because no server is there (down or restarting), None:
+        the caller waits, spending no try. Servers that answer with errors are tried at once, as tries count."""
         now = time.monotonic()
-        healthy = [e for e in self.endpoints if e.benched_until <= now]
-        if not healthy:  # every endpoint is out: probe the one due back first
-            return min(self.endpoints, key=lambda e: e.benched_until)
-        if avoid is not None and len(healthy) > 1:
-            healthy = [e for e in healthy if e is not avoid] or healthy
-        return min(healthy, key=lambda e: (e.in_flight / e.concurrency, e.requests))
+        usable = [e for e in self.endpoints if e.benched_until <= now and not (e.bench_s and e.probing)]
+        if not usable:
+            if not all(e.unavailable for e in self.endpoints):
+                return min(self.endpoints, key=lambda e: e.benched_until)
+            if self.down_since is None:
+                self.down_since = now
+            return None
+        if avoid is not None and len(usable) > 1:
+            usable = [e for e in usable if e is not avoid] or usable
+        chosen = min(usable, key=lambda e: (e.in_flight / e.concurrency, e.requests))
+        if chosen.bench_s:
+            chosen.probing = True
+        return chosen
+
+    def down_for(self) -> float:
+        """Seconds since every endpoint was out of the rotation (0 while one is in it)."""
+        return 0.0 if self.down_since is None else time.monotonic() - self.down_since
 
     def succeeded(self, endpoint: Endpoint) -> None:
         if endpoint.bench_s:
@@ -170,8 +192,13 @@ class EndpointPool:
         endpoint.consecutive_failures = 0
         endpoint.bench_s = 0.0
         endpoint.benched_until = 0.0
+        endpoint.probing = False
+        endpoint.unavailable = False
+        self.down_since = None
 
-    def failed(self, endpoint: Endpoint, reason: str) -> None:
+    def failed(self, endpoint: Endpoint, reason: str, unavailable: bool = False) -> None:
+        endpoint.probing = False
+        endpoint.unavailable = unavailable
         endpoint.failures += 1
         endpoint.consecutive_failures += 1
         endpoint.last_error = reason
@@ -267,10 +294,12 @@ async def request_json(
         timeouts = {**timeouts, "read": min(timeouts["read"], read_timeout_s)}
     try:
         response = await pool.request(method, url, headers=headers, content=body, extensions={"timeout": timeouts})
+    except httpcore.ConnectTimeout as error:
+        raise Fault(f"timeout ({type(error).__name__})", unavailable=True) from None
     except httpcore.TimeoutException as error:
         raise Fault(f"timeout ({type(error).__name__})") from None
     except httpcore.ConnectError as error:
-        raise Fault(f"cannot connect ({_short(error)})") from None
+        raise Fault(f"cannot connect ({_short(error)})", unavailable=True) from None
     except (httpcore.RemoteProtocolError, httpcore.ReadError) as error:
         raise Fault(f"connection cut mid-response ({_short(error)})") from None
     except (httpcore.NetworkError, httpcore.ProtocolError, httpcore.UnsupportedProtocol) as error:
@@ -278,7 +307,9 @@ async def request_json(
     status = response.status
     if status == 429 or status == 408 or status >= 500:
         raise Fault(
-            f"HTTP {status}: {error_message(response.content)}", parse_retry_after(_header(response, b"retry-after"))
+            f"HTTP {status}: {error_message(response.content)}",
+            parse_retry_after(_header(response, b"retry-after")),
+            unavailable=status == 503,
         )
     if status == 401 or status == 403:
         raise Rejected(

@@ -15,7 +15,8 @@ from gristmill.models.remote_http import EndpointPool, Endpoint, RetryPolicy, Se
 from gristmill.models.remote_tokenizer import open_tokenizer
 from remote_stub import StubServer, free_port
 
-FAST = RetryPolicy(attempts=4, base_s=0.001, max_s=0.01, timeout_s=1.0, connect_timeout_s=1.0, bench_s=0.001)
+FAST = RetryPolicy(attempts=4, base_s=0.001, max_s=0.01, timeout_s=1.0, connect_timeout_s=1.0, bench_s=0.001,
+                   outage_s=0.5)
 PROMPT = "Q: What is the capital of France? <|im_start|> <start_of_turn>\nA:"
 
 
@@ -267,6 +268,39 @@ def test_continuing_a_remote_run_without_a_server_says_how_it_was_made(tmp_path,
             said = " ".join(result.output.split())
             assert result.exit_code == 2 and f"run 1 was generated on a server ({stub.url}" in said, said
             assert "continue it with --server URL and --tokenizer PATH" in said
+
+
+def test_a_server_restarting_is_waited_for_without_spending_tries_up_to_the_outage_limit(tok, reply):
+    """One server, restarting (503 while it loads, as llama-server answers): each try had been spent in seconds,
+    so a restart slower than ~15 s failed the items in flight and stopped the run. While every server is out of
+    the rotation for want of one to answer, a single request probes it when due and the others wait."""
+    patient = RetryPolicy(attempts=2, base_s=0.001, max_s=0.01, bench_after=1, bench_s=0.02, max_bench_s=0.05,
+                          timeout_s=5.0, outage_s=30.0)
+    with StubServer("vllm", reply_ids=reply, faults=["503"] * 8) as stub:
+        engine = engine_for([stub.url], tok, policy=patient)
+        try:
+            result = engine.generate(engine.tokenize("Q: x\nA:"), GenerationParams(max_tokens=8))
+        finally:
+            engine.close()
+    assert result.text.strip() == "Paris is the capital." and len(stub.requests) == 9  # 8 refusals, then it
+
+    brief = RetryPolicy(attempts=2, base_s=0.001, max_s=0.01, bench_after=1, bench_s=0.02, max_bench_s=0.05,
+                        timeout_s=5.0, outage_s=1.0)
+    with StubServer("vllm", reply_ids=reply, faults=["503"] * 10_000) as stub:
+        engine = engine_for([stub.url], tok, policy=brief)
+        try:
+            with pytest.raises(EngineError, match=r"no server answered for 1 s; last error: HTTP 503"):
+                engine.generate(engine.tokenize("Q: x\nA:"), GenerationParams(max_tokens=8))
+        finally:
+            engine.close()
+
+    with StubServer("vllm", reply_ids=reply, faults=["500"] * 8) as stub:  # a server answering with errors: tries
+        engine = engine_for([stub.url], tok, policy=patient)
+        try:
+            with pytest.raises(EngineError, match="gave up after 2 tries"):
+                engine.generate(engine.tokenize("Q: x\nA:"), GenerationParams(max_tokens=8))
+        finally:
+            engine.close()
 
 
 def test_client_error_fails_at_once_without_retry(tok, reply):
