@@ -383,8 +383,8 @@ class RemoteEngine(Engine, ConcurrentEngine):
                 reason = fault.reason
                 self.pool.failed(endpoint, reason, fault.unavailable)
                 retry_after = fault.retry_after
-                if probe and fault.unavailable:  # still down: waiting for it spends no try (the outage limit counts)
-                    log.info("request to %s, back from the bench, failed (%s)", endpoint.url, reason)
+                if fault.unavailable:  # no server there: spends no try; it left the rotation, the outage limit counts
+                    log.info("request to %s found no server (%s)%s", endpoint.url, reason, " (probe)" if probe else "")
                     continue
             except Rejected as rejected:
                 self.pool.succeeded(endpoint)  # it answered: the endpoint is fine, the request is not

@@ -73,6 +73,7 @@ class RetryPolicy:
     # every server out of the rotation: requests wait (spending no try) this long for one to come back, as a
     # server restarting with a 20 GB model takes minutes; then they fail
     outage_s: float = 600.0
+    down_probe_s: float = 10.0  # how often a server that is not there (refused, 503) is looked for again
 
     def backoff(self, attempt: int, retry_after: float | None = None) -> float:
         """Exponential with equal jitter (half fixed, half random), never shorter than Retry-After."""
@@ -202,16 +203,24 @@ class EndpointPool:
         endpoint.failures += 1
         endpoint.consecutive_failures += 1
         endpoint.last_error = reason
-        if endpoint.consecutive_failures >= self.policy.bench_after and endpoint.benched_until <= time.monotonic():
-            endpoint.bench_s = min(self.policy.max_bench_s, endpoint.bench_s * 2 or self.policy.bench_s)
-            endpoint.benched_until = time.monotonic() + endpoint.bench_s
+        if endpoint.benched_until > time.monotonic():
+            return  # already out: this request was sent before it left
+        if unavailable:  # no server there: out at once, looked for again every few seconds (a restart ends any time)
+            bench = self.policy.down_probe_s
+        elif endpoint.consecutive_failures >= self.policy.bench_after:
+            bench = min(self.policy.max_bench_s, endpoint.bench_s * 2 or self.policy.bench_s)
+        else:
+            return
+        if bench != endpoint.bench_s:  # said when it leaves or its time out changes, not at every probe
             log.warning(
-                "endpoint %s left the rotation after %d failures in a row (%s); tried again in %.0f s",
+                "endpoint %s left the rotation after %d failure(s) in a row (%s); tried again in %.0f s",
                 endpoint.url,
                 endpoint.consecutive_failures,
                 reason,
-                endpoint.bench_s,
+                bench,
             )
+        endpoint.bench_s = bench
+        endpoint.benched_until = time.monotonic() + bench
 
     def out_of_rotation(self) -> list[str]:
         now = time.monotonic()

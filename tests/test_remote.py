@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import logging
+from dataclasses import replace
 
 import pytest
 
@@ -16,7 +17,7 @@ from gristmill.models.remote_tokenizer import open_tokenizer
 from remote_stub import StubServer, free_port
 
 FAST = RetryPolicy(attempts=4, base_s=0.001, max_s=0.01, timeout_s=1.0, connect_timeout_s=1.0, bench_s=0.001,
-                   outage_s=0.5)
+                   outage_s=0.5, down_probe_s=0.001)
 PROMPT = "Q: What is the capital of France? <|im_start|> <start_of_turn>\nA:"
 
 
@@ -275,7 +276,7 @@ def test_a_server_restarting_is_waited_for_without_spending_tries_up_to_the_outa
     so a restart slower than ~15 s failed the items in flight and stopped the run. While every server is out of
     the rotation for want of one to answer, a single request probes it when due and the others wait."""
     patient = RetryPolicy(attempts=2, base_s=0.001, max_s=0.01, bench_after=1, bench_s=0.02, max_bench_s=0.05,
-                          timeout_s=5.0, outage_s=30.0)
+                          timeout_s=5.0, outage_s=30.0, down_probe_s=0.02)
     with StubServer("vllm", reply_ids=reply, faults=["503"] * 8) as stub:
         engine = engine_for([stub.url], tok, policy=patient)
         try:
@@ -283,9 +284,16 @@ def test_a_server_restarting_is_waited_for_without_spending_tries_up_to_the_outa
         finally:
             engine.close()
     assert result.text.strip() == "Paris is the capital." and len(stub.requests) == 9  # 8 refusals, then it
+    # not even the first "no server" spends a try: with one try a request, a server gone for a moment had failed it
+    with StubServer("vllm", reply_ids=reply, faults=["503"] * 3) as stub:
+        engine = engine_for([stub.url], tok, policy=replace(patient, attempts=1))
+        try:
+            assert engine.generate(engine.tokenize("Q: x\nA:"), GenerationParams(max_tokens=8)).text.strip()
+        finally:
+            engine.close()
 
     brief = RetryPolicy(attempts=2, base_s=0.001, max_s=0.01, bench_after=1, bench_s=0.02, max_bench_s=0.05,
-                        timeout_s=5.0, outage_s=1.0)
+                        timeout_s=5.0, outage_s=1.0, down_probe_s=0.02)
     with StubServer("vllm", reply_ids=reply, faults=["503"] * 10_000) as stub:
         engine = engine_for([stub.url], tok, policy=brief)
         try:
