@@ -169,6 +169,12 @@ def summary(store, run_id: int, final=None) -> None:
         f"run {run_id}: {counts['done']} done, {counts['refused']} refused, {counts['failed']} failed, "
         f"{counts['pending']} pending{rate}"
     )
+    if held := generations_db.held_elsewhere(store, run_id):  # this process released its own claims
+        processes = ", ".join(f"{owner} ({n})" for owner, n in sorted(held.items()))
+        out.print(
+            f"{sum(held.values())} item(s) held by another process generating this run now: {processes} (each "
+            "item is generated once; what it leaves, this command takes when run again)"
+        )
     if stranded := generations_db.pending_without_instruction(store, run_id):
         out.print(
             f"{stranded} pending item(s) cannot run: their instruction was deleted by hand (add it again, or delete "

@@ -313,6 +313,20 @@ def pending_without_instruction(store: Store, run_id: int | None = None) -> int:
     ).fetchone()[0]
 
 
+def held_elsewhere(store: Store, run_id: int) -> dict[str, int]:
+    """Items of the run another live process holds (by owner, "host:pid"): a second generator on the run finds
+    them taken, and its summary says why they are pending."""
+    now = time.time()
+    held: dict[str, int] = {}
+    for owner, count in store.conn.execute(
+        "SELECT owner, count(*) FROM claims WHERE run_id = ? AND expires_at >= ? GROUP BY owner", (run_id, now)
+    ).fetchall():
+        if _owner_alive(owner):
+            process = ":".join(owner.split(":")[:2])
+            held[process] = held.get(process, 0) + count
+    return held
+
+
 def flag_counts(store: Store, run_id: int, flags: tuple[str, ...]) -> dict[str, int]:
     """How many finished generations of the run carry each of `flags` (the rewrites a command must count)."""
     counts = dict.fromkeys(flags, 0)

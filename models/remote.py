@@ -58,6 +58,7 @@ from gristmill.models.remote_protocol import (
     VLLM,
     Answer,
     Choice,
+    KindMismatch,
     ProtocolFault,
     ServedModel,
     build_request,
@@ -150,6 +151,8 @@ class RemoteEngine(Engine, ConcurrentEngine):
                     )
                     endpoint.served = detect_models(json.loads(raw), forced_kind)
                     break
+                except KindMismatch as error:
+                    raise EngineSetupError(f"server {endpoint.url}: {error}") from None
                 except ValueError as error:  # ProtocolFault or bad JSON: this is not a server we can use
                     raise EngineError(f"server {endpoint.url}: {error}") from None
                 except Rejected as error:

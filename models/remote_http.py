@@ -240,6 +240,7 @@ class ClientPool:
 
     def __init__(self, api_key: Secret | None, policy: RetryPolicy):
         self._headers: list[tuple[bytes, bytes]] = [(b"Accept", b"application/json")]
+        self.sends_key = bool(api_key)
         if api_key:
             self._headers.append((b"Authorization", f"Bearer {api_key.reveal()}".encode()))
         self.timeouts = {
@@ -321,10 +322,13 @@ async def request_json(
             unavailable=status == 503,
         )
     if status == 401 or status == 403:
-        raise Rejected(
-            f"HTTP {status}: {error_message(response.content)} (is the API key in the environment "
-            f"variable named by --api-key-env?)"
+        hint = (
+            "is the API key in the environment variable named by --api-key-env?"
+            if clients.sends_key
+            else "no API key was sent: put it in the environment variable named by --api-key-env, "
+            "GRISTMILL_API_KEY unless it names another"
         )
+        raise Rejected(f"HTTP {status}: {error_message(response.content)} ({hint})")
     if status >= 400:
         raise Rejected(f"HTTP {status}: {error_message(response.content)}")
     return response.content

@@ -53,6 +53,10 @@ class ProtocolFault(ValueError):
     """The server answered 2xx but not with what the protocol promises (malformed JSON, missing fields)."""
 
 
+class KindMismatch(ProtocolFault):
+    """`--server-kind` names one kind and the server says it is the other: the user's command to fix."""
+
+
 @dataclass(frozen=True)
 class ServedModel:
     """What `GET /v1/models` said: the model id to send, the server kind and the per-sequence context."""
@@ -93,7 +97,13 @@ def detect_models(body: object, forced_kind: str | None = None) -> ServedModel:
     if not isinstance(card, dict) or not isinstance(card.get("id"), str):
         raise ProtocolFault("GET /v1/models: the first model has no id")
     owner = str(card.get("owned_by", "")).lower()
-    kind = forced_kind or (LLAMA_SERVER if owner.startswith("llama") else VLLM if owner == "vllm" else None)
+    said = LLAMA_SERVER if owner.startswith("llama") else VLLM if owner == "vllm" else None
+    if forced_kind and said and forced_kind != said:  # each kind's requests and checks are the other's wrong ones
+        raise KindMismatch(
+            f"--server-kind {forced_kind}, but the server says it is {said} (owned_by={owner!r}); leave "
+            "--server-kind out to use what the server says"
+        )
+    kind = forced_kind or said
     if kind is None:
         raise ProtocolFault(
             f"cannot tell the server kind from owned_by={owner!r}; give --server-kind ({' or '.join(SERVER_KINDS)})"

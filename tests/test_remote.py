@@ -311,17 +311,36 @@ def test_a_server_restarting_is_waited_for_without_spending_tries_up_to_the_outa
             engine.close()
 
 
+def test_a_server_kind_given_against_what_the_server_says_is_refused(tok):
+    """`--server-kind vllm` against llama-server had been taken: every request then skipped llama-server's checks
+    (its ids unchecked, cache_prompt not sent, no context check)."""
+    from gristmill.models import EngineSetupError
+
+    with StubServer("llama-server") as stub:
+        with pytest.raises(EngineSetupError, match="--server-kind vllm, but the server says it is llama-server"):
+            RemoteEngine([stub.url], tok, policy=FAST, server_kind="vllm")
+        engine_for([stub.url], tok, server_kind="llama-server").close()  # the same kind: fine
+
+
 def test_client_error_fails_at_once_without_retry(tok, reply):
     with StubServer("vllm", reply_ids=reply, api_key="right") as stub:
         stub.api_key = None  # discovery passes; completions are refused
         engine = engine_for([stub.url], tok, api_key="wrong")
         stub.api_key = "right"
         try:
-            with pytest.raises(EngineError, match="HTTP 401.*api-key-env"):
+            with pytest.raises(EngineError, match=r"HTTP 401.*\(is the API key in the environment variable"):
                 engine.generate(engine.tokenize("Q: x\nA:"), GenerationParams(max_tokens=8))
         finally:
             engine.close()
     assert len(stub.requests) == 1
+    with StubServer("vllm", reply_ids=reply) as stub:  # no key set at all: said so, not "is the key right?"
+        engine = engine_for([stub.url], tok)
+        stub.api_key = "right"
+        try:
+            with pytest.raises(EngineError, match=r"HTTP 401.*\(no API key was sent: put it in the environment"):
+                engine.generate(engine.tokenize("Q: x\nA:"), GenerationParams(max_tokens=8))
+        finally:
+            engine.close()
 
 
 @pytest.mark.parametrize("kind", ["vllm", "llama-server"])

@@ -105,6 +105,22 @@ def test_generation_skips_items_another_process_holds(store, tmp_path):
     assert store.query("SELECT count(*) FROM claims WHERE owner != 'otherhost:1:x'")[0][0] == 0
 
 
+def test_the_summary_says_which_pending_items_another_process_is_generating(store, tmp_path, capsys):
+    """A second generate on a small run found every item claimed and said "16 pending", exit 0: the work looked
+    dropped. A process that is gone holds nothing, so it is not named."""
+    from gristmill.app.cli_progress import summary
+
+    add(store, tmp_path, 5)
+    run, style, settings = open_run(store, FakeEngine(), RunSettings())
+    host = generations_db.new_owner().split(":")[0]
+    generations_db.claim(store, run.id, "otherhost:41:x", limit=2)  # another machine, lease running
+    generations_db.claim(store, run.id, f"{host}:999999999:y", limit=2)  # this machine, process gone
+    summary(store, run.id)
+    said = " ".join(capsys.readouterr().out.split())
+    assert "5 pending" in said
+    assert "2 item(s) held by another process generating this run now: otherhost:41 (2)" in said
+
+
 def test_two_generate_processes_on_one_new_run_share_the_work(tmp_path, gemma_path):
     lines = [json.dumps({"instruction": f"Name a colour, number {i}."}) for i in range(16)]
     assert runner.invoke(app, ["add", str(write(tmp_path / "a.jsonl", "\n".join(lines) + "\n"))]).exit_code == 0
