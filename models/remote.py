@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
-import json
 import queue
 import re
 import threading
@@ -36,6 +35,7 @@ from gristmill.models.base import (
     TextPiece,
 )
 from gristmill.models.batch import ConcurrentEngine, PromptJob, SampleRequest, SequenceEvent
+from gristmill.models.remote_discovery import discover, served_model
 from gristmill.models.remote_http import (
     ClientPool,
     Endpoint,
@@ -47,24 +47,16 @@ from gristmill.models.remote_http import (
     fetch,
     log,
     normalize_url,
-    unreachable,
 )
 from gristmill.models.remote_protocol import (
     COMPLETIONS_PATH,
-    DETOKENIZE_PATH,
     LLAMA_SERVER,
-    MODELS_PATH,
     SERVER_KINDS,
     VLLM,
     Answer,
     Choice,
-    KindMismatch,
     ProtocolFault,
-    ServedModel,
     build_request,
-    detect_models,
-    detokenize_payload,
-    detokenized_text,
     parse_answer,
 )
 from gristmill.models.remote_tokenizer import RemoteTokenizer, open_tokenizer
@@ -75,9 +67,6 @@ TOKENIZED_DIFFERENTLY = "server tokenized differently"
 # "maximum context length is N tokens"
 OVER_CONTEXT = re.compile(r"exceeds the available context size|maximum context length", re.IGNORECASE)
 OUTAGE_POLL_S = 0.25  # how often a request waiting out an outage looks for a server back in the rotation
-QUESTION_TIMEOUT_S = 15.0  # for GET /v1/models and /detokenize, which a working server answers at once
-# words, digits, punctuation, accents, CJK, an emoji and code: two models' vocabularies part on some of it
-TOKENIZER_PROBE = "The quick brown fox, 1234.56 — café naïve 東京 🙂\n\tdef f(x): return x**2 # ok"
 
 
 class Mismatch(Exception):
@@ -130,7 +119,7 @@ class RemoteEngine(Engine, ConcurrentEngine):
         self._thread.start()
         self._clients = ClientPool(self._key, self.policy)
         try:
-            self._call(self._discover(server_kind))
+            self._call(discover(self._clients, self.pool, self.tokenizer, self.policy, server_kind))
         except BaseException:
             self.close()
             raise
@@ -140,86 +129,18 @@ class RemoteEngine(Engine, ConcurrentEngine):
     def _call(self, coroutine):
         return asyncio.run_coroutine_threadsafe(coroutine, self._loop).result()
 
-    async def _discover(self, forced_kind: str | None) -> None:
-        """GET /v1/models on every endpoint (a few tries each): the kind, the model id, the context."""
-        for endpoint in self.pool.endpoints:
-            reason = None
-            for attempt in range(min(3, self.policy.attempts)):
-                try:
-                    raw = await fetch(
-                        self._clients, "GET", endpoint.url + MODELS_PATH, read_timeout_s=QUESTION_TIMEOUT_S
-                    )
-                    endpoint.served = detect_models(json.loads(raw), forced_kind)
-                    break
-                except KindMismatch as error:
-                    raise EngineSetupError(f"server {endpoint.url}: {error}") from None
-                except ValueError as error:  # ProtocolFault or bad JSON: this is not a server we can use
-                    raise EngineError(f"server {endpoint.url}: {error}") from None
-                except Rejected as error:
-                    raise unreachable(endpoint.url, str(error)) from None
-                except Fault as fault:
-                    reason = fault.reason
-                    await asyncio.sleep(self.policy.backoff(attempt, fault.retry_after))
-            if endpoint.served is None:
-                raise unreachable(endpoint.url, reason or "no answer")
-        served = [(e.url, _served(e)) for e in self.pool.endpoints]
-        for url, model in served:
-            if self.tokenizer.exact_vocab and model.n_vocab is not None and model.n_vocab != self.tokenizer.n_vocab:
-                raise EngineSetupError(
-                    f"server {url} serves {model.model_id!r} with a vocabulary of {model.n_vocab:,} tokens, and the "
-                    f"tokenizer {self.tokenizer.path} has {self.tokenizer.n_vocab:,}: they are different models; "
-                    "give --tokenizer the served model's GGUF or tokenizer.json"
-                )
-        await self._check_tokenizer()
-        if len({s.model_id for _, s in served}) > 1 or len({s.kind for _, s in served}) > 1:
-            listing = ", ".join(f"{url}: {s.kind} {s.model_id!r}" for url, s in served)
-            raise EngineError(
-                f"the servers do not serve the same model ({listing}); give them one name "
-                f"(llama-server --alias, vllm --served-model-name)"
-            )
-
-    async def _check_tokenizer(self) -> None:
-        """Ask each server to turn our ids for a probe text back into text: a tokenizer of another model gives
-        other text. The vocabulary's size alone misses that where a tokenizer.json is smaller than the served
-        model's padded embedding, or a server does not say it (vLLM). A server without /detokenize is not asked."""
-        tok = self.tokenizer
-        ids = tok.tokenize(TOKENIZER_PROBE)
-        if ids and tok.add_bos and ids[0] == tok.bos_id:
-            ids = ids[1:]
-        ours = " ".join(tok.detokenize(ids).split())
-        for endpoint in self.pool.endpoints:
-            served = _served(endpoint)
-            try:
-                raw = await fetch(
-                    self._clients,
-                    "POST",
-                    endpoint.url + DETOKENIZE_PATH,
-                    detokenize_payload(served, ids),
-                    read_timeout_s=QUESTION_TIMEOUT_S,
-                )
-                theirs = detokenized_text(json.loads(raw))
-            except (Fault, Rejected, ValueError):  # no such endpoint, or not answered: the per-item checks remain
-                continue
-            if theirs is not None and " ".join(theirs.split()) != ours:
-                raise EngineSetupError(
-                    f"server {endpoint.url} reads the tokenizer's ids for {TOKENIZER_PROBE[:24]!r}... as "
-                    f"{theirs[:40]!r}: the tokenizer {tok.path} is not the served model's "
-                    f"({served.model_id!r}); they are different models; give --tokenizer the served model's GGUF "
-                    "or tokenizer.json"
-                )
-
     # --- what is served ----------------------------------------------------------------------
     @property
     def kind(self) -> str:
-        return _served(self.pool.endpoints[0]).kind
+        return served_model(self.pool.endpoints[0]).kind
 
     @property
     def model_id(self) -> str:
-        return _served(self.pool.endpoints[0]).model_id
+        return served_model(self.pool.endpoints[0]).model_id
 
     @property
     def n_ctx(self) -> int | None:
-        contexts = [n for n in (_served(e).n_ctx for e in self.pool.endpoints) if n]
+        contexts = [n for n in (served_model(e).n_ctx for e in self.pool.endpoints) if n]
         return min(contexts) if contexts else (self.tokenizer.context_length or None)
 
     def info(self) -> ModelInfo:
@@ -369,7 +290,7 @@ class RemoteEngine(Engine, ConcurrentEngine):
             if endpoint is None:
                 return [EngineError(f"no server answered for {self.policy.outage_s:.0f} s; last error: {reason}")] * n
             probe = endpoint.probing  # a server back from the bench, tried by this request alone
-            served = _served(endpoint)
+            served = served_model(endpoint)
             payload = build_request(served.kind, served.model_id, list(ids), params, group.samples[0].seed, n)
             endpoint.in_flight += n
             endpoint.requests += 1
@@ -421,7 +342,7 @@ class RemoteEngine(Engine, ConcurrentEngine):
             raise Mismatch(f"it counted {answer.prompt_tokens} prompt tokens, we fed {len(ids)}")
         if answer.prompt_token_ids is not None and answer.prompt_token_ids != ids:
             raise Mismatch("its prompt ids differ from the ids we sent")
-        timings = {**answer.timings, "endpoint": endpoint.url, "server_kind": _served(endpoint).kind}
+        timings = {**answer.timings, "endpoint": endpoint.url, "server_kind": served_model(endpoint).kind}
         if choice.token_ids is None:  # an older server: keep its text, say the ids were not checked
             finish = _server_finish(choice)
             return GenerationResult(
@@ -475,14 +396,6 @@ class RemoteEngine(Engine, ConcurrentEngine):
             token_ids=tuple(kept),
             timings={**timings, **extra},
         )
-
-
-def _served(endpoint: Endpoint) -> ServedModel:
-    """What the endpoint serves. Discovery (in `__init__`) fills it for every endpoint or raises, so a None here
-    is a bug, not a server's answer."""
-    if endpoint.served is None:
-        raise EngineError(f"server {endpoint.url} was never asked what it serves")
-    return endpoint.served
 
 
 def _server_finish(choice: Choice) -> str:
