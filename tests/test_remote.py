@@ -479,6 +479,8 @@ def test_generate_cli_against_stub_keeps_the_key_out_of_db_log_and_export(tmp_pa
         assert completion == "Paris is the capital." or completion == " Paris is the capital."
         assert finish == "eos" and json.loads(timings)["endpoint"] == stub.url
     assert settings["servers"][0]["url"] == stub.url and settings["servers"][0]["models"]["data"][0]["id"]
+    # what this run was made with: the client's concurrency, not in-process settings that played no part
+    assert settings["engine"]["concurrency"] == 4 and "gpu_layers" not in settings["engine"]
     from gristmill.app.review import decide
     from gristmill.db import open_store
 
