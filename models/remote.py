@@ -288,7 +288,8 @@ class RemoteEngine(Engine, ConcurrentEngine):
         while attempt < self.policy.attempts:
             endpoint = await self._endpoint_to_try(avoid=endpoint)
             if endpoint is None:
-                return [EngineError(f"no server answered for {self.policy.outage_s:.0f} s; last error: {reason}")] * n
+                last = reason if attempt or reason != "no attempt" else self.pool.last_error()
+                return [EngineError(f"no server answered for {self.policy.outage_s:.0f} s; last error: {last}")] * n
             probe = endpoint.probing  # a server back from the bench, tried by this request alone
             served = served_model(endpoint)
             payload = build_request(served.kind, served.model_id, list(ids), params, group.samples[0].seed, n)
@@ -309,6 +310,7 @@ class RemoteEngine(Engine, ConcurrentEngine):
                 retry_after = fault.retry_after
                 if fault.unavailable:  # no server there: spends no try; it left the rotation, the outage limit counts
                     log.info("request to %s found no server (%s)%s", endpoint.url, reason, " (probe)" if probe else "")
+                    await asyncio.sleep(OUTAGE_POLL_S)  # never a busy loop, whatever the rotation says next
                     continue
             except Rejected as rejected:
                 self.pool.succeeded(endpoint)  # it answered: the endpoint is fine, the request is not
@@ -319,7 +321,8 @@ class RemoteEngine(Engine, ConcurrentEngine):
                 return [EngineError(f"{TOKENIZED_DIFFERENTLY}: {mismatch} ({endpoint.url})")] * n
             finally:
                 endpoint.in_flight -= n
-                endpoint.probing = False  # whatever ended the try (a mismatch, a cancel), the probe is over
+                if probe:  # whatever ended the try (an answer, a mismatch, a cancel), the probe is over
+                    endpoint.probing = False
             attempt += 1
             log.info("request to %s failed (%s); try %d of %d", endpoint.url, reason, attempt, self.policy.attempts)
             if attempt < self.policy.attempts:
@@ -329,11 +332,13 @@ class RemoteEngine(Engine, ConcurrentEngine):
     async def _endpoint_to_try(self, avoid: Endpoint | None) -> Endpoint | None:
         """An endpoint for the next try. While every one is out of the rotation (a server restarting), wait for
         one to come back without spending a try; None once that has lasted the policy's outage_s."""
-        while (endpoint := self.pool.pick(avoid)) is None:
-            if self.pool.down_for() >= self.policy.outage_s:
+        while True:
+            # a probe in flight may be a server back and answering a long completion: wait for its answer
+            if self.pool.down_for() >= self.policy.outage_s and not self.pool.probe_in_flight():
                 return None
+            if (endpoint := self.pool.pick(avoid)) is not None:
+                return endpoint
             await asyncio.sleep(OUTAGE_POLL_S)
-        return endpoint
 
     def _result(
         self, answer: Answer, choice: Choice, ids: tuple[int, ...], params: GenerationParams, endpoint: Endpoint

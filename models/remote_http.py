@@ -166,13 +166,16 @@ class EndpointPool:
 
     def pick(self, avoid: Endpoint | None = None) -> Endpoint | None:
         """The least loaded endpoint in the rotation. One back from the bench takes a single request (a probe)
-        until it answers. While every endpoint is out because no server is there (down or restarting), None:
-        the caller waits, spending no try. Servers that answer with errors are tried at once, as tries count."""
+        until it answers. While every endpoint is out and none of them answers with errors (no server there:
+        down or restarting), None: the caller waits, spending no try. A server that answers with errors is
+        tried at once, as tries count."""
         now = time.monotonic()
         usable = [e for e in self.endpoints if e.benched_until <= now and not (e.bench_s and e.probing)]
         if not usable:
-            if not all(e.unavailable for e in self.endpoints):
-                return min(self.endpoints, key=lambda e: e.benched_until)
+            erroring = [e for e in self.endpoints if not e.unavailable]
+            if erroring:
+                self.down_since = None
+                return min(erroring, key=lambda e: e.benched_until)
             if self.down_since is None:
                 self.down_since = now
             return None
@@ -180,12 +183,23 @@ class EndpointPool:
             usable = [e for e in usable if e is not avoid] or usable
         chosen = min(usable, key=lambda e: (e.in_flight / e.concurrency, e.requests))
         if chosen.bench_s:
-            chosen.probing = True
+            chosen.probing = True  # the outage clock runs on until it answers
+        else:
+            self.down_since = None
         return chosen
 
     def down_for(self) -> float:
-        """Seconds since every endpoint was out of the rotation (0 while one is in it)."""
-        return 0.0 if self.down_since is None else time.monotonic() - self.down_since
+        """Seconds since every endpoint was out of the rotation (0 while one is in it). Read from other threads:
+        the attribute is read once, as the loop thread may clear it meanwhile."""
+        since = self.down_since
+        return 0.0 if since is None else time.monotonic() - since
+
+    def probe_in_flight(self) -> bool:
+        """Whether a server back from the bench is being tried now (its answer may take a whole completion)."""
+        return any(e.probing for e in self.endpoints)
+
+    def last_error(self) -> str | None:
+        return next((e.last_error for e in self.endpoints if e.last_error), None)
 
     def succeeded(self, endpoint: Endpoint) -> None:
         if endpoint.bench_s:
@@ -193,12 +207,10 @@ class EndpointPool:
         endpoint.consecutive_failures = 0
         endpoint.bench_s = 0.0
         endpoint.benched_until = 0.0
-        endpoint.probing = False
         endpoint.unavailable = False
         self.down_since = None
 
     def failed(self, endpoint: Endpoint, reason: str, unavailable: bool = False) -> None:
-        endpoint.probing = False
         endpoint.unavailable = unavailable
         endpoint.failures += 1
         endpoint.consecutive_failures += 1
@@ -221,6 +233,8 @@ class EndpointPool:
             )
         endpoint.bench_s = bench
         endpoint.benched_until = time.monotonic() + bench
+        if self.down_since is None and all(e.unavailable and e.bench_s for e in self.endpoints):
+            self.down_since = time.monotonic()  # the outage starts with the last server found gone
 
     def out_of_rotation(self) -> list[str]:
         now = time.monotonic()

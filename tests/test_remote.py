@@ -17,7 +17,7 @@ from gristmill.models.remote_tokenizer import open_tokenizer
 from remote_stub import StubServer, free_port
 
 FAST = RetryPolicy(attempts=4, base_s=0.001, max_s=0.01, timeout_s=1.0, connect_timeout_s=1.0, bench_s=0.001,
-                   outage_s=0.5, down_probe_s=0.001)
+                   outage_s=3.0, down_probe_s=0.001)
 PROMPT = "Q: What is the capital of France? <|im_start|> <start_of_turn>\nA:"
 
 
@@ -423,6 +423,25 @@ def test_pool_benches_a_failing_endpoint_and_takes_it_back():
     assert pool.pick() is a
     pool.succeeded(a)
     assert pool.out_of_rotation() == [] and a.consecutive_failures == 0
+
+
+def test_a_server_not_there_is_never_picked_while_out_and_the_outage_clock_is_the_pools():
+    """With A out for answering errors and B out for refusing connections, the pool handed back B (due back
+    first): one request made ~280,000 connection attempts in 2 s, and the outage clock never started."""
+    policy = RetryPolicy(bench_after=1, bench_s=600, down_probe_s=600)
+    a, b = Endpoint("http://a", 4), Endpoint("http://b", 4)
+    pool = EndpointPool([a, b], policy)
+    pool.failed(a, "connection cut mid-response")  # out, answering badly: tried at once when all are out
+    pool.failed(b, "cannot connect", unavailable=True)  # out, no server there
+    b.benched_until = a.benched_until - 1  # B is due back first
+    assert [pool.pick() for _ in range(3)] == [a, a, a] and pool.down_for() == 0
+    pool.failed(a, "cannot connect", unavailable=True)  # now neither has a server: wait, and the clock runs
+    assert pool.pick() is None and pool.pick() is None and pool.down_for() >= 0 and pool.down_since is not None
+    b.benched_until = 0.0  # B's time out is over: one request probes it, the others keep waiting
+    assert pool.pick() is b and b.probing and pool.pick() is None and pool.probe_in_flight()
+    pool.succeeded(b)
+    b.probing = False
+    assert pool.pick() is b and pool.down_for() == 0
 
 
 def test_backoff_grows_and_honours_retry_after():
