@@ -56,7 +56,7 @@ class ExportReport:
     dedup: str = "pair"
     accepted: int = 0  # accepted records the filters kept, before dedup
     accepted_in_database: int = 0  # every exportable accepted record, whatever the filters
-    left_out_by_filters: int = 0
+    left_out_by_filters: int | None = 0  # None for dpo and kto, whose records are pairs and labels
     dropped_by: dict = field(default_factory=dict)  # {"exact": n, "near": n} for the dedup rule
     details: dict = field(default_factory=dict)  # a training format's counts: derivation, labels, ids' sources
     not_exportable: dict = field(default_factory=dict)  # accepted generations (any filter) no export can include
@@ -345,7 +345,9 @@ def export(
         if shaper:
             shaper.close()
     report.accepted = deduplicator.seen if not (shaper and shaper.deduplicates) else report.records
-    if not (shaper and shaper.deduplicates):  # dpo and kto records are pairs and labels, not accepted records
+    if shaper and shaper.deduplicates:  # dpo and kto records are pairs and labels, not accepted records
+        report.left_out_by_filters = None
+    else:
         report.left_out_by_filters = report.accepted_in_database - report.accepted
     report.dropped = [asdict(d) for d in deduplicator.dropped]
     report.dropped_by = deduplicator.counts() if dedup != "off" else {}

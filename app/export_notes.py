@@ -52,34 +52,36 @@ def _texts(fmt: str, record: dict) -> Iterator[str]:
 
 @dataclass
 class ExportNotes:
+    """Generation ids, each once (a dpo pick is one record per sibling it beat), in the order written."""
+
     fmt: str
-    cut_short: list[int] = field(default_factory=list)
-    control_token_text: list[int] = field(default_factory=list)
+    cut_short: dict[int, None] = field(default_factory=dict)
+    control_token_text: dict[int, None] = field(default_factory=dict)
 
     def see(self, row: dict, record: dict, flags: list[str]) -> None:
         """`row` as read (its edit, its decision for kto), `record` as written, `flags` the stored ones."""
         accepted = row.get("decision", "accept") == "accept"  # kto writes rejects too: a cut reject is fine
         if accepted and row["edited_response"] is None and "truncated" in flags:
-            self.cut_short.append(row["id"])
+            self.cut_short[row["id"]] = None
         if any(CONTROL_TOKEN_TEXT.search(text) for text in _texts(self.fmt, record)):
-            self.control_token_text.append(row["id"])
+            self.control_token_text[row["id"]] = None
 
     def lines(self) -> list[str]:
         """The command's lines: what each count means to a trainer, and the way to leave those records out."""
         out = []
         if self.cut_short:
             out.append(
-                f"cut short: {len(self.cut_short):,} accepted record(s) end where --max-tokens stopped the model "
+                f"cut short: {len(self.cut_short):,} accepted answer(s) end where --max-tokens stopped the model "
                 "(flag truncated, not edited); a trainer ends each with EOS, teaching the model to stop there "
                 "(--exclude-flag truncated leaves them out; the manifest lists their ids)"
             )
         if self.control_token_text:
             out.append(
-                f"control-token text: {len(self.control_token_text):,} record(s) carry text such as <eos> or "
-                "<|im_start|>; a trainer that tokenizes text with special tokens parsed reads a control token "
-                "there (--format tokens keeps it plain text; the manifest lists their ids)"
+                f"control-token text: the records of {len(self.control_token_text):,} generation(s) carry text such as "
+                "<eos> or <|im_start|>; a trainer that tokenizes text with special tokens parsed reads a control "
+                "token there (--format tokens keeps it plain text; the manifest lists their ids)"
             )
         return out
 
     def manifest(self) -> dict:
-        return {"cut_short": self.cut_short, "control_token_text": self.control_token_text}
+        return {"cut_short": list(self.cut_short), "control_token_text": list(self.control_token_text)}

@@ -5,6 +5,7 @@ from __future__ import annotations
 import ctypes
 import os
 import time
+from contextlib import nullcontext
 from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 
@@ -59,7 +60,10 @@ class LlamaCppEngine(Engine):
         try:
             with (
                 native_log.interrupt_after_native_call() as interrupted,
-                native_log.model_load_stops_when(lambda: interrupted() or asked_to_stop()),
+                # a vocabulary loads at once: no hook, and no wait on another thread's load of a 20 GB model
+                nullcontext()
+                if vocab_only
+                else native_log.model_load_stops_when(lambda: interrupted() or asked_to_stop()),
             ):
                 self._llm = llama_cpp.Llama(
                     str(path),

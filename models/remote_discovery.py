@@ -93,7 +93,15 @@ async def check_tokenizer(clients: ClientPool, pool: EndpointPool, tokenizer: Re
                 read_timeout_s=QUESTION_TIMEOUT_S,
             )
             theirs = detokenized_text(json.loads(raw))
-        except (Fault, Rejected, ValueError):  # no such endpoint, or not answered: the per-item checks remain
+        except Fault as fault:
+            if fault.reason.startswith("HTTP 5"):  # llama-server fails on ids outside the served vocabulary
+                raise EngineSetupError(
+                    f"server {endpoint.url} could not read the tokenizer's ids for a probe sentence back "
+                    f"({fault.reason}): is the tokenizer {tok.path} the served model's ({served.model_id!r})? "
+                    "give --tokenizer the served model's GGUF or tokenizer.json"
+                ) from None
+            continue  # not answered in time: the per-item checks remain
+        except (Rejected, ValueError):  # no such endpoint (an older server, a proxy): the per-item checks remain
             continue
         if theirs is not None and " ".join(theirs.split()) != ours:
             raise EngineSetupError(

@@ -74,6 +74,8 @@ class StubServer:
                     stub.detokenize_requests.append(body)
                     if stub.detokenize is None:
                         return self._json(404, {"error": {"message": "File Not Found"}})
+                    if stub.detokenize == "500":  # llama-server on an id outside its vocabulary
+                        return self._json(500, {"error": {"code": 500, "message": "vector::_M_range_check"}})
                     key = "content" if stub.kind == "llama-server" else "prompt"
                     return self._json(200, {key: stub.detokenize(body["tokens"])})
                 with stub.lock:

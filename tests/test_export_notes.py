@@ -44,8 +44,8 @@ def test_answers_cut_short_and_control_token_text_are_counted_and_listed_never_d
     output, records, manifest = export(tmp_path)
     assert [r["id"] for r in records] == [1, 2, 3, 4]
     assert "4 record(s) of 4 accepted" in output and "filters:" not in output
-    assert "cut short: 1 accepted record(s) end where --max-tokens stopped the model" in output
-    assert "control-token text: 1 record(s) carry text such as <eos>" in output
+    assert "cut short: 1 accepted answer(s) end where --max-tokens stopped the model" in output
+    assert "control-token text: the records of 1 generation(s) carry text such as <eos>" in output
     assert manifest["cut_short"] == [1] and manifest["control_token_text"] == [3]
     # --format tokens keeps such text plain: nothing to say there
     output, _, manifest = export(tmp_path, "--format", "tokens")
@@ -119,3 +119,24 @@ def test_a_crash_as_the_data_file_is_renamed_never_leaves_it_beside_another_expo
     assert out.read_bytes() == before  # the old data, whole
     assert not (tmp_path / "out.jsonl.manifest.json").exists()  # and no manifest that could describe other data
     assert [p.name for p in tmp_path.iterdir() if p.name.endswith(".tmp")] == []
+
+
+def test_a_pick_cut_short_is_one_answer_however_many_pairs_it_makes(tmp_path):
+    """dpo writes a pick once per sibling it beat: the cut-short count had said 2 for one answer."""
+    from gristmill.app.generate import RunSettings, open_run, run_generation
+    from gristmill.app.ingest import import_file
+    from gristmill.app.review import pick_best
+    from gristmill.models import GenerationParams
+    from tests.conftest import write
+
+    db = tmp_path / "test.db"
+    with open_store(db) as store:
+        import_file(store, write(tmp_path / "i.jsonl", '{"instruction": "Question?"}\n'))
+        engine = FakeEngine(replies=[" Short one.", CUT, " Another short one."])
+        run, style, settings = open_run(store, engine, RunSettings(samples=3, params=GenerationParams(max_tokens=40)))
+        run_generation(store, engine, run, style, settings)
+        assert pick_best(store, 1, 2, "ann").chosen == 2  # the cut one wins over both siblings
+    output, records, manifest = export(tmp_path, "--format", "dpo")
+    assert len(records) == 2 and manifest["cut_short"] == [2]
+    assert "cut short: 1 accepted answer(s)" in output
+    assert manifest["left_out_by_filters"] is None  # pairs, not accepted records: no such count

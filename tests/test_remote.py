@@ -195,6 +195,9 @@ def test_the_served_models_reading_of_our_ids_is_checked_where_the_server_can_de
         stub.detokenize = lambda ids: "".join(chr(0x4E00 + i % 500) for i in ids)  # another model's reading
         with pytest.raises(EngineSetupError, match="is not the served model's"):
             engine_for([stub.url], tok)
+        stub.detokenize = "500"  # ids it cannot read at all: a vocabulary smaller than the tokenizer's
+        with pytest.raises(EngineSetupError, match="could not read the tokenizer's ids for a probe sentence back"):
+            engine_for([stub.url], tok)
         stub.detokenize = None  # a server without /detokenize: not asked again, and no error
         engine_for([stub.url], tok).close()
 
