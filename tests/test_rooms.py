@@ -64,6 +64,31 @@ async def test_export_from_the_app_writes_the_same_bytes_as_the_cli(tmp_path):
     assert (tmp_path / "app.jsonl.manifest.json").exists()
 
 
+async def test_the_export_report_can_be_read_whole_at_80x24(tmp_path):
+    """With the cut-short and control-token lines the report ran below the screen's edge, and nothing scrolled."""
+    db = decided_db(tmp_path)
+    with open_store(db) as store:  # every accepted answer cut short, so the report has its longest lines
+        store.conn.execute("UPDATE generations SET flags = '[\"truncated\"]'")
+        store.conn.commit()
+    async with make_app(db, reviewer="ann").run_test(size=(80, 24)) as pilot:
+        await pilot.pause()
+        await pilot.press("x")
+        await pilot.pause()
+        screen = pilot.app.screen
+        screen.query_one("#path", Input).value = str(tmp_path / "app.jsonl")
+        await pilot.press("enter")
+        await settle(pilot)
+        result = screen.query_one("#result")
+        assert "cut short: 6 accepted answer(s)" in " ".join(str(result.render()).split())
+        dialog = screen.query_one("#export")
+        assert dialog.has_focus and dialog.max_scroll_y > 0  # taller than the screen: it scrolls, and has the keys
+        top = result.region.y
+        assert 0 <= top < 24  # the report's first line is in view
+        await pilot.press("end")
+        await pilot.pause()
+        assert dialog.scroll_y == dialog.max_scroll_y  # and its last lines can be reached from the keyboard
+
+
 async def test_enter_exports_from_a_closed_list_as_the_dialog_says(tmp_path):
     """Enter on a chosen format had opened the list again; only ctrl+s exported from there. Space opens a list,
     and an open list still takes Enter as its choice (as in the review filter)."""

@@ -12,7 +12,7 @@ from rich.text import Text
 from textual import on, work
 from textual.app import ComposeResult
 from textual.binding import Binding
-from textual.containers import Horizontal, Vertical
+from textual.containers import Horizontal, VerticalScroll
 from textual.screen import ModalScreen
 from textual.widgets import Button, Checkbox, Input, Label, Select, Static
 from textual.worker import Worker, WorkerState
@@ -61,7 +61,7 @@ class ExportScreen(ModalScreen[ExportReport | None]):
 
     def compose(self) -> ComposeResult:
         known = browse.choices(self.app.store)
-        with Vertical(id="export"):
+        with VerticalScroll(id="export"):  # at 80x24 the report runs past the screen: the dialog scrolls
             yield Label("Export accepted records · ctrl+s or Enter export · escape close")
             with Horizontal():
                 yield Input(DEFAULT_FILE, placeholder="output file (.jsonl)", id="path")
@@ -140,9 +140,16 @@ class ExportScreen(ModalScreen[ExportReport | None]):
         if event.state == WorkerState.SUCCESS and worker.result is not None:  # a success carries run_export's report
             self.report = report = worker.result
             result.update(describe(report))
+            self.call_after_refresh(self._show_result)
             self.notify(f"Exported {report.records:,} record(s) to {report.path}")
         elif event.state == WorkerState.ERROR:
             result.update(Text(f"export failed: {event.worker.error}", style="red"))
+
+    def _show_result(self) -> None:
+        """Scroll the report into view and focus the dialog, whose arrow keys and page keys then scroll it."""
+        dialog = self.query_one("#export", VerticalScroll)
+        dialog.focus()
+        self.query_one("#result", Static).scroll_visible(animate=False, top=True)
 
     @on(Button.Pressed, "#close")
     def action_close(self) -> None:
