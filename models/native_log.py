@@ -41,6 +41,32 @@ def install() -> None:
 
     llama_cpp.llama_log_set(callback, ctypes.c_void_p(0))
     _installed = callback
+    _keep_the_terminal()
+
+
+class _Unredirected:
+    """Stands in for llama-cpp-python's `suppress_stdout_stderr`, which points file descriptors 1 and 2 at
+    /dev/null while a model loads: process-wide, so whatever another thread drew meanwhile (the app's screen
+    while a model loads in its worker, a progress line) was lost, and the app's screen stayed stale until a
+    resize. llama.cpp's own lines come through the callback above, so there is nothing left to hide."""
+
+    def __init__(self, disable: bool = True) -> None:
+        pass
+
+    def __enter__(self) -> None:
+        return None
+
+    def __exit__(self, *exc: object) -> None:
+        return None
+
+
+def _keep_the_terminal() -> None:
+    import llama_cpp._internals
+    import llama_cpp.llama
+
+    for module in (llama_cpp._internals, llama_cpp.llama):
+        if hasattr(module, "suppress_stdout_stderr"):
+            module.suppress_stdout_stderr = _Unredirected  # type: ignore[attr-defined]
 
 
 @contextmanager

@@ -240,3 +240,23 @@ def test_a_load_asked_to_stop_ends_early_and_says_so(gemma_path):
     assert len(asked) <= 5  # asked at every step (a whole load has ~240), and the first "stop" was the last step
     with_no_stop = LlamaCppEngine(gemma_path, n_ctx=256, stop_loading=lambda: False)  # the hook is gone again
     with_no_stop.close()
+
+
+def test_a_model_load_leaves_the_terminal_to_the_app(gemma_path, monkeypatch):
+    """llama-cpp-python pointed file descriptors 1 and 2 at /dev/null while a model loaded: process-wide, so
+    what the app drew meanwhile from its own thread was lost, and its screen stayed stale until a resize."""
+    import os
+
+    from gristmill.models.llama_cpp_engine import LlamaCppEngine
+
+    moved: list[int] = []
+    real_dup2 = os.dup2
+
+    def recording_dup2(fd, fd2, *args, **kwargs):
+        moved.append(fd2)
+        return real_dup2(fd, fd2, *args, **kwargs)
+
+    monkeypatch.setattr(os, "dup2", recording_dup2)
+    LlamaCppEngine(gemma_path, n_ctx=256).close()
+    LlamaCppEngine(gemma_path, n_ctx=256, vocab_only=True).close()
+    assert 1 not in moved and 2 not in moved

@@ -270,6 +270,7 @@ class GenerateScreen(Screen):
             self._status(f"Stopped by an error: {event.worker.error}. Finished items are saved.")
             self.notify(str(event.worker.error), title="generate failed", severity="error")
         elif (self.stopping or event.state == WorkerState.CANCELLED) and self.started is None:
+            self.query_one(ProgressBar).update(total=1, progress=0)  # no longer the loading bar's animation
             self._status("Stopped while the model loaded: nothing was generated.")
         elif self.stopping or event.state == WorkerState.CANCELLED:
             self._status(f"Stopped: {run} is resumable (Start with the same settings, or choose it under run).")
