@@ -45,8 +45,11 @@ async def test_edit_shows_the_instruction_asks_before_discarding_and_an_undone_e
         await pilot.press("e")  # ... and the editor offers it again
         await pilot.pause()
         assert pilot.app.screen.query_one(TextArea).text == "my careful edit"
+        assert pilot.app.screen.query("#restored")  # said while it is so ...
         await pilot.press("ctrl+o")
+        await pilot.pause()
         assert pilot.app.screen.query_one(TextArea).text == "model text"
+        assert not pilot.app.screen.query("#restored")  # ... and not after ctrl+o put the model output back
         await pilot.press("escape")
         await pilot.pause()
         await pilot.press("y")  # discard
@@ -68,7 +71,7 @@ async def test_jump_to_an_id_and_help_lists_keys_as_typed(tmp_path):
         await pilot.pause()
         assert isinstance(pilot.app.screen, HelpScreen)
         text = str(pilot.app.screen.query_one("Static").render())
-        assert "question_mark" not in text and "slash" not in text
+        assert "question_mark" not in text and "slash" not in text and "esc closes" in text
         for key, room in (("?", "Help"), ("/", "Search"), ("b", "Browse"), ("g", "Gen"), ("t", "Stats"),
                           ("x", "Export"), ("v", "Review"), ("#", "Go to id")):
             assert any(line.split()[:1] == [key] and room in line for line in text.splitlines()), (key, text)

@@ -34,7 +34,7 @@ class HelpScreen(ModalScreen[None]):
 
     def compose(self) -> ComposeResult:
         rows = Text()
-        rows.append("Keys (remap by binding id in gristmill.toml [keymap])\n\n", style="bold")
+        rows.append("Keys (remap by binding id in gristmill.toml [keymap]) · esc closes\n\n", style="bold")
         seen = set()
         for binding_id, keys, description in self._bindings_table():
             if binding_id in seen:
@@ -95,6 +95,8 @@ class EditScreen(ModalScreen[str | None]):
 
     def action_original(self) -> None:
         self.query_one(TextArea).text = self.original
+        for note in self.query("#restored"):  # "your undone edit is back" no longer describes the text
+            note.remove()
 
     def action_cancel(self) -> None:
         if self.query_one(TextArea).text == self.text:
