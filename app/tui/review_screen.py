@@ -172,9 +172,9 @@ class ReviewScreen(Screen):
         self.query_one("#meta", Static).update(
             Text(
                 f"{where} · queue: {self._describe_queue()}\n"
-                f"#{item.generation_id}{decision} · {flags} · {item.completion_tokens} tok · "
-                f"{item.finish_reason} · sample {item.sample_index + 1} of {item.samples} · {item.instruction_type} · "
-                f"{item.style}",
+                f"#{item.generation_id}{decision} · {flags} · {item.completion_tokens} tok · {item.finish_reason} · "
+                + (f"sample {item.sample_index + 1} of {item.samples} · " if item.samples > 1 else "")  # room at 80
+                + f"{item.instruction_type} · {item.style}",
                 no_wrap=True,
                 overflow="ellipsis",
             )
