@@ -5,8 +5,8 @@ from __future__ import annotations
 import ctypes
 import os
 import time
-from contextlib import nullcontext
 from collections.abc import Callable, Iterator, Sequence
+from contextlib import nullcontext
 from pathlib import Path
 
 from gristmill.models.base import (
