@@ -39,6 +39,7 @@ BOUNDS: dict[str, tuple[float | None, float | None]] = {
     "n_ctx_cap": (16, 2**31 - 1),
     "request_timeout": (1.0, None),  # seconds; below 1 every request times out, and the server gets the blame
     "retries": (1, 1000),  # tries per request, the first included
+    "server_wait": (0.0, None),  # seconds; 0: no waiting for a server that is gone
 }
 POOLS = ("builtin", "accepted")
 
@@ -99,6 +100,7 @@ class GenerateConfig:
     api_key_env: str = "GRISTMILL_API_KEY"  # the NAME of the variable holding the key, never the key
     request_timeout: float = 600.0  # seconds for one whole completion
     retries: int = 6  # tries per request before the item fails
+    server_wait: float = 600.0  # seconds requests wait for a server to come back when none is there
 
 
 DEFAULT_REJECT_REASONS = ("wrong", "incomplete", "unsafe", "off-format", "leaked-example")

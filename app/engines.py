@@ -104,7 +104,7 @@ def open_remote_engine(config: GenerateConfig) -> Engine:
         )
     if not Path(tokenizer).expanduser().is_file():
         raise BadInput(f"--tokenizer {tokenizer}: tokenizer file not found")
-    policy = RetryPolicy(attempts=config.retries, timeout_s=config.request_timeout)
+    policy = RetryPolicy(attempts=config.retries, timeout_s=config.request_timeout, outage_s=config.server_wait)
     try:
         return create_engine(
             "remote",

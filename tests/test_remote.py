@@ -325,6 +325,30 @@ def test_a_server_kind_given_against_what_the_server_says_is_refused(tok):
         engine_for([stub.url], tok, server_kind="llama-server").close()  # the same kind: fine
 
 
+def test_how_long_a_run_waits_for_a_server_that_is_gone_is_a_setting(tmp_path, gemma_path, reply):
+    from typer.testing import CliRunner
+
+    from gristmill.app.cli import app
+
+    source = tmp_path / "items.jsonl"
+    source.write_text(json.dumps({"instruction": "Name a colour."}) + "\n")
+    config = tmp_path / "gristmill.toml"
+    config.write_text("[generate]\nserver_wait = 1\n")
+    db = tmp_path / "remote.db"
+    runner = CliRunner()
+    assert runner.invoke(app, ["--db", str(db), "add", str(source)]).exit_code == 0
+    with StubServer("llama-server", reply_ids=reply, faults=["503"] * 10_000) as stub:  # loading, for ever
+        result = runner.invoke(app, ["--db", str(db), "--config", str(config), "generate", "--server", stub.url,
+                                     "--tokenizer", str(gemma_path), "--quiet", "--max-tokens", "8"])
+    said = " ".join(result.output.split())
+    assert result.exit_code == 1 and "1 item(s) of run 1 failed" in said, said
+    import sqlite3
+
+    conn = sqlite3.connect(db)
+    assert "no server answered for 1 s" in conn.execute("SELECT error FROM generations").fetchone()[0]
+    conn.close()
+
+
 def test_client_error_fails_at_once_without_retry(tok, reply):
     with StubServer("vllm", reply_ids=reply, api_key="right") as stub:
         stub.api_key = None  # discovery passes; completions are refused
