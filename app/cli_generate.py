@@ -271,21 +271,19 @@ def generate(
                     settings,
                     run_id=run,
                     new_run=new_run,
-                    engine_settings=(
-                        {
-                            "n_ctx": engine.info().n_ctx,
-                            "concurrency": config.concurrency,
-                            "in_flight": concurrent.capacity,
-                        }
-                        if config.server  # the servers' own settings apply; _record_servers keeps what they said
-                        else {
-                            "n_ctx": engine.info().n_ctx,
-                            "threads": config.threads,
-                            "gpu_layers": config.gpu_layers,
-                            "flash_attn": config.flash_attn,
-                            "batch": concurrent.capacity,
-                        }
-                    ),
+                    engine_settings={
+                        "n_ctx": engine.info().n_ctx,
+                        **(
+                            {"concurrency": config.concurrency, "in_flight": concurrent.capacity}
+                            if config.server  # the servers' own settings apply; _record_servers keeps what they said
+                            else {
+                                "threads": config.threads,
+                                "gpu_layers": config.gpu_layers,
+                                "flash_attn": config.flash_attn,
+                                "batch": concurrent.capacity,
+                            }
+                        ),
+                    },
                 )
             except LookupError as error:
                 if type(error) is not LookupError:  # a KeyError or IndexError is a bug, not a missing run

@@ -6,6 +6,7 @@ import hashlib
 import json
 import unicodedata
 from dataclasses import dataclass, field
+from functools import cached_property
 from pathlib import Path
 
 from gristmill.app.readers import SUFFIXES, Blank, Problem, TextLine, read_records
@@ -27,6 +28,14 @@ class KeyMap:
     input: str = "input"
     type: str | None = None  # None: look for instruction_type, category, type in that order
     id: str = "id"
+
+    @cached_property
+    def type_keys(self) -> tuple[str, ...]:
+        """Where a record's type is looked for, in order: the named key, else the aliases another option does not
+        name (`--id-key category` names the id). Once per import, not per record."""
+        if self.type:
+            return (self.type,)
+        return tuple(alias for alias in TYPE_ALIASES if alias not in (self.instruction, self.input, self.id))
 
     def renamed(self) -> dict[str, str]:
         """The optional keys given other names (`--input-key ctx`), by option: a name no record has is a typo,
@@ -91,8 +100,7 @@ def _to_instruction(value: object, source: str, keys: KeyMap, forced_type: str |
     elif type(input_text) is not str:
         return f"field '{keys.input}': expected text, got {_json_type(input_text)}"
     instruction_type = None
-    claimed = (keys.instruction, keys.input, keys.id)  # `--id-key category` names the id, not a type alias
-    for key in (keys.type,) if keys.type else [alias for alias in TYPE_ALIASES if alias not in claimed]:
+    for key in keys.type_keys:
         if key in record:
             instruction_type = record.pop(key)
             if instruction_type is not None and type(instruction_type) is not str:

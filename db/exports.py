@@ -112,17 +112,18 @@ def not_exportable(store: Store) -> dict[str, int]:
     return {why: count for why, count in rows}
 
 
-def count_accepted(store: Store, where: ExportFilter = ExportFilter()) -> int:
-    """How many accepted generations the filter's SQL part selects (the whole exportable set by default)."""
-    found, params = filter_clauses(where)
-    return store.conn.execute(
-        f"""SELECT count(*) FROM generations g
+# the accepted generations every export reads, joined under the aliases `filter_clauses` expects
+_ACCEPTED = """FROM generations g
         JOIN instructions i ON i.id = g.instruction_id
         JOIN runs r ON r.id = g.run_id
         JOIN reviews rv ON rv.id = g.review_id
-        WHERE g.decision = 'accept' AND {" AND ".join(found)}""",
-        params,
-    ).fetchone()[0]
+        WHERE g.decision = 'accept'"""
+
+
+def count_accepted(store: Store, where: ExportFilter = ExportFilter()) -> int:
+    """How many accepted generations the filter's SQL part selects (the whole exportable set by default)."""
+    found, params = filter_clauses(where)
+    return store.conn.execute(f"SELECT count(*) {_ACCEPTED} AND {' AND '.join(found)}", params).fetchone()[0]
 
 
 def accepted_pages(store: Store, where: ExportFilter, batch: int = 1000) -> Iterator[list[dict]]:
@@ -135,11 +136,7 @@ def accepted_pages(store: Store, where: ExportFilter, batch: int = 1000) -> Iter
                r.style, r.model, r.model_fingerprint, r.params, r.settings,
                rv.edited_response, rv.reviewer, rv.created_at AS reviewed_at,
                {RESPONSE} AS response
-        FROM generations g
-        JOIN instructions i ON i.id = g.instruction_id
-        JOIN runs r ON r.id = g.run_id
-        JOIN reviews rv ON rv.id = g.review_id
-        WHERE g.decision = 'accept' AND {" AND ".join(found)} AND g.id > ? ORDER BY g.id LIMIT ?"""
+        {_ACCEPTED} AND {" AND ".join(found)} AND g.id > ? ORDER BY g.id LIMIT ?"""
     last = 0
     while True:
         rows = store.conn.execute(sql, (*params, last, batch)).fetchall()

@@ -19,6 +19,17 @@ from tests.test_review_app import seed_db
 runner = CliRunner()
 
 
+async def open_export(pilot, path) -> ExportScreen:
+    """The export dialog over the review room, its file field set to `path`."""
+    await pilot.pause()
+    await pilot.press("x")
+    await pilot.pause()
+    screen = pilot.app.screen
+    assert isinstance(screen, ExportScreen)
+    screen.query_one("#path", Input).value = str(path)
+    return screen
+
+
 def decided_db(tmp_path):
     db = seed_db(tmp_path, ["Paris.", "A longer answer about rivers.", "x"], samples=1, n=9)
     with open_store(db) as store:
@@ -48,11 +59,7 @@ async def test_export_from_the_app_writes_the_same_bytes_as_the_cli(tmp_path):
     result = runner.invoke(cli, ["--db", str(db), "export", str(tmp_path / "cli.jsonl")])
     assert result.exit_code == 0, result.output
     async with make_app(db, reviewer="ann").run_test(size=(80, 24)) as pilot:
-        await pilot.pause()
-        await pilot.press("x")
-        await pilot.pause()
-        assert isinstance(pilot.app.screen, ExportScreen)
-        pilot.app.screen.query_one("#path", Input).value = str(tmp_path / "app.jsonl")
+        await open_export(pilot, tmp_path / "app.jsonl")
         await pilot.press("enter")
         await settle(pilot)
         report = pilot.app.screen.report
@@ -71,11 +78,7 @@ async def test_the_export_report_can_be_read_whole_at_80x24(tmp_path):
         store.conn.execute("UPDATE generations SET flags = '[\"truncated\"]'")
         store.conn.commit()
     async with make_app(db, reviewer="ann").run_test(size=(80, 24)) as pilot:
-        await pilot.pause()
-        await pilot.press("x")
-        await pilot.pause()
-        screen = pilot.app.screen
-        screen.query_one("#path", Input).value = str(tmp_path / "app.jsonl")
+        screen = await open_export(pilot, tmp_path / "app.jsonl")
         await pilot.press("enter")
         await settle(pilot)
         result = screen.query_one("#result")
@@ -96,11 +99,7 @@ async def test_enter_exports_from_a_closed_list_as_the_dialog_says(tmp_path):
 
     db = decided_db(tmp_path)
     async with make_app(db, reviewer="ann").run_test(size=(80, 24)) as pilot:
-        await pilot.pause()
-        await pilot.press("x")
-        await pilot.pause()
-        screen = pilot.app.screen
-        screen.query_one("#path", Input).value = str(tmp_path / "app.jsonl")
+        screen = await open_export(pilot, tmp_path / "app.jsonl")
         screen.query_one("#format", Select).focus()
         await pilot.press("space")  # opens the list
         await pilot.pause()
