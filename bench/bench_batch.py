@@ -18,13 +18,17 @@ in the same run on the same loaded model (the goal is relative: a faster single 
    evaluated in full, and / naive (id) order with the same cache. The few-shot style is measured twice: as built
    in (a draw per item) and with shared draws (`draws = D` added to a copy of it; goal aware/naive <= 0.5).
 
-Usage: python bench/bench_batch.py [--quick] [--counts-only] [--threads T] [--items-per-seq K] [--tokens M]
-    [--count-items C] [--draws D] [--samples S]
+Usage: python bench/bench_batch.py [--quick] [--counts-only] [--no-counts] [--threads T] [--items-per-seq K]
+    [--tokens M] [--count-items C] [--draws D] [--samples S] [--round R] [--model PATH] [--gpu-layers L]
   --quick          a smoke run, not the README's figures: N = 1, 2, 4, 16 max tokens, 2 items a sequence
   --counts-only    the prompt-token counts (parts 4 and 5) alone, no timings
   --items-per-seq  items per sequence in flight in part 2 (default 24); --tokens: max tokens (default 128)
   --count-items    items in the prompt-token counts (default 128); --draws: shared draws in part 5 (default 16)
   --samples        samples per instruction in part 2 (default 1); --threads: threads (default: all cores)
+  --no-counts      parts 1 to 3 alone (the counts are exact and the same on every machine)
+  --round          instructions in a round of part 2 (default all 60; fewer: shorter runs of a large model)
+  --model          another GGUF (default the embedded model), e.g. a shape model (bench/shape_model.py)
+  --gpu-layers     layers offloaded to the GPU on a GPU build, -1: all (default 0)
 """
 
 from __future__ import annotations
@@ -63,6 +67,10 @@ THREADS = int_option("--threads", None)
 DRAWS = int_option("--draws", 16)  # shared few-shot draws for part 5
 SAMPLES = int_option("--samples", 1)  # samples per instruction in the throughput table (part 2)
 COUNTS_ONLY = "--counts-only" in sys.argv  # only the prompt-token counts (deterministic), no timings
+NO_COUNTS = "--no-counts" in sys.argv
+ROUND = int_option("--round", None)  # instructions per round in part 2 (None: all of them)
+GPU_LAYERS = int_option("--gpu-layers", 0)
+MODEL = sys.argv[sys.argv.index("--model") + 1] if "--model" in sys.argv else None
 PARAMS = GenerationParams(max_tokens=MAX_TOKENS, temperature=0.8, seed=11)
 
 
@@ -245,6 +253,7 @@ def sample_instructions(count: int, base_only: bool = False) -> list[str]:
     """The shipped sample instructions, numbered past the first round so every item is its own."""
     path = Path(__import__("gristmill.app", fromlist=["x"]).__file__).parent / "data" / "sample_instructions.jsonl"
     base = [json.loads(line)["instruction"] for line in path.read_text().splitlines() if line.strip()]
+    base = base[:ROUND] if ROUND else base
     if base_only:
         return base
     return [base[i % len(base)] + ("" if i < len(base) else f" ({i // len(base) + 1})") for i in range(count)]
@@ -274,14 +283,16 @@ def shared_draws_style(work: Path, draws: int) -> Path:
 
 
 def main() -> None:
-    model = default_model_path()
+    model = Path(MODEL) if MODEL else default_model_path()
     work = Path(tempfile.mkdtemp())
     source = write_items(work / "items.jsonl", [f"Describe item number {i} in one sentence." for i in range(N_ITEMS)])
-    engine = create_engine("llama_cpp", model_path=model, n_ctx=1024, n_threads=THREADS)
+    engine = create_engine("llama_cpp", model_path=model, n_ctx=1024, n_threads=THREADS, n_gpu_layers=GPU_LAYERS)
     prompts = [engine.tokenize(text) for text in sample_instructions(16)]
     import llama_cpp
 
-    print(f"model {model.name}; CPU {cpu_model()}, {engine.n_threads} threads; llama-cpp-python "
+    n_params = llama_cpp.llama_model_n_params(engine._llm._model.model)
+    print(f"model {model.name} ({n_params / 1e9:.2f}B parameters), --gpu-layers {GPU_LAYERS}; "
+          f"CPU {cpu_model()}, {engine.n_threads} threads; llama-cpp-python "
           f"{llama_cpp.__version__}; {llama_cpp.llama_print_system_info().decode().strip()}")
     print(f"pipeline: {ITEMS_PER_SEQ} sample instructions per sequence in flight, {MAX_TOKENS} max tokens; "
           f"loop: {MAX_TOKENS} decode steps per sequence")
@@ -308,7 +319,8 @@ def main() -> None:
     print(f"default pipeline (--batch {DEFAULT_BATCH}) {default:.1f} tok/s / bare Llama.generate loop {bare:.1f} "
           f"tok/s = x{default / bare:.2f}; minimal loop gain at that N x{loop_gain:.2f}; "
           f"share {(default / bare) / loop_gain:.2f} (goal >= 0.90)")
-    _counts(engine, work, source)
+    if not NO_COUNTS:
+        _counts(engine, work, source)
 
 
 def _counts(engine, work: Path, source: Path) -> None:

@@ -1,0 +1,46 @@
+#!/usr/bin/env bash
+# The README's GPU figures for bench_batch.py, in one run on a machine with an NVIDIA GPU and no network.
+#
+# It needs, in .gpu/ beside the repository (README "Batched generation on a GPU" says how each was made):
+#   llama_cpp_cuda.tar.gz  llama-cpp-python 0.3.36 built with CUDA for sm_90 (its package folder, one copy a library)
+#   *.whl          gristmill, and what the bench imports that the machine lacks
+#   *.pack.gguf    shape-model packs (bench/shape_model.py): the embedded model's shape and Qwen2.5-32B Q4_K_M's
+#   lib/           libgomp.so.1, used only where the machine has none
+# and a CUDA 13 runtime (libcudart, libcublas) somewhere on the machine. Output: stdout and $OUT/ (or /tmp/out).
+set -u -o pipefail
+here=$(cd "$(dirname "$0")/.." && pwd)
+cd "$here"
+out=${OUT:-/tmp/out}
+mkdir -p "$out"
+exec > >(tee "$out/gpu_figures.log") 2>&1
+
+nvidia-smi --query-gpu=name,memory.total,driver_version,clocks.max.sm,clocks.max.mem --format=csv
+python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --target /tmp/site .gpu/*.whl || exit 1
+tar xzf .gpu/llama_cpp_cuda.tar.gz -C /tmp/site || exit 1
+export PYTHONPATH=/tmp/site PYTHONUNBUFFERED=1 GRISTMILL_CACHE_DIR=/tmp/gristmill-cache
+
+# the CUDA 13 runtime the build links (libcudart.so.13, libcublas.so.13, libcublasLt.so.13): wherever it is
+cuda_libs=$(find /usr/local /opt /usr/lib -xdev \( -name 'libcublas.so.13*' -o -name 'libcudart.so.13*' \) -not -path '/proc/*' \
+    2>/dev/null | xargs -r -n1 dirname | sort -u | tr '\n' ':')
+gomp=$(ldconfig -p | grep -q 'libgomp.so.1 ' || echo "$here/.gpu/lib")
+export LD_LIBRARY_PATH="${cuda_libs}${gomp}:${LD_LIBRARY_PATH:-}"
+echo "CUDA runtime from: $cuda_libs"
+python3 -c "import llama_cpp as l; print(l.__version__, 'GPU offload:', bool(l.llama_supports_gpu_offload()))" || exit 1
+
+models=/dev/shm
+[ "$(df --output=avail -B1G /dev/shm | tail -1)" -gt 24 ] || models=/tmp
+nproc; free -g | head -2
+
+figures() {  # name, timeout, bench options...
+    local name=$1 limit=$2
+    shift 2
+    python3 bench/shape_model.py build ".gpu/$name.pack.gguf" "$models/$name.gguf" || return
+    timeout "$limit" python3 bench/bench_batch.py --model "$models/$name.gguf" --gpu-layers -1 --no-counts "$@"
+    echo "exit $? ($name)"
+    rm -f "$models/$name.gguf"
+}
+
+# the embedded model's shape: 270M parameters, a decode step far from filling the GPU
+figures gemma3-270m 200 --items-per-seq 4 --round 16 --tokens 128
+# the product's target: Qwen2.5-32B base at Q4_K_M (a 20 GB model; memory-bound decode)
+figures qwen2.5-32b 260 --items-per-seq 2 --round 8 --tokens 64
