@@ -20,6 +20,7 @@ in the same run on the same loaded model (the goal is relative: a faster single 
 
 Usage: python bench/bench_batch.py [--quick] [--counts-only] [--no-counts] [--threads T] [--items-per-seq K]
     [--tokens M] [--count-items C] [--draws D] [--samples S] [--round R] [--model PATH] [--gpu-layers L]
+    [--batches 1,2,4,8,16]
   --quick          a smoke run, not the README's figures: N = 1, 2, 4, 16 max tokens, 2 items a sequence
   --counts-only    the prompt-token counts (parts 4 and 5) alone, no timings
   --items-per-seq  items per sequence in flight in part 2 (default 24); --tokens: max tokens (default 128)
@@ -29,6 +30,7 @@ Usage: python bench/bench_batch.py [--quick] [--counts-only] [--no-counts] [--th
   --round          instructions in a round of part 2 (default all 60; fewer: shorter runs of a large model)
   --model          another GGUF (default the embedded model), e.g. a shape model (bench/shape_model.py)
   --gpu-layers     layers offloaded to the GPU on a GPU build, -1: all (default 0)
+  --batches        the N of parts 1 and 2, comma-separated, 1 first (default 1,2,4,8,16)
 """
 
 from __future__ import annotations
@@ -59,7 +61,8 @@ from gristmill.models.default_model import default_model_path  # noqa: E402
 
 
 QUICK = "--quick" in sys.argv
-BATCHES = (1, 2, 4) if QUICK else (1, 2, 4, 8, 16)
+BATCHES = tuple(int(n) for n in sys.argv[sys.argv.index("--batches") + 1].split(",")) if "--batches" in sys.argv \
+    else (1, 2, 4) if QUICK else (1, 2, 4, 8, 16)
 MAX_TOKENS = int_option("--tokens", 16 if QUICK else 128)  # the demo's length; the default --max-tokens is 256
 ITEMS_PER_SEQ = int_option("--items-per-seq", 2 if QUICK else 24)
 N_ITEMS = int_option("--count-items", 128)  # the prompt-token counts (part 4, 5): many items a draw, as in a long run
@@ -152,8 +155,10 @@ def same_work_loop(engine, n: int, work: list[tuple[list[int], int]]) -> tuple[f
                 if waiting:
                     continue
                 queue.pop()
+                # never from a sequence given a new prompt in this step: its cache was cut to that prompt's prefix
+                sources = [other for other in range(n) if other not in placed]
                 placed[seq] = ids
-                source = max(range(n), key=lambda other: common_prefix(held[other], ids))
+                source = max(sources, key=lambda other: common_prefix(held[other], ids))
                 if common_prefix(held[source], ids) - own >= least_gain:  # whole copy, then the tail off
                     lib.llama_memory_seq_rm(memory, seq, -1, -1)
                     lib.llama_memory_seq_cp(memory, source, seq, -1, -1)
@@ -171,7 +176,8 @@ def same_work_loop(engine, n: int, work: list[tuple[list[int], int]]) -> tuple[f
                 cached[seq].append(pending[seq])
                 sample_at[seq], size = size, size + 1
         batch.n_tokens = size
-        assert lib.llama_decode(ctx, batch) == 0
+        code = lib.llama_decode(ctx, batch)
+        assert code == 0, f"llama_decode returned {code} at a batch of {size} tokens"
         for seq, index in sample_at.items():
             token = lib.llama_sampler_sample(chains[seq], ctx, index)
             left[seq] -= 1

@@ -7,6 +7,8 @@
 #   *.pack.gguf    shape-model packs (bench/shape_model.py): the embedded model's shape and Qwen2.5-32B Q4_K_M's
 #   lib/           libgomp.so.1, used only where the machine has none
 # and a CUDA 13 runtime (libcudart, libcublas) somewhere on the machine. Output: stdout and $OUT/ (or /tmp/out).
+# With arguments, one shape model and bench options of one's own: gpu_figures.sh qwen2.5-32b --batches 1,8,16;
+# `gpu_figures.sh cli [NAME OPTIONS...]` first runs `gristmill generate` itself on the GPU.
 set -u -o pipefail
 here=$(cd "$(dirname "$0")/.." && pwd)
 cd "$here"
@@ -15,7 +17,7 @@ mkdir -p "$out"
 exec > >(tee "$out/gpu_figures.log") 2>&1
 
 nvidia-smi --query-gpu=name,memory.total,driver_version,clocks.max.sm,clocks.max.mem --format=csv
-python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --target /tmp/site .gpu/*.whl || exit 1
+python3 -m pip install -q --upgrade --no-index --no-deps --no-compile --no-cache-dir --target /tmp/site .gpu/*.whl || exit 1
 tar xzf .gpu/llama_cpp_cuda.tar.gz -C /tmp/site || exit 1
 export PYTHONPATH=/tmp/site PYTHONUNBUFFERED=1 GRISTMILL_CACHE_DIR=/tmp/gristmill-cache
 
@@ -40,6 +42,31 @@ figures() {  # name, timeout, bench options...
     rm -f "$models/$name.gguf"
 }
 
+cli() {  # `gristmill generate` itself on the GPU: the sample instructions, every layer offloaded, --batch 16
+    local db=/tmp/gpu-cli.db
+    rm -f "$db"*
+    python3 bench/shape_model.py build .gpu/gemma3-270m.pack.gguf "$models/cli.gguf" || return
+    cd /tmp || return  # not the repository: its gristmill/ would shadow the installed package
+    python3 -m gristmill --db "$db" add "$(python3 -c 'import gristmill.app, pathlib; print(pathlib.Path(gristmill.app.__file__).parent / "data" / "sample_instructions.jsonl")')"
+    python3 -m gristmill --db "$db" generate --model "$models/cli.gguf" --gpu-layers -1 --batch 16 --max-tokens 64 </dev/null
+    echo "exit $? (generate)"
+    python3 -m gristmill --db "$db" generate --model "$models/cli.gguf" --gpu-layers -1 --batch 16 --max-tokens 64 </dev/null
+    echo "exit $? (generate again: nothing left to do)"
+    python3 -c "import sqlite3, sys; print(sqlite3.connect(sys.argv[1]).execute(\"SELECT count(*), sum(completion_tokens), \
+json_extract(timings, '$.batch') FROM generations\").fetchone())" "$db"
+    rm -f "$models/cli.gguf"
+    cd "$here" || exit
+}
+
+if [ "${1:-}" = cli ]; then
+    cli
+    shift
+    [ $# -gt 0 ] || exit 0
+fi
+if [ $# -gt 0 ]; then  # one shape model with other bench options: gpu_figures.sh NAME [OPTIONS...]
+    figures "$1" 400 "${@:2}"
+    exit
+fi
 # the embedded model's shape: 270M parameters, a decode step far from filling the GPU
 figures gemma3-270m 200 --items-per-seq 4 --round 16 --tokens 128
 # the product's target: Qwen2.5-32B base at Q4_K_M (a 20 GB model; memory-bound decode)

@@ -99,7 +99,10 @@ class LlamaBatchEngine(ConcurrentEngine):
                 lib.llama_free(self._ctx)
             raise
         if not self._ctx:
-            raise EngineError(f"cannot create a context for {n_seq} sequences of {n_ctx_seq or engine.n_ctx} tokens")
+            raise EngineError(
+                f"cannot create a context for {n_seq} sequences of {n_ctx_seq or engine.n_ctx} tokens (its cache "
+                f"holds all of them: lower --batch or --n-ctx if the memory is not there)"
+            )
         self.n_ctx_seq = int(lib.llama_n_ctx_seq(self._ctx)) if hasattr(lib, "llama_n_ctx_seq") else engine.n_ctx
         self.min_shared_gain = min_shared_gain(self.n_ctx_seq)
         self._mem = lib.llama_get_memory(self._ctx)
