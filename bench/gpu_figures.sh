@@ -1,13 +1,14 @@
 #!/usr/bin/env bash
-# The README's GPU figures for bench_batch.py, in one run on a machine with an NVIDIA GPU and no network.
+# The README's GPU figures for bench_batch.py, in one call on a machine with an NVIDIA GPU and no network.
 #
-# It needs, in .gpu/ beside the repository (README "Batched generation on a GPU" says how each was made):
+# It needs, in .gpu/ beside the repository (README, Benchmarks, "On a GPU", says how each was made):
 #   llama_cpp_cuda.tar.gz  llama-cpp-python 0.3.36 built with CUDA for sm_90 (its package folder, one copy a library)
 #   *.whl          gristmill, and what the bench imports that the machine lacks
 #   *.pack.gguf    shape-model packs (bench/shape_model.py): the embedded model's shape and Qwen2.5-32B Q4_K_M's
 #   lib/           libgomp.so.1, used only where the machine has none
 # and a CUDA 13 runtime (libcudart, libcublas) somewhere on the machine. Output: stdout and $OUT/ (or /tmp/out).
-# With arguments, one shape model and bench options of one's own: gpu_figures.sh qwen2.5-32b --batches 1,8,16;
+# With arguments, one shape model and bench options of one's own, e.g.
+#   gpu_figures.sh qwen2.5-32b --items-per-seq 2 --round 8 --tokens 64 --batches 1,4,8,9,12,16,24,32;
 # `gpu_figures.sh cli [NAME OPTIONS...]` first runs `gristmill generate` itself on the GPU.
 set -u -o pipefail
 here=$(cd "$(dirname "$0")/.." && pwd)
@@ -24,8 +25,8 @@ export PYTHONPATH=/tmp/site PYTHONUNBUFFERED=1 GRISTMILL_CACHE_DIR=/tmp/gristmil
 # the CUDA 13 runtime the build links (libcudart.so.13, libcublas.so.13, libcublasLt.so.13): wherever it is
 cuda_libs=$(find /usr/local /opt /usr/lib -xdev \( -name 'libcublas.so.13*' -o -name 'libcudart.so.13*' \) -not -path '/proc/*' \
     2>/dev/null | xargs -r -n1 dirname | sort -u | tr '\n' ':')
-gomp=$(ldconfig -p | grep -q 'libgomp.so.1 ' || echo "$here/.gpu/lib")
-export LD_LIBRARY_PATH="${cuda_libs}${gomp}:${LD_LIBRARY_PATH:-}"
+gomp=$(ldconfig -p | grep -q 'libgomp.so.1 ' || echo "$here/.gpu/lib:")
+export LD_LIBRARY_PATH="${cuda_libs}${gomp}${LD_LIBRARY_PATH:-}"
 echo "CUDA runtime from: $cuda_libs"
 python3 -c "import llama_cpp as l; print(l.__version__, 'GPU offload:', bool(l.llama_supports_gpu_offload()))" || exit 1
 
@@ -53,7 +54,7 @@ cli() {  # `gristmill generate` itself on the GPU: the sample instructions, ever
     python3 -m gristmill --db "$db" generate --model "$models/cli.gguf" --gpu-layers -1 --batch 16 --max-tokens 64 </dev/null
     echo "exit $? (generate again: nothing left to do)"
     python3 -c "import sqlite3, sys; print(sqlite3.connect(sys.argv[1]).execute(\"SELECT count(*), sum(completion_tokens), \
-json_extract(timings, '$.batch') FROM generations\").fetchone())" "$db"
+min(json_extract(timings, '$.batch')), max(json_extract(timings, '$.batch')) FROM generations\").fetchone())" "$db"
     rm -f "$models/cli.gguf"
     cd "$here" || exit
 }
