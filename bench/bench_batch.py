@@ -27,7 +27,7 @@ Usage: python bench/bench_batch.py [--quick] [--counts-only] [--no-counts] [--th
   --count-items    items in the prompt-token counts (default 128); --draws: shared draws in part 5 (default 16)
   --samples        samples per instruction in part 2 (default 1); --threads: threads (default: all cores)
   --no-counts      parts 1 to 3 alone (the counts are exact and the same on every machine)
-  --round          instructions in a round of part 2 (default all 60; fewer: shorter runs of a large model)
+  --round          instructions in a round, parts 1 to 3 (default all 60; fewer: shorter runs of a large model)
   --model          another GGUF (default the embedded model), e.g. a shape model (bench/shape_model.py)
   --gpu-layers     layers offloaded to the GPU on a GPU build, -1: all (default 0)
   --batches        the N of parts 1 and 2, comma-separated, 1 first (default 1,2,4,8,16)
@@ -46,7 +46,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).parent))
 
-from common import int_option, usage  # noqa: E402
+from common import int_option, text_option, usage  # noqa: E402
 
 from gristmill.app.config import DEFAULT_BATCH  # noqa: E402
 from gristmill.app.engines import open_concurrent  # noqa: E402
@@ -59,10 +59,9 @@ from gristmill.models.llama_batch import min_shared_gain  # noqa: E402
 from gristmill.models.default_model import default_model_path  # noqa: E402
 
 
-
+usage(__doc__)  # before the options below are read: --help answers whatever else is on the line
 QUICK = "--quick" in sys.argv
-BATCHES = tuple(int(n) for n in sys.argv[sys.argv.index("--batches") + 1].split(",")) if "--batches" in sys.argv \
-    else (1, 2, 4) if QUICK else (1, 2, 4, 8, 16)
+BATCHES = (1, 2, 4) if QUICK else (1, 2, 4, 8, 16)
 MAX_TOKENS = int_option("--tokens", 16 if QUICK else 128)  # the demo's length; the default --max-tokens is 256
 ITEMS_PER_SEQ = int_option("--items-per-seq", 2 if QUICK else 24)
 N_ITEMS = int_option("--count-items", 128)  # the prompt-token counts (part 4, 5): many items a draw, as in a long run
@@ -71,10 +70,26 @@ DRAWS = int_option("--draws", 16)  # shared few-shot draws for part 5
 SAMPLES = int_option("--samples", 1)  # samples per instruction in the throughput table (part 2)
 COUNTS_ONLY = "--counts-only" in sys.argv  # only the prompt-token counts (deterministic), no timings
 NO_COUNTS = "--no-counts" in sys.argv
-ROUND = int_option("--round", None)  # instructions per round in part 2 (None: all of them)
+ROUND = int_option("--round", None)  # instructions per round in parts 1 to 3 (None: all of them)
 GPU_LAYERS = int_option("--gpu-layers", 0)
-MODEL = sys.argv[sys.argv.index("--model") + 1] if "--model" in sys.argv else None
+MODEL = text_option("--model", None)
+
+
+def _batches(text: str | None) -> tuple[int, ...]:
+    """--batches 1,4,8: every gain is over N=1, so 1 comes first; checked here, not after minutes on a GPU."""
+    if text is None:
+        return BATCHES
+    try:
+        batches = tuple(int(n) for n in text.split(","))
+    except ValueError:
+        raise SystemExit(f"--batches {text}: comma-separated whole numbers, 1 first") from None
+    if batches[0] != 1 or min(batches) < 1:
+        raise SystemExit(f"--batches {text}: 1 first (every gain is over N=1), each at least 1")
+    return batches
 PARAMS = GenerationParams(max_tokens=MAX_TOKENS, temperature=0.8, seed=11)
+
+
+BATCHES = _batches(text_option("--batches", None))
 
 
 def cpu_model() -> str:
@@ -259,6 +274,8 @@ def sample_instructions(count: int, base_only: bool = False) -> list[str]:
     """The shipped sample instructions, numbered past the first round so every item is its own."""
     path = Path(__import__("gristmill.app", fromlist=["x"]).__file__).parent / "data" / "sample_instructions.jsonl"
     base = [json.loads(line)["instruction"] for line in path.read_text().splitlines() if line.strip()]
+    if ROUND is not None and not 1 <= ROUND <= len(base):
+        raise SystemExit(f"--round {ROUND}: 1 to {len(base)} (the shipped instructions)")
     base = base[:ROUND] if ROUND else base
     if base_only:
         return base
@@ -321,11 +338,15 @@ def main() -> None:
     bare = bare_single(engine, [engine.tokenize(text) for text in default_items[: ITEMS_PER_SEQ * 2]])
     default = pipe.get(DEFAULT_BATCH) or pipeline(engine, work, write_items(work / "d.jsonl", default_items),
                                                   DEFAULT_BATCH).tokens_per_s
-    loop_gain = loop.get(DEFAULT_BATCH, loop[max(loop)]) / loop[1]
+    if DEFAULT_BATCH not in loop:
+        loop[DEFAULT_BATCH] = minimal_loop(engine, DEFAULT_BATCH, prompts, MAX_TOKENS)
+    loop_gain = loop[DEFAULT_BATCH] / loop[1]
     print(f"default pipeline (--batch {DEFAULT_BATCH}) {default:.1f} tok/s / bare Llama.generate loop {bare:.1f} "
           f"tok/s = x{default / bare:.2f}; minimal loop gain at that N x{loop_gain:.2f}; "
           f"share {(default / bare) / loop_gain:.2f} (goal >= 0.90)")
-    if not NO_COUNTS:
+    if NO_COUNTS:
+        engine.close()
+    else:
         _counts(engine, work, source)
 
 
@@ -349,5 +370,4 @@ def _counts(engine, work: Path, source: Path) -> None:
 
 
 if __name__ == "__main__":
-    usage(__doc__)
     main()

@@ -15,9 +15,25 @@ def usage(doc: str | None) -> None:
         raise SystemExit(0)
 
 
+def text_option(name: str, default: str | None) -> str | None:
+    """`--name VALUE` from the command line, else `default`; a name given last, with no value, is a usage error."""
+    if name not in sys.argv:
+        return default
+    at = sys.argv.index(name) + 1
+    if at >= len(sys.argv) or sys.argv[at].startswith("--"):
+        raise SystemExit(f"{name} needs a value (--help lists the options)")
+    return sys.argv[at]
+
+
 def int_option(name: str, default: int | None) -> int | None:
     """`--name N` from the command line, else `default`."""
-    return int(sys.argv[sys.argv.index(name) + 1]) if name in sys.argv else default
+    value = text_option(name, None)
+    if value is None:
+        return default
+    try:
+        return int(value)
+    except ValueError:
+        raise SystemExit(f"{name} {value}: a whole number") from None
 
 
 def best_of(repeats: int, fn: Callable[[], float | None]) -> float:

@@ -49,6 +49,8 @@ def qwen2_q4_k_m_plan(reader: GGUFReader) -> list[tuple[str, str, list[int]]]:
     except output (Q6_K) and attn_v / ffn_down on the layers `use_more_bits` picks (Q6_K); norms and the q/k/v
     biases F32."""
     arch = _value(reader, "general.architecture")
+    if arch != "qwen2":
+        raise SystemExit(f"--plan qwen2-q4_k_m needs qwen2 metadata (--meta), not {arch}")
 
     def hp(key: str) -> int:
         return int(_value(reader, f"{arch}.{key}"))
@@ -124,7 +126,7 @@ def build(pack_path: Path, out: Path) -> None:
         block_size, type_size = GGML_QUANT_SIZES[qtype]
         shape = [*reversed(ne[1:]), ne[0] // block_size * type_size]  # numpy order, rows in bytes
         writer.add_tensor_info(name, shape, np.dtype(np.uint8), int(np.prod(shape)), raw_dtype=qtype)
-    writer.write_header_to_file(out)
+    writer.write_header_to_file()
     writer.write_kv_data_to_file()
     writer.write_ti_data_to_file()
     for name, kind, ne in plan:
@@ -135,7 +137,8 @@ def build(pack_path: Path, out: Path) -> None:
             data = np.full(nbytes // 4, 0.0 if name.endswith(".bias") else 1.0, np.float32).view(np.uint8)
         else:
             data = np.resize(stored[SAMPLE_PREFIX + kind], nbytes)
-        assert data.size == nbytes, (name, data.size, nbytes)
+        if data.size != nbytes:
+            raise SystemExit(f"{pack_path}: {name} holds {data.size} bytes, its plan {nbytes}")
         writer.write_tensor_data(data)
     writer.close()
 
@@ -160,11 +163,21 @@ def main(argv: list[str]) -> None:
         raise SystemExit(0 if argv and argv[0] in ("-h", "--help") else 2)
 
     def option(name: str) -> str | None:
-        return argv[argv.index(name) + 1] if name in argv else None
+        if name not in argv:
+            return None
+        if argv.index(name) + 1 >= len(argv):
+            raise SystemExit(f"{name} needs a value")
+        return argv[argv.index(name) + 1]
 
+    if len(argv) < 3:
+        raise SystemExit(f"{argv[0]} needs two paths (--help)")
     if argv[0] == "pack":
-        meta = option("--meta")
-        pack(Path(argv[1]), Path(argv[2]), Path(meta) if meta else None, option("--plan"))
+        meta, plan = option("--meta"), option("--plan")
+        if (meta is None) != (plan is None):  # a plan needs the metadata it is built for, and the other way round
+            raise SystemExit("--meta and --plan go together")
+        if plan is not None and plan not in PLANS:
+            raise SystemExit(f"--plan {plan}: one of {', '.join(PLANS)}")
+        pack(Path(argv[1]), Path(argv[2]), Path(meta) if meta else None, plan)
     else:
         build(Path(argv[1]), Path(argv[2]))
     print(f"wrote {argv[2]} ({Path(argv[2]).stat().st_size / 1e6:,.1f} MB)")
