@@ -125,7 +125,7 @@ def build(pack_path: Path, out: Path) -> None:
         qtype = GGMLQuantizationType[kind]
         block_size, type_size = GGML_QUANT_SIZES[qtype]
         shape = [*reversed(ne[1:]), ne[0] // block_size * type_size]  # numpy order, rows in bytes
-        writer.add_tensor_info(name, shape, np.dtype(np.uint8), int(np.prod(shape)), raw_dtype=qtype)
+        writer.add_tensor_info(name, shape, np.dtype(np.uint8), tensor_bytes(kind, ne), raw_dtype=qtype)
     writer.write_header_to_file()
     writer.write_kv_data_to_file()
     writer.write_ti_data_to_file()
